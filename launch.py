@@ -1,0 +1,94 @@
+#!/usr/bin/env python
+"""The one entry point: `python launch.py [group=option ...] [key=value ...]`.
+
+Hydra composes conf/ (model, data, optim, hardware, task, experiment) into a typed config;
+this file validates it, turns it into plain dataclasses and hands it to the task's module.
+    python launch.py                                   # small char GPT on the CPU, no download
+    python launch.py experiment=shakespeare_char       # nanoGPT's shakespeare_char recipe
+    python launch.py task=sample run=runs/default      # sample from a run
+    torchrun --standalone --nproc_per_node=8 launch.py experiment=train_gpt2 hardware=gpu_node
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from nanogpt.config import register_configs, register_resolvers
+from nanogpt.errors import UserError
+
+register_configs()
+register_resolvers()
+log = logging.getLogger("nanogpt")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig):
+    from nanogpt import distributed
+
+    dist = distributed.detect()
+    if not dist.is_main:  # other ranks stay quiet
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        config = OmegaConf.to_object(cfg)  # plain dataclasses from here on
+        run_dir = _agree_on_run_dir(dist, config)
+        return _dispatch(config, run_dir, dist)
+    except UserError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # let the sweep record this job as failed
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _agree_on_run_dir(dist, config) -> Path:
+    """Hydra names the output directory on each rank separately (it can differ by a timestamp):
+    every rank uses rank 0's, and a rank's own stray directory is removed."""
+    from nanogpt import distributed
+    from nanogpt.hardware import resolve_device
+
+    own = Path(HydraConfig.get().runtime.output_dir)
+    if not dist.enabled:
+        return own
+    device_type = resolve_device(config.hardware.device, dist.local_rank).type
+    distributed.setup(dist, config.hardware.backend, device_type)
+    chosen = Path(distributed.broadcast_object(str(own)))
+    if chosen.resolve() != own.resolve() and own.exists():
+        if all(p.name in (".hydra", "launch.log") for p in own.iterdir()):
+            shutil.rmtree(own, ignore_errors=True)
+    return chosen
+
+
+def _dispatch(config, run_dir: Path, dist):
+    task = config.task.name
+    if task == "train":
+        from nanogpt.train import train
+
+        summary = train(config, run_dir, dist)
+        return summary.get("final_val_loss")  # what a sweeper optimises
+    if task == "eval":
+        from nanogpt.evaluate import evaluate
+
+        return evaluate(config, run_dir)["val"]["loss"]
+    if task == "sample":
+        from nanogpt.sample import sample
+
+        sample(config, run_dir)
+        return None
+    if task == "bench":
+        from nanogpt.bench import bench
+
+        return bench(config, run_dir)
+    raise UserError(f"unknown task {task!r}: use task=train, eval, sample or bench")
+
+
+if __name__ == "__main__":
+    from nanogpt.overrides import check_overrides
+
+    check_overrides(sys.argv[1:], Path(__file__).parent / "conf")
+    main()

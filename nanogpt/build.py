@@ -1,0 +1,73 @@
+"""Turning configs into plain objects: the dataset, the model's GPTConfig, a run's model."""
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+
+import torch
+
+from nanogpt import checkpoint
+from nanogpt.data import TokenDataset, dataset_dir
+from nanogpt.errors import UserError
+from nanogpt.model import GPT, GPTConfig, padded_vocab_size
+
+log = logging.getLogger("nanogpt")
+
+
+def open_dataset(name: str, root: str | None = None, auto_prepare: bool = False,
+                 is_main: bool = True) -> TokenDataset:
+    path = dataset_dir(name, root)
+    if not (path / "meta.json").exists():
+        if not auto_prepare:
+            script = Path("prepare") / f"{name}.py"
+            hint = (f"run `python prepare/{name}.py`" if (Path(__file__).parent.parent / script).exists()
+                    else f"no prepare script is named {name!r}: check data=... (known: "
+                         f"{', '.join(known_datasets())})")
+            raise UserError(f"no prepared data for {name!r} at {path}: {hint}")
+        if is_main:  # other ranks wait at a barrier in the caller, then open what rank 0 wrote
+            log.info("preparing %s in %s (first use)", name, path)
+            importlib.import_module(f"prepare.{name}").prepare(path)
+    return TokenDataset(path)
+
+
+def known_datasets() -> list[str]:
+    here = Path(__file__).parent.parent / "prepare"
+    return sorted(p.stem for p in here.glob("*.py") if not p.stem.startswith("_") and p.stem != "common")
+
+
+def model_args(mcfg, data_vocab: int | None) -> GPTConfig:
+    """GPTConfig from the model config group and the data's vocabulary."""
+    vocab = mcfg.vocab_size or data_vocab
+    if vocab is None:
+        raise UserError("model.vocab_size is not set and the data has no vocabulary size")
+    if data_vocab is not None and data_vocab > vocab:
+        raise UserError(f"the data's vocabulary ({data_vocab} tokens) is larger than the model's "
+                        f"vocab_size ({vocab}): drop model.vocab_size or set it >= {data_vocab}")
+    if mcfg.pad_vocab:
+        vocab = padded_vocab_size(vocab)
+    try:
+        return GPTConfig(block_size=mcfg.block_size, vocab_size=vocab, n_layer=mcfg.n_layer,
+                         n_head=mcfg.n_head, n_embd=mcfg.n_embd, dropout=mcfg.dropout, bias=mcfg.bias)
+    except ValueError as e:
+        raise UserError(f"invalid model config: {e}") from e
+
+
+def load_run(run: str | None, which: str = "best", device="cpu") -> tuple[GPT, dict, Path]:
+    """The model of a finished or running run directory (for sampling / evaluation)."""
+    if not run:
+        raise UserError("no run given: pass run=RUN_DIR (a training run's directory)")
+    run_dir = Path(run)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} does not exist")
+    order = {"best": ("best.pt", "last.pt"), "last": ("last.pt", "best.pt")}.get(which)
+    if order is None:
+        raise UserError(f"unknown checkpoint {which!r}: use best or last")
+    path = next((run_dir / "ckpt" / n for n in order if (run_dir / "ckpt" / n).exists()), None)
+    if path is None:
+        raise UserError(f"{run_dir} has no checkpoint (ckpt/best.pt or ckpt/last.pt): train it "
+                        "first, or wait for its first evaluation to write one")
+    ckpt = checkpoint.load(path, map_location="cpu")
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), ckpt, path

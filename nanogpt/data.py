@@ -1,0 +1,168 @@
+"""Token memmaps and deterministic batches.
+
+A prepared dataset is a directory with train.bin / val.bin (flat uint16 or uint32 token ids) and
+meta.json (see prepare/). The bins stay memory-mapped: resident memory does not grow with the
+corpus. A batch is a pure function of (seed, split, iteration, micro-step, rank), so resuming at
+iteration k needs no replay and every rank of a DDP job reads different data; a background
+thread builds the next batches while the model computes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nanogpt.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SPLIT_IDS = {"train": 0, "val": 1}
+
+
+def data_root(root: str | None = None) -> Path:
+    if root:
+        return Path(root)
+    return Path(os.environ.get("NANOGPT_DATA_ROOT", REPO_ROOT / "data"))
+
+
+def dataset_dir(name: str, root: str | None = None) -> Path:
+    return data_root(root) / name
+
+
+def read_meta(path: Path) -> dict:
+    meta_file = path / "meta.json"
+    if not (path / "train.bin").exists() or not meta_file.exists():
+        raise UserError(f"no prepared data in {path} (train.bin / meta.json missing): "
+                        f"run `python prepare/{path.name}.py` first")
+    try:
+        return json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{meta_file} is not valid JSON ({e}): prepare the data again with "
+                        f"`python prepare/{path.name}.py`") from e
+
+
+@dataclass
+class Split:
+    name: str
+    tokens: np.memmap
+
+    def __len__(self):
+        return len(self.tokens)
+
+
+class TokenDataset:
+    """The memory-mapped splits of one prepared dataset and its metadata."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.meta = read_meta(self.path)
+        dtype = np.dtype(self.meta.get("dtype", "uint16"))
+        self.splits = {}
+        for split in ("train", "val"):
+            file = self.path / f"{split}.bin"
+            if not file.exists():
+                raise UserError(f"{file} is missing: prepare the data again with "
+                                f"`python prepare/{self.path.name}.py`")
+            if file.stat().st_size == 0:
+                raise UserError(f"{file} is empty: prepare the data again")
+            self.splits[split] = Split(split, np.memmap(file, dtype=dtype, mode="r"))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    def check_block_size(self, block_size: int):
+        for split in self.splits.values():
+            if len(split) <= block_size:
+                raise UserError(
+                    f"block_size {block_size} is larger than the {split.name} split of "
+                    f"{self.path.name} ({len(split)} tokens): use a smaller model.block_size")
+
+
+class Batches:
+    """Deterministic random windows of a split: batch (split, it, micro) is always the same.
+
+    Rank r of W ranks doing A micro-steps per iteration reads stream index (it * A + micro) * W + r:
+    the same data, in the same order, that one process doing A * W micro-steps reads, so a DDP
+    run trains on exactly the batches of a single process with more accumulation."""
+
+    def __init__(self, dataset: TokenDataset, block_size: int, batch_size: int, seed: int,
+                 device: torch.device, rank: int = 0, world_size: int = 1):
+        self.dataset, self.block_size, self.batch_size = dataset, block_size, batch_size
+        self.seed, self.device, self.rank, self.world_size = seed, device, rank, world_size
+        self.pin = device.type == "cuda"
+
+    def indices(self, split: str, stream_index: int, purpose: int = 0) -> np.ndarray:
+        n = len(self.dataset.splits[split]) - self.block_size - 1
+        rng = np.random.default_rng([self.seed, SPLIT_IDS[split], purpose, stream_index])
+        return rng.integers(0, n + 1, size=self.batch_size)
+
+    def cpu_batch(self, split: str, stream_index: int, purpose: int = 0):
+        data = self.dataset.splits[split].tokens
+        T = self.block_size
+        ix = self.indices(split, stream_index, purpose)
+        # one (B, T+1) gather from the memmap; x and y are views into it
+        windows = np.stack([data[i:i + T + 1] for i in ix]).astype(np.int64)
+        xy = torch.from_numpy(windows)
+        if self.pin:
+            xy = xy.pin_memory()
+        return xy[:, :-1], xy[:, 1:]
+
+    def train_index(self, it: int, micro: int, accum: int) -> int:
+        return (it * accum + micro) * self.world_size + self.rank
+
+    def to_device(self, x, y):
+        if self.device.type == "cpu":
+            return x, y
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+class Prefetcher:
+    """Builds the batches of the coming micro-steps in a background thread (numpy's gather
+    releases the GIL), so the model never waits for the memmap."""
+
+    def __init__(self, batches: Batches, start_iter: int, accum: int, depth: int = 4):
+        self.batches, self.accum = batches, accum
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, args=(start_iter,), daemon=True)
+        self.thread.start()
+
+    def _work(self, it: int):
+        try:
+            while not self.stop.is_set():
+                for micro in range(self.accum):
+                    item = (it, micro, self.batches.cpu_batch(
+                        "train", self.batches.train_index(it, micro, self.accum)))
+                    while not self.stop.is_set():
+                        try:
+                            self.queue.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                it += 1
+        except BaseException as e:  # surface errors in the consumer, not a silent dead thread
+            self.queue.put((None, None, e))
+
+    def get(self, it: int, micro: int):
+        got_it, got_micro, payload = self.queue.get()
+        if got_it is None:
+            raise payload
+        assert (got_it, got_micro) == (it, micro), "prefetcher out of step with the loop"
+        return self.batches.to_device(*payload)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def eval_batch(batches: Batches, split: str, k: int):
+    """The k-th evaluation batch: a fixed set (its own random stream), so every evaluation of a
+    run scores the same windows and the val curve is not noisier than the model."""
+    x, y = batches.cpu_batch(split, k, purpose=1)
+    return batches.to_device(x, y)

@@ -1,0 +1,126 @@
+"""Device, precision and the matching autocast context: the one place that knows about hardware."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from dataclasses import dataclass
+
+import torch
+
+from nanogpt.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) for MFU, from the vendors' data sheets.
+GPU_PEAK_FLOPS = {
+    "H200": 989e12, "H100": 989e12, "GH200": 989e12, "A100": 312e12, "A10G": 125e12,
+    "L40S": 362e12, "L4": 121e12, "A6000": 155e12, "4090": 165e12, "3090": 71e12, "V100": 125e12,
+    "T4": 65e12, "B200": 2250e12,
+}
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype  # the autocast dtype; float32 means no autocast
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    @property
+    def needs_grad_scaler(self) -> bool:
+        return self.dtype == torch.float16
+
+    def synchronize(self):
+        if self.device_type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU has bf16 matrix instructions (AVX512-BF16 or AMX): bf16 matmuls are then
+    several times faster than fp32. Elsewhere bf16 on the CPU is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"hardware.device={name} but CUDA is not available on this machine: "
+                            "use hardware=cpu (or hardware=auto)")
+        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("hardware.device=mps but MPS is not available: use hardware=cpu")
+    if name not in ("cpu", "mps"):
+        raise UserError(f"unknown hardware.device={name!r}: use auto, cpu, cuda, cuda:N or mps")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and cpu_has_fast_bf16():
+            return torch.bfloat16
+        return torch.float32
+    if name not in DTYPES:
+        raise UserError(f"unknown hardware.dtype={name!r}: use one of auto, {', '.join(DTYPES)}")
+    if name == "float16" and device.type == "cpu":
+        raise UserError("hardware.dtype=float16 is not supported on the CPU: use bfloat16 or float32")
+    return DTYPES[name]
+
+
+def make_runtime(device: str, dtype: str, local_rank: int = 0, tf32: bool = True,
+                 num_threads: int | None = None) -> Runtime:
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    return Runtime(dev, resolve_dtype(dtype, dev))
+
+
+@functools.lru_cache(maxsize=None)
+def measured_cpu_matmul_flops(dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.3) -> float:
+    """The CPU's achieved square-matmul rate (FLOP/s): the honest ceiling for CPU MFU."""
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b  # warm-up (thread pool, packing buffers)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def peak_flops(rt: Runtime) -> float | None:
+    """Peak FLOP/s of one device for MFU: a data-sheet table for GPUs, a measurement on the CPU."""
+    if rt.device_type == "cuda":
+        name = torch.cuda.get_device_name(rt.device)
+        for key, flops in GPU_PEAK_FLOPS.items():
+            if key in name:
+                return flops if rt.dtype != torch.float32 else flops / 2  # TF32 is half of bf16
+        return None
+    if rt.device_type == "cpu":
+        return measured_cpu_matmul_flops(rt.dtype if rt.dtype != torch.float16 else torch.float32)
+    return None

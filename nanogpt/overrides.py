@@ -1,0 +1,63 @@
+"""Catch a mistyped override before Hydra starts, and name the valid keys.
+
+Hydra itself rejects unknown keys of a structured config, but only with "Key 'n_layers' is not in
+struct". Here the message names the group's valid keys and the closest match."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from pathlib import Path
+
+from nanogpt.config import GROUPS, TASKS, Config, LoggerConfig
+
+SECTIONS = {**GROUPS, "logger": LoggerConfig}
+
+
+def _fields(schema) -> list[str]:
+    return [f.name for f in dataclasses.fields(schema)]
+
+
+def problems(args: list[str], conf_dir: Path) -> list[str]:
+    errors = []
+    task_keys = sorted({k for schema in TASKS.values() for k in _fields(schema)})
+    top_keys = _fields(Config)
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg or arg[0] in "+~":
+            continue  # flags (-m, --cfg job), additions and deletions are Hydra's business
+        key = arg.split("=", 1)[0]
+        if key.startswith("hydra") or "/" in key or key.startswith("experiment"):
+            continue
+        parts = key.split(".")
+        head = parts[0]
+        if len(parts) == 1:
+            groups = [p.name for p in conf_dir.iterdir() if p.is_dir()]
+            if head not in top_keys and head not in groups:
+                errors.append(_unknown(key, "top-level keys and groups", sorted(set(top_keys) | set(groups))))
+            continue
+        if head == "task":
+            valid = task_keys
+        elif head in SECTIONS:
+            valid = _fields(SECTIONS[head])
+        else:
+            errors.append(_unknown(key, "sections", sorted(SECTIONS) + ["task"]))
+            continue
+        if len(parts) == 2 and parts[1] not in valid:
+            errors.append(_unknown(key, f"keys of {head}", valid))
+    return errors
+
+
+def _unknown(key: str, what: str, valid: list[str]) -> str:
+    last = key.split(".")[-1]
+    close = difflib.get_close_matches(last, valid, n=1)
+    hint = f" Did you mean '{'.'.join(key.split('.')[:-1] + [close[0]])}'?" if close else ""
+    return f"unknown config key '{key}'.{hint} Valid {what}: {', '.join(valid)}"
+
+
+def check_overrides(args: list[str], conf_dir: Path) -> None:
+    errors = problems(args, conf_dir)
+    if errors:
+        for e in errors:
+            print(f"error: {e}", file=sys.stderr)
+        print("(`python launch.py --cfg job` shows the whole resolved config)", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,56 @@
+"""`task=sample run=RUN_DIR`: text from a trained run, generated with a KV cache."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from nanogpt.build import load_run
+from nanogpt.errors import UserError
+from nanogpt.hardware import make_runtime
+from nanogpt.tokenizer import load_tokenizer
+
+log = logging.getLogger("nanogpt")
+
+
+def read_prompt(prompt: str) -> str:
+    if prompt.startswith("FILE:"):
+        path = Path(prompt[5:])
+        if not path.exists():
+            raise UserError(f"prompt file {path} does not exist")
+        return path.read_text(encoding="utf-8")
+    return prompt
+
+
+def generate_texts(model, tokenizer, prompt: str, num_samples: int, max_new_tokens: int,
+                   temperature: float, top_k, seed: int, rt, use_cache: bool = True) -> list[str]:
+    ids = tokenizer.encode(prompt) if prompt else []
+    if not ids:  # an empty prompt starts from the end-of-text token (or a newline)
+        ids = [tokenizer.eot_token] if tokenizer.eot_token is not None else tokenizer.encode("\n")
+    x = torch.tensor([ids] * num_samples, dtype=torch.long, device=rt.device)
+    gen = torch.Generator(device=rt.device).manual_seed(seed)
+    with rt.autocast():
+        out = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k,
+                             use_cache=use_cache, generator=gen)
+    return [tokenizer.decode(row) for row in out.tolist()]
+
+
+def sample(cfg, out_dir: Path) -> list[str]:
+    t = cfg.task
+    rt = make_runtime(cfg.hardware.device, cfg.hardware.dtype, 0, cfg.hardware.tf32, cfg.hardware.num_threads)
+    model, ckpt, path = load_run(cfg.run, t.which, rt.device)
+    tokenizer = load_tokenizer(ckpt["tokenizer"])
+    prompt = read_prompt(t.prompt)
+    try:
+        texts = generate_texts(model, tokenizer, prompt, t.num_samples, t.max_new_tokens,
+                               t.temperature, t.top_k, cfg.seed, rt, t.use_cache)
+    except ValueError as e:  # e.g. a prompt with characters the char vocabulary lacks
+        raise UserError(f"cannot encode the prompt for this model: {e}") from e
+    log.info("sampled from %s (iteration %d)", path, ckpt["iter"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "samples.txt", "w") as f:
+        for text in texts:
+            print(f"{text}\n---------------", flush=True)
+            f.write(text + "\n---------------\n")
+    return texts

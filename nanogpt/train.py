@@ -1,0 +1,365 @@
+"""The training loop, top to bottom: set up, resume, then step / log / evaluate / checkpoint.
+
+One process or many (DDP): every rank runs this same code; rank 0 alone writes. The loop's
+state is (model, optimizer, scaler, iter, best val loss, RNG): all of it goes into the
+checkpoint, and batches are a function of the iteration, so a resumed run is bit-identical to
+one that never stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nanogpt import checkpoint, distributed
+from nanogpt.build import model_args, open_dataset
+from nanogpt.data import Batches, Prefetcher, eval_batch
+from nanogpt.errors import UserError
+from nanogpt.hardware import make_runtime, peak_flops
+from nanogpt.metrics import MetricsLogger, mfu
+from nanogpt.model import GPT
+from nanogpt.optim import lr_at, make_adamw
+from nanogpt.tokenizer import load_tokenizer
+
+log = logging.getLogger("nanogpt")
+
+
+class StopRequest:
+    """SIGTERM / SIGINT (Ctrl-C, a scheduler's notice) ask the loop to finish its step, save
+    and exit; a second Ctrl-C exits at once."""
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+        self.signum = None
+        self.previous = {}
+        for s in signals:
+            try:
+                self.previous[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("received %s: finishing this step, then saving a checkpoint",
+                    signal.Signals(signum).name)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def restore(self):
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+def plan_steps(tcfg, tokens_per_micro: int, world: int, micro: int, flops_per_token: int):
+    """Gradient accumulation and the number of iterations from the configured budget."""
+    tokens_per_step = tcfg.tokens_per_step or tokens_per_micro * world
+    per_pass = tokens_per_micro * world
+    if tokens_per_step % per_pass:
+        raise UserError(
+            f"task.tokens_per_step={tokens_per_step} is not a multiple of micro_batch_size x "
+            f"block_size x world_size = {micro} x {tokens_per_micro // micro} x {world} = {per_pass}: "
+            "change hardware.micro_batch_size or task.tokens_per_step")
+    accum = tokens_per_step // per_pass
+    max_iters = tcfg.max_iters
+    if tcfg.max_flops:
+        max_iters = max(1, round(tcfg.max_flops / (flops_per_token * tokens_per_step)))
+    elif tcfg.max_tokens:
+        max_iters = max(1, round(tcfg.max_tokens / tokens_per_step))
+    return tokens_per_step, accum, max_iters
+
+
+@torch.no_grad()
+def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist) -> dict[str, float]:
+    """Mean loss over the same fixed eval_iters batches of each split, shared among ranks."""
+    model.eval()
+    out = {}
+    for split in ("train", "val"):
+        total = torch.zeros(2, device=rt.device, dtype=torch.float64)
+        for k in range(dist.rank, eval_iters, dist.world_size):
+            x, y = eval_batch(batches, split, k)
+            with rt.autocast():
+                _, loss = model(x, y)
+            total += torch.stack([loss.double(), torch.ones((), device=rt.device, dtype=torch.float64)])
+        if dist.enabled:
+            torch.distributed.all_reduce(total)
+        out[split] = (total[0] / total[1]).item()
+    model.train()
+    return out
+
+
+def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
+    tcfg, mcfg, ocfg, hw = cfg.task, cfg.model, cfg.optim, cfg.hardware
+    run_dir = Path(run_dir)
+    rt = make_runtime(hw.device, hw.dtype, dist.local_rank, hw.tf32, hw.num_threads)
+    distributed.setup(dist, hw.backend, rt.device_type)
+    config_dict = dataclasses.asdict(cfg)
+
+    # ---- data: rank 0 prepares the embedded corpus on first use, the others wait for it
+    if dist.is_main:
+        dataset = open_dataset(cfg.data.name, cfg.data.root, cfg.data.auto_prepare)
+    distributed.barrier()
+    if not dist.is_main:
+        dataset = open_dataset(cfg.data.name, cfg.data.root, False)
+    tokenizer_meta = dataset.meta["tokenizer"]
+
+    # ---- what to start from: a checkpoint of this run, OpenAI's weights, or scratch
+    resume_path = checkpoint.find_resumable(run_dir)
+    summary_file = run_dir / "summary.json"
+    if cfg.init_from == "resume" and resume_path is None:
+        raise UserError(f"init_from=resume but {run_dir} has no checkpoint (ckpt/last.pt): "
+                        "start it with init_from=scratch")
+    if cfg.init_from not in ("scratch", "resume", "pretrained"):
+        raise UserError(f"unknown init_from={cfg.init_from!r}: use scratch, resume or pretrained")
+    if resume_path is not None and summary_file.exists():
+        done = json.loads(summary_file.read_text())
+        if done.get("status") == "finished" and cfg.init_from != "resume":
+            log.info("%s already finished (best val loss %s); nothing to do. To train further: "
+                     "init_from=resume run=%s task.max_iters=N", run_dir, done.get("best_val_loss"), run_dir)
+            distributed.teardown()
+            return done
+    ckpt = checkpoint.load(resume_path) if resume_path is not None else None
+
+    if ckpt is not None:
+        gpt_config = model_args(mcfg, dataset.vocab_size)
+        if mcfg.pretrained or mcfg.path:  # finetuning may crop the block: the checkpoint knows
+            gpt_config.vocab_size = ckpt["model_args"]["vocab_size"]
+        checkpoint.check_shape(ckpt, dataclasses.asdict(gpt_config), resume_path)
+        model = GPT(gpt_config)
+        model.load_state_dict(ckpt["model"])
+    elif mcfg.pretrained or mcfg.path:
+        from nanogpt.pretrained import load_pretrained
+
+        model = load_pretrained(mcfg.pretrained, path=mcfg.path, dropout=mcfg.dropout)
+        if dataset.vocab_size > model.config.vocab_size:
+            raise UserError(f"the data's vocabulary ({dataset.vocab_size}) is larger than the "
+                            f"pretrained model's ({model.config.vocab_size}): use GPT-2 BPE data")
+        if mcfg.block_size < model.config.block_size:
+            model.crop_block_size(mcfg.block_size)
+        gpt_config = model.config
+    else:
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        gpt_config = model_args(mcfg, dataset.vocab_size)
+        model = GPT(gpt_config)
+    dataset.check_block_size(gpt_config.block_size)
+    model.to(rt.device)
+
+    micro, block = hw.micro_batch_size, gpt_config.block_size
+    flops_per_token = model.flops_per_token(block)
+    tokens_per_step, accum, max_iters = plan_steps(tcfg, micro * block, dist.world_size, micro, flops_per_token)
+    decay_iters = ocfg.decay_iters or max_iters
+    min_lr = ocfg.min_lr if ocfg.min_lr is not None else ocfg.lr / 10
+
+    optimizer = make_adamw(model, ocfg.lr, ocfg.weight_decay, (ocfg.beta1, ocfg.beta2), ocfg.eps,
+                           rt.device_type, ocfg.fused)
+    scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.needs_grad_scaler)
+    start_iter, best_val = 0, float("inf")
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_iter, best_val = ckpt["iter"], ckpt.get("best_val_loss", float("inf"))
+        if ckpt.get("rng") and dist.rank < len(ckpt["rng"]):
+            checkpoint.set_rng_state(ckpt["rng"][dist.rank])
+    else:
+        torch.manual_seed(cfg.seed + dist.rank)  # dropout masks differ between ranks
+    del ckpt
+
+    train_model = torch.compile(model) if hw.compile else model
+    if dist.enabled:
+        train_model = DDP(train_model, device_ids=[rt.device.index] if rt.device_type == "cuda" else None)
+
+    batches = Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size)
+    eval_batches = Batches(dataset, block, hw.eval_batch_size or 2 * micro, cfg.seed, rt.device)
+    metrics = MetricsLogger(run_dir, dist.is_main, cfg.logger, config_dict)
+    peak = peak_flops(rt) if dist.is_main else None
+    if dist.is_main:
+        log.info("model %.2fM parameters (%.2fM non-embedding) | %d tokens/step = %d micro x %d "
+                 "block x %d accum x %d ranks | %s %s compile=%s | run dir %s",
+                 model.num_params(False) / 1e6, _non_embedding(model) / 1e6, tokens_per_step, micro,
+                 block, accum, dist.world_size, rt.device, str(rt.dtype).replace("torch.", ""),
+                 hw.compile, run_dir.resolve())
+        if start_iter:
+            log.info("resuming from %s at iteration %d", resume_path, start_iter)
+
+    def save(it: int, name: str = "last.pt"):
+        """All ranks call this (to gather RNG states); rank 0 writes."""
+        rng = [checkpoint.rng_state()]
+        if dist.enabled:
+            rng = [None] * dist.world_size
+            torch.distributed.all_gather_object(rng, checkpoint.rng_state())
+        if dist.is_main:
+            state = {"model": checkpoint.clean_state_dict(model.state_dict()),
+                     "model_args": dataclasses.asdict(gpt_config), "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict() if scaler.is_enabled() else None, "iter": it,
+                     "best_val_loss": best_val, "rng": rng, "config": config_dict,
+                     "tokenizer": tokenizer_meta, "dataset": dataset.meta.get("dataset")}
+            checkpoint.atomic_save(state, run_dir / "ckpt" / name)
+        distributed.barrier()
+
+    def write_summary(status: str, it: int, losses: dict | None, elapsed: float, tok_s: float | None):
+        metrics.summary({
+            "status": status, "params": model.num_params(False),
+            "params_non_embedding": _non_embedding(model), "tokens": it * tokens_per_step,
+            "flops": float(it * tokens_per_step * flops_per_token), "flops_per_token": flops_per_token,
+            "iters": it, "max_iters": max_iters, "tokens_per_step": tokens_per_step,
+            "best_val_loss": best_val if math.isfinite(best_val) else None,
+            "final_val_loss": losses["val"] if losses else None,
+            "final_train_loss": losses["train"] if losses else None, "wall_time_s": elapsed,
+            "tokens_per_s": tok_s, "mfu": mfu(flops_per_token, tok_s, peak, dist.world_size) if tok_s else None,
+            "world_size": dist.world_size, "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""),
+            "config": config_dict})
+
+    stop = StopRequest()
+    prefetch = Prefetcher(batches, start_iter, accum)
+    t_start = t_last = time.perf_counter()
+    it, losses, status, tok_s, bad_steps, last_loss = start_iter, None, "running", None, 0, None
+    iters_since_log = 0
+    try:
+        while True:
+            lr = lr_at(it, ocfg.lr, min_lr, ocfg.warmup_iters, decay_iters, ocfg.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            # evaluate and checkpoint (not again at the iteration we resumed at)
+            if (it % tcfg.eval_interval == 0 or it == max_iters) and (it > start_iter or start_iter == 0):
+                losses = estimate_loss(train_model, eval_batches, tcfg.eval_iters, rt, dist)
+                if not all(math.isfinite(v) for v in losses.values()):
+                    raise UserError(_nan_message(it, last_loss, "validation"))
+                improved = losses["val"] < best_val
+                best_val = min(best_val, losses["val"])
+                if dist.is_main:
+                    log.info("iter %d: train loss %.4f, val loss %.4f", it, losses["train"], losses["val"])
+                    metrics.log({"kind": "eval", "iter": it, "tokens": it * tokens_per_step,
+                                 "train_loss": losses["train"], "val_loss": losses["val"],
+                                 "time_s": time.perf_counter() - t_start})
+                if it > 0:
+                    if improved:
+                        save(it, "best.pt")
+                    if improved or tcfg.always_save_checkpoint or it == max_iters:
+                        save(it, "last.pt")
+                    write_summary("running", it, losses, time.perf_counter() - t_start, tok_s)
+            if it >= max_iters:
+                status = "finished"
+                break
+            if _agree(stop.requested, dist):
+                save(it, "last.pt")
+                status = "interrupted"
+                break
+
+            # one optimizer step: accum micro-batches, gradients synced on the last one only
+            for m in range(accum):
+                x, y = prefetch.get(it, m)
+                sync = nullcontext() if (not dist.enabled or m == accum - 1) else train_model.no_sync()
+                with sync:
+                    with rt.autocast():
+                        _, loss = train_model(x, y)
+                        loss = loss / accum
+                    scaler.scale(loss).backward()
+            if ocfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), ocfg.grad_clip)
+            if tcfg.on_nan == "skip" and not rt.needs_grad_scaler:
+                finite = bool(torch.isfinite(loss)) and (ocfg.grad_clip <= 0 or bool(torch.isfinite(norm)))
+                if not finite:
+                    bad_steps += 1
+                    log.warning("iter %d: non-finite loss or gradient, update skipped (%d in a row)", it, bad_steps)
+                    optimizer.zero_grad(set_to_none=True)
+                    if bad_steps >= 10:
+                        raise UserError(_nan_message(it, last_loss, "training"))
+                    it += 1
+                    continue
+                bad_steps = 0
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            it += 1
+            iters_since_log += 1
+
+            if it % tcfg.log_interval == 0 and dist.is_main:
+                loss_val = loss.item() * accum  # the one host sync, at log steps only
+                if not math.isfinite(loss_val) and tcfg.on_nan == "stop":
+                    raise UserError(_nan_message(it, last_loss, "training"))
+                last_loss = loss_val
+                now = time.perf_counter()
+                dt = (now - t_last) / iters_since_log
+                t_last, iters_since_log = now, 0
+                tok_s = tokens_per_step / dt
+                step_mfu = mfu(flops_per_token, tok_s, peak, dist.world_size)
+                log.info("iter %d: loss %.4f, lr %.2e, %.1f ms/iter, %s tok/s%s", it, loss_val, lr,
+                         dt * 1000, f"{tok_s:,.0f}", f", mfu {step_mfu * 100:.1f}%" if step_mfu else "")
+                metrics.log({"kind": "train", "iter": it, "tokens": it * tokens_per_step, "loss": loss_val,
+                             "lr": lr, "ms_per_iter": dt * 1000, "tokens_per_s": tok_s, "mfu": step_mfu,
+                             "time_s": now - t_start})
+    except BaseException:
+        if dist.is_main:
+            write_summary("failed", it, losses, time.perf_counter() - t_start, tok_s)
+        raise
+    finally:
+        prefetch.close()
+        stop.restore()
+
+    elapsed = time.perf_counter() - t_start
+    write_summary(status, it, losses, elapsed, tok_s)
+    if status == "interrupted" and dist.is_main:
+        log.warning("stopped at iteration %d; checkpoint saved. Resume with the same command, or "
+                    "`python launch.py init_from=resume run=%s`", it, run_dir)
+    if status == "finished" and dist.is_main:
+        _finish(model, run_dir, tcfg, tokenizer_meta, metrics, rt, cfg.seed)
+    metrics.close()
+    distributed.teardown()
+    return json.loads((run_dir / "summary.json").read_text()) if dist.is_main else {}
+
+
+def _agree(flag: bool, dist) -> bool:
+    """Every rank must take the same branch (a save is collective): any rank's stop stops all."""
+    if not dist.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device="cpu")
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _non_embedding(model: GPT) -> int:
+    """Kaplan's N: parameters outside the token and position embeddings."""
+    return model.num_params(non_embedding=True) - model.transformer.wte.weight.numel()
+
+
+def _nan_message(it: int, last_loss, where: str) -> str:
+    return (f"{where} loss became NaN/inf at iteration {it} (last good training loss: "
+            f"{last_loss if last_loss is not None else 'none logged yet'}). The checkpoints in ckpt/ are "
+            "from before and are untouched. Likely causes: a learning rate too high (optim.lr), float16 "
+            "overflow (use hardware.dtype=bfloat16 or float32), or bad data. To skip bad steps "
+            "instead of stopping: task.on_nan=skip")
+
+
+def _finish(model, run_dir, tcfg, tokenizer_meta, metrics, rt, seed):
+    """Samples and the loss plot: nice to have, never worth failing a finished run for."""
+    if tcfg.num_samples > 0:
+        tok = load_tokenizer(tokenizer_meta)
+        start = tok.encode("\n") if tokenizer_meta.get("kind") == "char" else [tok.eot_token]
+        x = torch.tensor([start] * tcfg.num_samples, dtype=torch.long, device=rt.device)
+        gen = torch.Generator(device=rt.device).manual_seed(seed)
+        with rt.autocast():
+            out = model.generate(x, tcfg.sample_tokens, temperature=0.8, top_k=200, generator=gen)
+        for row in out.tolist():
+            text = tok.decode(row[len(start):])
+            print(f"---------- sample ----------\n{text}", flush=True)
+            metrics.samples(text)
+    if tcfg.plot:
+        try:
+            from nanogpt.plot import plot_run
+
+            plot_run(run_dir)
+        except Exception as e:  # a plot is a convenience: warn, keep the finished run
+            log.warning("could not draw loss.png: %s", e)
