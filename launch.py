@@ -43,7 +43,14 @@ def main(cfg: DictConfig):
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # let the sweep record this job as failed
         print(f"error: {e}", file=sys.stderr, flush=True)
+        _remove_if_untouched(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
+
+
+def _remove_if_untouched(out: Path) -> None:
+    """A command rejected before any work leaves no directory behind (Hydra made it up front)."""
+    if out.is_dir() and all(p.name in (".hydra", "launch.log") for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _agree_on_run_dir(dist, config) -> Path:
@@ -58,9 +65,8 @@ def _agree_on_run_dir(dist, config) -> Path:
     device_type = resolve_device(config.hardware.device, dist.local_rank).type
     distributed.setup(dist, config.hardware.backend, device_type)
     chosen = Path(distributed.broadcast_object(str(own)))
-    if chosen.resolve() != own.resolve() and own.exists():
-        if all(p.name in (".hydra", "launch.log") for p in own.iterdir()):
-            shutil.rmtree(own, ignore_errors=True)
+    if chosen.resolve() != own.resolve():
+        _remove_if_untouched(own)
     return chosen
 
 

@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny prepared dataset, and a way to run launch.py as a user would."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+SHAKESPEARE = SHARED / "data" / "tinyshakespeare" / "input.txt"
+GPT2_RANKS = SHARED / "data" / "gpt2_bpe" / "gpt2.tiktoken"
+
+needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKESPEARE} not present (../shared)")
+needs_gpt2_ranks = pytest.mark.skipif(not GPT2_RANKS.exists(), reason=f"{GPT2_RANKS} not present (../shared)")
+
+
+def write_char_dataset(root: Path, name: str = "tiny_char", text: str | None = None) -> Path:
+    """A small character-level dataset in the prepared layout (train.bin, val.bin, meta.json)."""
+    if text is None:
+        rng = np.random.default_rng(0)
+        words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "away"]
+        text = " ".join(rng.choice(words, size=20000)) + "\n"
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    n = int(0.9 * len(ids))
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
+    ids[:n].tofile(out / "train.bin")
+    ids[n:].tofile(out / "val.bin")
+    meta = {"dataset": name, "tokenizer": {"kind": "char", "chars": chars}, "vocab_size": len(chars),
+            "dtype": "uint16", "tokens": {"train": n, "val": len(ids) - n}, "source": {"kind": "test"}}
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
+
+
+@pytest.fixture
+def data_root(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "data"
+    write_char_dataset(root)
+    monkeypatch.setenv("NANOGPT_DATA_ROOT", str(root))
+    return root
+
+
+# A model and schedule small enough that a run takes a few seconds on two cores.
+TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+        "hardware=cpu", "hardware.dtype=float32", "hardware.micro_batch_size=4",
+        "task.eval_iters=2", "task.log_interval=1", "task.num_samples=0", "task.plot=false"]
+
+
+def launch(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600,
+           check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python launch.py ARGS` in a subprocess, as a user would."""
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "1", "WANDB_MODE": "offline", **(env or {})}
+    proc = subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"launch.py {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
