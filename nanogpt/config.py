@@ -69,9 +69,8 @@ class TrainTask:
     max_flops: Optional[float] = None  # a compute budget C ~ 6 N D: sets max_iters
     tokens_per_step: Optional[int] = None  # tokens per optimizer step; None: one micro-batch per rank
     eval_interval: int = 250
-    eval_iters: int = 200
+    eval_iters: int = 50  # batches per split; eval batches are fixed, so 50 give a steady curve
     log_interval: int = 10
-    save_interval: Optional[int] = None  # None: save at each eval
     always_save_checkpoint: bool = True  # save last.pt at each eval even when val did not improve
     on_nan: str = "stop"  # stop | skip (skip the update of a non-finite step; stop after 10 in a row)
     num_samples: int = 1  # samples printed when training ends (0: none)

@@ -76,6 +76,13 @@ class TokenDataset:
     def vocab_size(self) -> int:
         return int(self.meta["vocab_size"])
 
+    def unigram_entropy(self, max_tokens: int = 10_000_000) -> float:
+        """Entropy (nats/token) of the train split's token frequencies, over its first
+        max_tokens tokens: the loss of the best model that ignores context."""
+        counts = np.bincount(self.splits["train"].tokens[:max_tokens], minlength=self.vocab_size)
+        p = counts[counts > 0] / counts.sum()
+        return float(-(p * np.log(p)).sum())
+
     def check_block_size(self, block_size: int):
         for split in self.splits.values():
             if len(split) <= block_size:

@@ -315,6 +315,9 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         log.warning("stopped at iteration %d; checkpoint saved. Resume with the same command, or "
                     "`python launch.py init_from=resume run=%s`", it, run_dir)
     if status == "finished" and dist.is_main:
+        if losses:
+            log.info("val loss %.4f nats/token vs the corpus's unigram entropy %.4f: what a model "
+                     "that ignores context scores", losses["val"], dataset.unigram_entropy())
         _finish(model, run_dir, tcfg, tokenizer_meta, metrics, rt, cfg.seed)
     metrics.close()
     distributed.teardown()
