@@ -102,8 +102,9 @@ def make_runtime(device: str, dtype: str, local_rank: int = 0, tf32: bool = True
 @functools.lru_cache(maxsize=None)
 def measured_cpu_matmul_flops(dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.3) -> float:
     """The CPU's achieved square-matmul rate (FLOP/s): the honest ceiling for CPU MFU."""
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
+    gen = torch.Generator().manual_seed(0)  # never touch the global RNG: resume must be exact
+    a = torch.randn(n, n, generator=gen).to(dtype)
+    b = torch.randn(n, n, generator=gen).to(dtype)
     for _ in range(2):
         a @ b  # warm-up (thread pool, packing buffers)
     reps, start = 0, time.perf_counter()

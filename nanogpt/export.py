@@ -1,0 +1,291 @@
+"""Export a run's checkpoint as a Hugging Face GPT-2 model directory.
+
+    python -m nanogpt.export RUN_DIR OUT_DIR [--which best|last] [--force] [--rank-file PATH]
+
+OUT_DIR gets config.json + model.safetensors, which `transformers.GPT2LMHeadModel.from_pretrained`
+loads as is, and, when the run's data used GPT-2 BPE, the tokenizer files (vocab.json, merges.txt,
+tokenizer.json, tokenizer_config.json, special_tokens_map.json) rebuilt from the local tiktoken rank
+file, so no download is needed. A char-level run keeps its alphabet in nanogpt_tokenizer.json:
+Hugging Face has no GPT-2 tokenizer for it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from nanogpt.errors import UserError
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.pretrained import hf_state_dict, model_from_state_dict
+
+EOT = "<|endoftext|>"
+EOT_ID = 50256
+
+
+# ----------------------------------------------------------------------------------------------
+# GPT-2 tokenizer files from tiktoken's mergeable ranks
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character map: vocab.json and merges.txt spell tokens with it
+    (printable bytes map to themselves, the rest to characters from U+0100 on; space is 'Ġ')."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+def _merge_parts(ranks: dict[bytes, int], token: bytes) -> tuple[bytes, bytes]:
+    """The two tokens merged into `token`: run BPE on its bytes with the merges ranked below it,
+    which stops exactly one merge short (how tiktoken's ranks encode the merge list)."""
+    parts = [bytes([b]) for b in token]
+    limit = ranks[token]
+    while len(parts) > 2:
+        best = None
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < limit and (best is None or r < best[0]):
+                best = (r, i)
+        if best is None:
+            break
+        i = best[1]
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    if len(parts) != 2:
+        raise ValueError(f"token {token!r} (rank {limit}) is not a merge of two lower-ranked tokens")
+    return parts[0], parts[1]
+
+
+def gpt2_tokenizer_files(ranks: dict[bytes, int], model_max_length: int) -> dict[str, str]:
+    """File name -> content of a Hugging Face GPT-2 tokenizer, from tiktoken's mergeable ranks."""
+    if sorted(ranks.values()) != list(range(EOT_ID)):
+        raise ValueError(f"expected GPT-2's {EOT_ID} ranks 0..{EOT_ID - 1}, got {len(ranks)}")
+    to_unicode = bytes_to_unicode()
+    spell = lambda b: "".join(to_unicode[x] for x in b)  # noqa: E731
+    by_rank = sorted(ranks.items(), key=lambda kv: kv[1])
+    vocab = {spell(b): r for b, r in by_rank} | {EOT: EOT_ID}
+    # rank order is merge order: the first 256 ranks are the single bytes, every later one a merge
+    merges = [" ".join(map(spell, _merge_parts(ranks, b))) for b, _ in by_rank if len(b) > 1]
+    tokenizer_json = {  # the fast tokenizer: the same BPE, byte-level pre-tokenizer and decoder
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": EOT_ID, "content": EOT, "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True}],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                          "use_regex": True},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
+                           "use_regex": True},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                    "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
+                  "vocab": vocab, "merges": merges},
+    }
+    special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+    tokenizer_config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length,
+                        "add_prefix_space": False, "add_bos_token": False, "errors": "replace",
+                        "clean_up_tokenization_spaces": False, **special}
+    dump = lambda obj: json.dumps(obj, ensure_ascii=False, indent=2) + "\n"  # noqa: E731
+    return {
+        "vocab.json": json.dumps(vocab, ensure_ascii=False),
+        # the header line is part of the format: readers skip the first line
+        "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
+        "tokenizer.json": json.dumps(tokenizer_json, ensure_ascii=False),
+        "tokenizer_config.json": dump(tokenizer_config),
+        "special_tokens_map.json": dump(special),
+    }
+
+
+def _tokenizer_files(tokenizer_meta: dict | None, rank_file, block_size: int) -> dict[str, str]:
+    """The tokenizer files to write for this tokenizer meta; warns when none can be made for it."""
+    if tokenizer_meta is None:  # the model alone was asked for
+        return {}
+    kind = tokenizer_meta.get("kind")
+    if kind == "char":
+        warnings.warn("char-level tokenizer: Hugging Face has no GPT-2 tokenizer for it; its "
+                      "alphabet is in nanogpt_tokenizer.json", stacklevel=3)
+        return {"nanogpt_tokenizer.json": json.dumps(tokenizer_meta, ensure_ascii=False) + "\n"}
+    if kind != "gpt2":
+        warnings.warn(f"no known tokenizer ({tokenizer_meta!r}): exporting the model without "
+                      "tokenizer files", stacklevel=3)
+        return {}
+    from nanogpt.tokenizer import GPT2Tokenizer, TokenizerError
+
+    try:  # the rank file: argument, $NANOGPT_GPT2_RANKS, tiktoken's cache, the shared data folder
+        ranks = GPT2Tokenizer(rank_file).enc._mergeable_ranks
+    except TokenizerError as e:
+        if rank_file is not None:  # asked for explicitly: a bad file is an error, not a warning
+            raise UserError(str(e)) from e
+        warnings.warn(f"exporting the model without tokenizer files: {e}", stacklevel=3)
+        return {}
+    return gpt2_tokenizer_files(ranks, model_max_length=block_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# the model directory
+
+def hf_config(config: GPTConfig, dtype: torch.dtype, eos_token_id: int | None) -> dict:
+    """config.json of a transformers GPT2LMHeadModel with our model's shape."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,  # a padded vocabulary is exported padded: rows are weights
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,  # 4 * n_embd
+        "activation_function": "gelu_new",  # the tanh GELU, as ours
+        "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "bos_token_id": eos_token_id,
+        "eos_token_id": eos_token_id,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def _check_target(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise UserError(f"{out_dir} is not empty: choose a new directory, or pass --force "
+                        "(force=True) to replace its contents")
+
+
+def _default_permissions(directory: Path) -> None:
+    """mkdtemp and safetensors create owner-only files; give the export the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for f in directory.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
+def export_hf(model: GPT, out_dir, tokenizer_meta: dict | None = None, rank_file=None,
+              force: bool = False, source: dict | None = None) -> Path:
+    """Write `model` as a Hugging Face GPT-2 directory (see the module docstring); returns it.
+
+    The files are written to a temporary directory next to `out_dir`, then renamed into place,
+    so a failed export leaves no half-written model. `source` (e.g. checkpoint, iter, dataset)
+    is recorded under "nanogpt" in config.json.
+    """
+    out_dir = Path(out_dir)
+    _check_target(out_dir, force)
+    config = getattr(model, "_orig_mod", model).config
+    tokenizer_files = _tokenizer_files(tokenizer_meta, rank_file, config.block_size)
+    from safetensors.torch import save_file
+
+    state = hf_state_dict(model)
+    # safetensors refuses shared tensors: leave out the tied head, as save_pretrained does
+    del state["lm_head.weight"]
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    # <|endoftext|> is GPT-2 BPE's end of text; a char vocabulary has none
+    eos = EOT_ID if (tokenizer_meta or {}).get("kind") != "char" and config.vocab_size > EOT_ID else None
+    cfg = hf_config(config, state["transformer.wte.weight"].dtype, eos_token_id=eos)
+    if source:
+        cfg["nanogpt"] = source
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        for name, text in tokenizer_files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        _default_permissions(tmp)
+        if out_dir.exists():  # empty, or force: swap the old directory out, then delete it
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            out_dir.rename(old / "x")
+            try:
+                tmp.rename(out_dir)
+            except BaseException:
+                (old / "x").rename(out_dir)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# training runs
+
+def load_run(run_dir, which: str = "best", device="cpu") -> tuple[GPT, dict]:
+    """(model in eval mode, checkpoint dict) from RUN_DIR/ckpt/{which}.pt."""
+    from nanogpt import checkpoint
+
+    if which not in ("best", "last"):
+        raise UserError(f"--which must be best or last, got {which!r}")
+    path = Path(run_dir) / "ckpt" / f"{which}.pt"
+    if not path.is_file():
+        have = sorted(p.name for p in path.parent.glob("*.pt")) if path.parent.is_dir() else []
+        hint = (f"it has {', '.join(have)}: pass --which {Path(have[0]).stem}" if have else
+                "is RUN_DIR a training run's output directory (with ckpt/)?")
+        raise UserError(f"no checkpoint {path}; {hint}")
+    ckpt = checkpoint.load(path, map_location=device)  # validated, compile/DDP prefixes removed
+    fields = {f.name for f in dataclasses.fields(GPTConfig)}
+    config = GPTConfig(**{k: v for k, v in ckpt["model_args"].items() if k in fields})
+    try:
+        model = model_from_state_dict(config, ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: the weights do not match its model_args {ckpt['model_args']}: {e}") from e
+    return model.eval(), ckpt
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(prog="python -m nanogpt.export",
+                                description="Export a run's checkpoint as a Hugging Face GPT-2 model directory.")
+    p.add_argument("run_dir", help="the training run's directory (holds ckpt/best.pt, ckpt/last.pt)")
+    p.add_argument("out_dir", help="the model directory to write")
+    p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint (default: best)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    p.add_argument("--rank-file", default=None,
+                   help="GPT-2 BPE ranks (r50k_base.tiktoken) for the tokenizer files; default: "
+                        "$NANOGPT_GPT2_RANKS, tiktoken's cache, the shared data folder")
+    args = p.parse_args(argv)
+
+    _check_target(Path(args.out_dir), args.force)  # before the (slow) checkpoint load
+    model, ckpt = load_run(args.run_dir, args.which)
+    if not ckpt.get("tokenizer"):
+        warnings.warn(f"{args.run_dir} records no tokenizer: exporting the model without tokenizer files",
+                      stacklevel=2)
+    dataset = ((ckpt.get("config") or {}).get("data") or {}).get("name")
+    source = {"checkpoint": str(Path(args.run_dir).resolve() / "ckpt" / f"{args.which}.pt"),
+              "iter": ckpt.get("iter"), "dataset": dataset}
+    out = export_hf(model, args.out_dir, tokenizer_meta=ckpt.get("tokenizer"),
+                    rank_file=args.rank_file, force=args.force, source=source)
+    files = ", ".join(sorted(f.name for f in out.iterdir()))
+    print(f"exported {source['checkpoint']} (iter {source['iter']}, data {dataset}, "
+          f"{model.num_params(non_embedding=False) / 1e6:.2f}M parameters) to {out}: {files}")
+    print(f"load it with transformers: GPT2LMHeadModel.from_pretrained({str(out)!r})")
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,193 @@
+"""launch.py end to end, as a user runs it: train, resume, sample, eval, and the config system."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import REPO, TINY, launch, read_metrics, write_char_dataset
+from nanogpt.config import register_configs, register_resolvers
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+def compose_cfg(overrides):
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_with_typed_groups(experiment):
+    cfg = compose_cfg([f"experiment={experiment}"])
+    assert cfg.task.name in ("train", "eval", "sample", "bench")
+    assert cfg.model.n_layer > 0 and cfg.data.name
+
+
+def test_experiment_recipes_match_nanogpt():
+    sc = compose_cfg(["experiment=shakespeare_char"])
+    assert (sc.model.n_layer, sc.model.n_embd, sc.model.block_size, sc.model.dropout) == (6, 384, 256, 0.2)
+    assert (sc.optim.lr, sc.task.max_iters, sc.task.tokens_per_step) == (1e-3, 5000, 64 * 256)
+    cpu = compose_cfg(["experiment=shakespeare_char_cpu"])
+    assert (cpu.model.n_layer, cpu.model.n_head, cpu.model.n_embd, cpu.model.block_size) == (4, 4, 128, 64)
+    assert (cpu.hardware.micro_batch_size, cpu.task.max_iters, cpu.optim.decay_iters) == (12, 2000, 2000)
+    g = compose_cfg(["experiment=train_gpt2"])
+    assert g.task.tokens_per_step == 491520 and (g.optim.lr, g.optim.min_lr) == (6e-4, 6e-5)
+    assert (g.optim.warmup_iters, g.optim.beta2, g.hardware.dtype, g.hardware.compile) == (2000, 0.95, "bfloat16", True)
+
+
+def _bpe_dataset(root: Path, name: str, n: int = 20000):
+    out = root / name
+    out.mkdir(parents=True)
+    ids = np.random.default_rng(0).integers(0, 50257, n).astype(np.uint16)
+    ids[: n * 9 // 10].tofile(out / "train.bin")
+    ids[n * 9 // 10:].tofile(out / "val.bin")
+    (out / "meta.json").write_text(json.dumps({"dataset": name, "tokenizer": {"kind": "gpt2"}, "vocab_size": 50257,
+                                               "dtype": "uint16", "tokens": {"train": n * 9 // 10, "val": n // 10}}))
+
+
+def _tiny_hf_gpt2(path: Path):
+    """A random GPT-2-vocabulary model in the Hugging Face layout (stands in for OpenAI's weights)."""
+    import torch
+
+    from nanogpt.export import export_hf
+    from nanogpt.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    export_hf(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50257, block_size=64)), path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs_two_iterations_in_tiny_form(experiment, tmp_path, data_root):
+    for name in ("shakespeare_char", "pydoc_char"):
+        write_char_dataset(data_root, name)
+    for name in ("shakespeare", "owt"):
+        _bpe_dataset(data_root, name)
+    extra = []
+    if compose_cfg([f"experiment={experiment}"]).model.pretrained:
+        _tiny_hf_gpt2(tmp_path / "hf")
+        extra = [f"model.path={tmp_path / 'hf'}", "model.block_size=32"]
+    else:
+        extra = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16"]
+    task = compose_cfg([f"experiment={experiment}"]).task.name
+    common = ["hardware=cpu", "hardware.compile=false", "hardware.dtype=float32", "hardware.micro_batch_size=2"]
+    if task == "train":
+        args = [f"experiment={experiment}", *extra, *common, "task.max_iters=2", "task.tokens_per_step=null",
+                "task.eval_iters=1", "task.eval_interval=1", "task.num_samples=1", "task.sample_tokens=5"]
+    else:
+        args = [f"experiment={experiment}", *extra, *common, "task.eval_iters=1"]
+    proc = launch(args, cwd=tmp_path)
+    if task == "train":
+        summary = json.loads(next(tmp_path.glob("runs/*/summary.json")).read_text())
+        assert summary["status"] == "finished" and summary["iters"] == 2
+    else:
+        assert "val" in proc.stdout
+
+
+def test_train_writes_run_directory_and_prints_sample(tmp_path, data_root):
+    proc = launch([*TINY, "task.max_iters=6", "task.eval_interval=3", "task.num_samples=1",
+                   "task.sample_tokens=20", "hydra.run.dir=run"], cwd=tmp_path)
+    run = tmp_path / "run"
+    for f in (".hydra/config.yaml", "metrics.jsonl", "summary.json", "ckpt/last.pt", "ckpt/best.pt", "samples.txt"):
+        assert (run / f).exists(), f
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["iters"] == 6
+    assert summary["tokens"] == 6 * 4 * 32 and summary["flops"] == summary["tokens"] * summary["flops_per_token"]
+    assert summary["best_val_loss"] <= summary["final_val_loss"] + 1e-9
+    kinds = [m["kind"] for m in read_metrics(run)]
+    assert kinds.count("train") == 6 and kinds.count("eval") == 3  # evals at 0, 3, 6
+    assert "sample" in proc.stdout and "unigram entropy" in proc.stderr + proc.stdout
+
+
+def test_same_command_resumes_its_run_and_finished_run_is_not_retrained(tmp_path, data_root):
+    args = [*TINY, "task.max_iters=4", "task.eval_interval=2"]
+    launch(args, cwd=tmp_path)
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1  # the command names its directory
+    before = (runs[0] / "ckpt" / "last.pt").stat().st_mtime_ns
+    proc = launch(args, cwd=tmp_path)
+    assert "already finished" in proc.stderr + proc.stdout
+    assert (runs[0] / "ckpt" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, data_root):
+    common = [*TINY, "model.dropout=0.1", "optim.decay_iters=12", "optim.warmup_iters=3",
+              "task.eval_interval=4"]
+    launch([*common, "task.max_iters=12", "hydra.run.dir=full"], cwd=tmp_path)
+    launch([*common, "task.max_iters=6", "hydra.run.dir=part"], cwd=tmp_path)
+    launch([*common, "task.max_iters=12", "init_from=resume", "run=part"], cwd=tmp_path)
+    full = [m["loss"] for m in read_metrics(tmp_path / "full") if m["kind"] == "train"]
+    part = [m["loss"] for m in read_metrics(tmp_path / "part") if m["kind"] == "train"]
+    assert len(full) == 12 and part == full  # every loss, exactly
+
+
+def test_sample_task_same_tokens_with_and_without_kv_cache(tmp_path, data_root):
+    launch([*TINY, "task.max_iters=3", "hydra.run.dir=run"], cwd=tmp_path)
+    (tmp_path / "prompt.txt").write_text("the cat")
+    outs = []
+    for cache in ("true", "false"):
+        proc = launch(["task=sample", "run=run", "task.prompt=FILE:prompt.txt", "task.max_new_tokens=20",
+                       "task.num_samples=2", f"task.use_cache={cache}", "seed=7", "hardware=cpu",
+                       "hardware.dtype=float32"], cwd=tmp_path)
+        outs.append("\n".join(l for l in proc.stdout.splitlines() if not l.startswith("[20")))  # no log lines
+    assert outs[0] == outs[1] and outs[0].count("the cat") == 2
+
+
+def test_eval_task_prints_table_and_writes_json(tmp_path, data_root):
+    launch([*TINY, "task.max_iters=3", "hydra.run.dir=run"], cwd=tmp_path)
+    proc = launch(["task=eval", "run=run", "task.eval_iters=3", "hardware=cpu", "hardware.dtype=float32"], cwd=tmp_path)
+    assert "perplexity" in proc.stdout and "val" in proc.stdout
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert result["val"]["perplexity"] == pytest.approx(np.exp(result["val"]["loss"]))
+
+
+def test_tokens_per_step_sets_gradient_accumulation(tmp_path, data_root):
+    launch([*TINY, "task.max_iters=2", "task.tokens_per_step=384", "hydra.run.dir=run"], cwd=tmp_path)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["tokens_per_step"] == 384 and summary["tokens"] == 768  # 3 micro-batches of 4 x 32
+    bad = launch([*TINY, "task.tokens_per_step=100", "hydra.run.dir=bad"], cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "not a multiple" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model.n_layers=2"], "Did you mean 'model.n_layer'"),
+    (["task.max_iter=2"], "Did you mean 'task.max_iters'"),
+    (["model=nope"], "Available options in 'model'"),
+    (["model.n_layer=two"], "could not be converted"),
+    (["data=shakespeare_char"], "python prepare/shakespeare_char.py"),
+    (["model.vocab_size=5"], "larger than the model's vocab_size"),
+    (["model.block_size=5000"], "larger than the val split"),
+    (["task=sample", "run=nowhere"], "does not exist"),
+])
+def test_bad_input_is_a_clear_error_with_nonzero_exit(args, message, tmp_path, data_root):
+    proc = launch([*TINY, *args], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+    assert not list(tmp_path.glob("runs/*/ckpt"))
+
+
+def test_default_data_is_prepared_on_first_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("NANOGPT_DATA_ROOT", str(tmp_path / "data"))
+    launch(["hardware=cpu", "task.max_iters=2", "task.eval_iters=1", "task.num_samples=0",
+            "hardware.micro_batch_size=2", "hydra.run.dir=run"], cwd=tmp_path)
+    meta = json.loads((tmp_path / "data" / "pydoc_char" / "meta.json").read_text())
+    assert meta["tokenizer"]["kind"] == "char" and meta["tokens"]["train"] > 100_000
+
+
+@pytest.mark.slow
+def test_default_run_learns_far_below_unigram_entropy(tmp_path, monkeypatch):
+    """`python launch.py` as shipped (only the iteration count shortened for CI time)."""
+    monkeypatch.setenv("NANOGPT_DATA_ROOT", str(tmp_path / "data"))
+    proc = launch(["task.max_iters=600", "hydra.run.dir=run"], cwd=tmp_path)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    import nanogpt.data as d
+
+    entropy = d.TokenDataset(tmp_path / "data" / "pydoc_char").unigram_entropy()
+    assert summary["final_val_loss"] < entropy - 1.0, (summary["final_val_loss"], entropy)
+    assert "sample" in proc.stdout
