@@ -121,6 +121,9 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                         "start it with init_from=scratch")
     if cfg.init_from not in ("scratch", "resume", "pretrained"):
         raise UserError(f"unknown init_from={cfg.init_from!r}: use scratch, resume or pretrained")
+    if cfg.init_from == "pretrained" and not (mcfg.pretrained or mcfg.path):
+        raise UserError("init_from=pretrained needs weights: model=pretrained/gpt2 (or gpt2_medium, "
+                        "gpt2_large, gpt2_xl), or model.path=DIR for a local Hugging Face directory")
     if resume_path is not None and summary_file.exists():
         done = json.loads(summary_file.read_text())
         if done.get("status") == "finished" and cfg.init_from != "resume":
