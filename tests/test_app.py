@@ -162,14 +162,18 @@ def test_tokens_per_step_sets_gradient_accumulation(tmp_path, data_root):
     (["model.n_layer=two"], "could not be converted"),
     (["data=shakespeare_char"], "python prepare/shakespeare_char.py"),
     (["model.vocab_size=5"], "larger than the model's vocab_size"),
-    (["model.block_size=5000"], "larger than the val split"),
-    (["task=sample", "run=nowhere"], "does not exist"),
+    (["model.block_size=100000"], "larger than the val split"),
 ])
 def test_bad_input_is_a_clear_error_with_nonzero_exit(args, message, tmp_path, data_root):
     proc = launch([*TINY, *args], cwd=tmp_path, check=False)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
     assert not list(tmp_path.glob("runs/*/ckpt"))
+
+
+def test_sampling_a_missing_run_is_a_clear_error(tmp_path, data_root):
+    proc = launch(["task=sample", "run=nowhere"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
 def test_default_data_is_prepared_on_first_use(tmp_path, monkeypatch):
