@@ -64,9 +64,18 @@ def _storage_message(e: OSError) -> str:
 
 
 def _remove_if_untouched(out: Path) -> None:
-    """A command rejected before any work leaves no directory behind (Hydra made it up front)."""
+    """A command rejected before any work leaves no directory behind (Hydra made it up front,
+    with any missing parents such as runs/: those go too when empty)."""
     if out.is_dir() and all(p.name in (".hydra", "launch.log", LOCK_FILE) for p in out.iterdir()):
         shutil.rmtree(out, ignore_errors=True)
+        cwd = Path.cwd().resolve()
+        for parent in out.resolve().parents:
+            if parent == cwd or cwd not in parent.parents:
+                break
+            try:
+                parent.rmdir()  # only if empty
+            except OSError:
+                break
 
 
 def _agree_on_run_dir(dist, config) -> Path:

@@ -337,7 +337,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                 raise UserError(_nan_message(guard.checked_at, it, last_loss))
             if it % tcfg.log_interval == 0 and dist.is_main:
                 loss_val = loss.item() * accum  # the one host sync, at log steps only
-                last_loss = loss_val
+                if math.isfinite(loss_val):  # float16 steps the GradScaler skipped can be inf
+                    last_loss = loss_val
                 now = time.perf_counter()
                 dt = (now - t_last) / iters_since_log
                 t_last, iters_since_log = now, 0
@@ -394,12 +395,12 @@ def _params_finite(model) -> bool:
 
 def _nan_message(after: int, at: int, last_loss, where: str = "training") -> str:
     when = f"at iteration {at}" if at - after <= 1 else f"between iterations {after} and {at}"
-    return (f"the {where} loss became NaN or infinite {when} (last good training loss: "
-            f"{f'{last_loss:.4f}' if last_loss is not None else 'none logged yet'}). Stopped; the "
-            "checkpoints in ckpt/ are from before and untouched. Likely causes: a learning rate too "
-            "high (lower optim.lr or lengthen optim.warmup_iters), float16 overflow (use "
-            "hardware.dtype=bfloat16 or float32), or bad data. To skip bad steps instead of stopping: "
-            "task.on_nan=skip")
+    last = f"{last_loss:.4f}" if last_loss is not None else "none logged yet"
+    return (f"the {where} loss became NaN or infinite {when} (last good training loss: {last}). "
+            "Stopped before saving it: the checkpoints in ckpt/, if any, are from before and "
+            "untouched. Likely causes: a learning rate too high (lower optim.lr or lengthen "
+            "optim.warmup_iters), float16 overflow (use hardware.dtype=bfloat16 or float32), or bad "
+            "data. To skip bad steps instead of stopping: task.on_nan=skip")
 
 
 def _plot(run_dir: Path) -> bool:
