@@ -30,6 +30,7 @@ from nanogpt.rundir import LOCK_FILE, lock_run, restore_hydra_files
 register_configs()
 register_resolvers()
 log = logging.getLogger("nanogpt")
+logging.raiseExceptions = False  # a full disk must not turn every log line into a traceback
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -52,6 +53,10 @@ def main(cfg: DictConfig):
         restore_hydra_files()
         _remove_if_untouched(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
+    except KeyboardInterrupt:  # a second Ctrl-C: the first one's checkpoint was not waited for
+        print("error: interrupted twice, stopped at once without saving; the checkpoints in ckpt/ "
+              "are intact and the same command resumes from the last one", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 # a full disk or an unwritable place: the user's to fix, not a bug

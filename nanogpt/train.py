@@ -225,6 +225,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     def save(it: int, name: str = "last.pt", link: str | None = None):
         """All ranks call this (to gather RNG states); rank 0 writes `name`, and makes `link` the
         same file. A non-finite loss or weight is never written: the good checkpoints stay."""
+        nonlocal saved_at
         guard_ok = tcfg.on_nan != "stop" or guard.finite(it)  # skip mode skipped its bad steps
         if _agree(not (guard_ok and _params_finite(model)), dist):
             raise UserError(_nan_message(guard.checked_at, it, last_loss))
@@ -242,6 +243,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             if link:
                 checkpoint.link_checkpoint(run_dir / "ckpt" / name, run_dir / "ckpt" / link)
         distributed.barrier()
+        saved_at = it
 
     def write_summary(status: str, it: int, losses: dict | None, elapsed: float, tok_s: float | None):
         metrics.summary({
@@ -257,6 +259,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             "stop_signal": signal.Signals(stop.signum).name if stop.signum else None, "config": config_dict})
 
     guard = NanGuard(rt.device, start_iter)
+    saved_at = start_iter if start_iter else None  # the iteration last.pt holds
     can_plot = dist.is_main and tcfg.plot
     stop = StopRequest()
     prefetch = Prefetcher(batches, start_iter, accum)
@@ -289,13 +292,14 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                     write_summary("running", it, losses, time.perf_counter() - t_start, tok_s)
                 if can_plot:  # loss.png stays current for whoever watches a long run
                     can_plot = _plot(run_dir)
-            elif tcfg.save_interval and it % tcfg.save_interval == 0 and it > start_iter:
+            if tcfg.save_interval and it % tcfg.save_interval == 0 and saved_at != it and it > 0:
                 save(it, "last.pt")
             if it >= max_iters:
                 status = "finished"
                 break
             if _agree(stop.requested, dist):
-                save(it, "last.pt")
+                if saved_at != it:
+                    save(it, "last.pt")
                 status = "interrupted"
                 break
 
@@ -351,11 +355,11 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                              "time_s": now - t_start})
     except BaseException:
         if dist.is_main:
-            try:  # on a full disk this write fails too: keep the error that says why
+            try:  # on a full disk these writes fail too: keep the error that says why
                 write_summary("failed", it, losses, time.perf_counter() - t_start, tok_s)
+                metrics.close(failed=True)
             except OSError as e:
-                log.warning("could not write summary.json: %s", e)
-            metrics.close(failed=True)
+                log.warning("could not record the failure in %s: %s", run_dir, e)
         raise
     finally:
         prefetch.close()

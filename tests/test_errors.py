@@ -132,6 +132,15 @@ def test_another_model_shape_leaves_the_run_untouched(run, tmp_path, env):
     assert snapshot(run) == before  # checkpoints and .hydra/config.yaml as they were
 
 
+def test_relaunching_a_finished_run_changes_nothing(run, tmp_path, env):
+    before = snapshot(run)
+    proc = launch([*QUICK, "task.max_iters=10", "task.eval_interval=5", f"run={run}"], cwd=tmp_path, env=env)
+    assert "already finished" in proc.stdout and "init_from=resume" in proc.stdout
+    # .hydra/ records the latest launch, as for any launch that is not rejected
+    results = lambda snap: {k: v for k, v in snap.items() if not k.startswith(".hydra/")}
+    assert results(snapshot(run)) == results(before)
+
+
 def test_corrupt_checkpoints_are_an_error_and_stay_for_inspection(run, tmp_path, env):
     for name in ("last.pt", "best.pt"):
         (run / "ckpt" / name).unlink()  # break the hard link, then write garbage
@@ -219,3 +228,12 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_resumes_once_there_is_room(tm
     proc = launch([*args, f"run={run}"], cwd=tmp_path, env=env)  # the same command resumes
     assert "resuming from" in proc.stdout
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_full_disk_outside_a_checkpoint_is_a_message_too(tmp_path, env, mounts):
+    # the run's own small files fill the disk before any checkpoint: metrics.jsonl hits ENOSPC
+    disk = tmp_path / "disk"
+    mounts(disk, "size=64k")
+    err = rejected([*QUICK, "task.max_iters=100000", "task.eval_interval=100000", f"run={disk / 'run'}"],
+                   tmp_path, env)
+    assert "error: No space left on device" in err and "Free disk space" in err
