@@ -383,7 +383,9 @@ def _agree(flag: bool, dist) -> bool:
     """Every rank must take the same branch (a save is collective): any rank's stop stops all."""
     if not dist.enabled:
         return flag
-    t = torch.tensor([int(flag)], device="cpu")
+    # NCCL reduces only CUDA tensors (make_runtime set this rank's device); gloo, CPU ones
+    nccl = torch.distributed.get_backend() == "nccl"
+    t = torch.tensor([int(flag)], device="cuda" if nccl else "cpu")
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return bool(t.item())
 
