@@ -72,10 +72,11 @@ def load_run(run: str | None, which: str = "best", device="cpu") -> tuple[GPT, d
         try:
             ckpt = checkpoint.load(path, map_location="cpu")
             break
-        except UserError as e:
-            failures.append(str(e))
+        except checkpoint.BadCheckpoint as e:
+            failures.append(e.problem)
     else:
-        raise UserError(" | ".join(failures))
+        raise UserError(f"no checkpoint of {run_dir} loads: {' | '.join(failures)}. Train it again "
+                        "in a new run directory")
     for failure in failures:
         log.warning("%s; using %s instead", failure, path)
     model = GPT(GPTConfig(**ckpt["model_args"]))

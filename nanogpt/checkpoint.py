@@ -29,6 +29,15 @@ RESUMABLE = ("last.pt", "best.pt")
 TEMP_GLOB = ".*.pt.*.tmp"
 
 
+class BadCheckpoint(UserError):
+    """A checkpoint that does not load. `problem` says what is wrong with it, without the advice
+    (a caller that falls back to another checkpoint warns with just that)."""
+
+    def __init__(self, problem: str, advice: str):
+        super().__init__(f"{problem}. {advice}")
+        self.problem = problem
+
+
 def atomic_save(obj, path: Path) -> None:
     path = Path(path)
     with _write_errors(path):
@@ -83,7 +92,8 @@ def _write_errors(path: Path):
         raise UserError(
             f"could not write checkpoint {path}: {os_error.strerror or os_error}. The checkpoints "
             f"already in {path.parent} are intact; free disk space or fix the directory's "
-            "permissions, then run the same command again (or init_from=resume run=RUN_DIR) to continue from it") from e
+            "permissions, then run the same command again (or init_from=resume run=RUN_DIR) to "
+            "continue from it") from e
 
 
 def _find_os_error(exc: BaseException | None) -> OSError | None:
@@ -158,14 +168,16 @@ def load(path: Path, map_location="cpu", mmap: bool = False) -> dict:
     path = Path(path)
     if not path.exists():
         raise UserError(f"no checkpoint at {path}")
+    advice = ("Use the run's other checkpoint (ckpt/best.pt or ckpt/last.pt), or train in a new run "
+              "directory")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
     except Exception as e:  # truncated zip, random bytes, pickle errors...
-        raise UserError(f"checkpoint {path} is corrupt or incomplete ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}). Use the run's other checkpoint "
-                        "(ckpt/best.pt or ckpt/last.pt), or train again in a new run directory") from e
+        reason = str(e).splitlines()[0] if str(e) else ""
+        raise BadCheckpoint(f"checkpoint {path} is corrupt or incomplete ({type(e).__name__}: "
+                            f"{reason})", advice) from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
-        raise UserError(f"{path} is not a nanogpt checkpoint (no model / model_args in it)")
+        raise BadCheckpoint(f"{path} is not a nanogpt checkpoint (no model / model_args in it)", advice)
     ckpt["model"] = clean_state_dict(ckpt["model"])
     return ckpt
 
@@ -195,15 +207,15 @@ def load_latest(run_dir: Path) -> tuple[Path | None, dict | None]:
             peek = load(path, mmap=True)
             it = _resume_iter(peek, path)
             del peek
-        except UserError as e:
-            failures.append(str(e))
+        except BadCheckpoint as e:
+            failures.append(e.problem)
             continue
         candidates.append((-it, rank, path))
     for neg_it, _, path in sorted(candidates):
         try:
             ckpt = load(path)
-        except UserError as e:
-            failures.append(str(e))
+        except BadCheckpoint as e:
+            failures.append(e.problem)
             continue
         for failure in failures:
             log.warning("%s; resuming from %s (iteration %d) instead", failure, path, -neg_it)
@@ -216,6 +228,7 @@ def load_latest(run_dir: Path) -> tuple[Path | None, dict | None]:
 
 def _resume_iter(ckpt: dict, path: Path) -> int:
     if not isinstance(ckpt.get("iter"), int) or "optimizer" not in ckpt:
-        raise UserError(f"{path} holds a model but no training state (iter, optimizer): it can "
-                        "initialise a run (model.path) but not resume one")
+        raise BadCheckpoint(f"{path} holds a model but no training state (iter, optimizer): it can "
+                            "initialise a run (model.path) but not resume one",
+                            "Put a training checkpoint in ckpt/, or train in a new run directory")
     return ckpt["iter"]
