@@ -172,6 +172,16 @@ def test_sampling_falls_back_to_last_when_best_is_corrupt(tmp_path, caplog):
     assert "best.pt is corrupt" in caplog.text
 
 
+def test_sampling_a_run_whose_checkpoints_are_all_corrupt(tmp_path):
+    ckpt = write_run(tmp_path, last_iter=30, best_iter=20)
+    for name in ("last.pt", "best.pt"):
+        truncate(ckpt / name)
+    with pytest.raises(UserError) as e:
+        load_run(str(tmp_path), "best")
+    assert f"no checkpoint of {tmp_path} loads" in str(e.value)
+    assert "best.pt is corrupt" in str(e.value) and "last.pt is corrupt" in str(e.value)
+
+
 def test_a_second_ctrl_c_stops_at_once():
     from nanogpt.train import StopRequest
 
