@@ -53,9 +53,9 @@ def main(cfg: DictConfig):
         restore_hydra_files()
         _remove_if_untouched(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
-    except KeyboardInterrupt:  # a second Ctrl-C: the first one's checkpoint was not waited for
-        print("error: interrupted twice, stopped at once without saving; the checkpoints in ckpt/ "
-              "are intact and the same command resumes from the last one", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # training's second Ctrl-C (its first saves), or eval/sample's first
+        print("error: interrupted, stopped at once without saving; checkpoints already written are "
+              "intact and the same command resumes from the last one", file=sys.stderr, flush=True)
         sys.exit(130)
 
 
