@@ -10,8 +10,11 @@ this file validates it, turns it into plain dataclasses and hands it to the task
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -22,10 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from nanogpt.config import register_configs, register_resolvers
 from nanogpt.errors import UserError
+from nanogpt.rundir import LOCK_FILE, lock_run, restore_hydra_files
 
 register_configs()
 register_resolvers()
 log = logging.getLogger("nanogpt")
+logging.raiseExceptions = False  # a full disk must not turn every log line into a traceback
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -39,18 +44,43 @@ def main(cfg: DictConfig):
         config = OmegaConf.to_object(cfg)  # plain dataclasses from here on
         run_dir = _agree_on_run_dir(dist, config)
         return _dispatch(config, run_dir, dist)
-    except UserError as e:
+    except (UserError, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in _STORAGE_ERRORS:
+            raise  # anything else is a bug: keep its traceback
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # let the sweep record this job as failed
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {e if isinstance(e, UserError) else _storage_message(e)}", file=sys.stderr, flush=True)
+        restore_hydra_files()
         _remove_if_untouched(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
+    except KeyboardInterrupt:  # training's second Ctrl-C (its first saves), or eval/sample's first
+        print("error: interrupted, stopped at once without saving; checkpoints already written are "
+              "intact and the same command resumes from the last one", file=sys.stderr, flush=True)
+        sys.exit(130)
+
+
+# a full disk or an unwritable place: the user's to fix, not a bug
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _storage_message(e: OSError) -> str:
+    return (f"{e.strerror}: {e.filename or ''}. Free disk space or fix permissions; the checkpoints "
+            "already written are intact, and the same command resumes from them")
 
 
 def _remove_if_untouched(out: Path) -> None:
-    """A command rejected before any work leaves no directory behind (Hydra made it up front)."""
-    if out.is_dir() and all(p.name in (".hydra", "launch.log") for p in out.iterdir()):
+    """A command rejected before any work leaves no directory behind (Hydra made it up front,
+    with any missing parents such as runs/: those go too when empty)."""
+    if out.is_dir() and all(p.name in (".hydra", "launch.log", LOCK_FILE) for p in out.iterdir()):
         shutil.rmtree(out, ignore_errors=True)
+        cwd = Path.cwd().resolve()
+        for parent in out.resolve().parents:
+            if parent == cwd or cwd not in parent.parents:
+                break
+            try:
+                parent.rmdir()  # only if empty
+            except OSError:
+                break
 
 
 def _agree_on_run_dir(dist, config) -> Path:
@@ -75,7 +105,13 @@ def _dispatch(config, run_dir: Path, dist):
     if task == "train":
         from nanogpt.train import train
 
-        summary = train(config, run_dir, dist)
+        # one training process per run directory (rank 0 holds the lock while it trains)
+        with lock_run(run_dir) if dist.is_main else contextlib.nullcontext():
+            summary = train(config, run_dir, dist)
+        if summary.get("status") == "interrupted" and HydraConfig.get().mode == RunMode.RUN:
+            # checkpoint saved; exit as a signalled program does, so `&&` chains and job
+            # schedulers see that the run did not finish
+            sys.exit(128 + signal.Signals[summary["stop_signal"]].value)
         return summary.get("final_val_loss")  # what a sweeper optimises
     if task == "eval":
         from nanogpt.evaluate import evaluate

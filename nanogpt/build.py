@@ -63,11 +63,22 @@ def load_run(run: str | None, which: str = "best", device="cpu") -> tuple[GPT, d
     order = {"best": ("best.pt", "last.pt"), "last": ("last.pt", "best.pt")}.get(which)
     if order is None:
         raise UserError(f"unknown checkpoint {which!r}: use best or last")
-    path = next((run_dir / "ckpt" / n for n in order if (run_dir / "ckpt" / n).exists()), None)
-    if path is None:
+    paths = [run_dir / "ckpt" / n for n in order if (run_dir / "ckpt" / n).exists()]
+    if not paths:
         raise UserError(f"{run_dir} has no checkpoint (ckpt/best.pt or ckpt/last.pt): train it "
                         "first, or wait for its first evaluation to write one")
-    ckpt = checkpoint.load(path, map_location="cpu")
+    failures = []
+    for path in paths:  # a corrupt preferred checkpoint falls back to the other one
+        try:
+            ckpt = checkpoint.load(path, map_location="cpu")
+            break
+        except checkpoint.BadCheckpoint as e:
+            failures.append(e.problem)
+    else:
+        raise UserError(f"no checkpoint of {run_dir} loads: {' | '.join(failures)}. Train it again "
+                        "in a new run directory")
+    for failure in failures:
+        log.warning("%s; using %s instead", failure, path)
     model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device), ckpt, path

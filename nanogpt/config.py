@@ -110,7 +110,9 @@ class BenchTask:
 
 @dataclass
 class LoggerConfig:
+    """metrics.jsonl is always written; `logger=wandb` (or logger.wandb=true) adds Weights & Biases."""
     wandb: bool = False
+    mode: Optional[str] = None  # online | offline | disabled; None: $WANDB_MODE, else online
     project: str = "nanogpt"
     entity: Optional[str] = None
     name: Optional[str] = None  # None: the run directory's name
@@ -132,7 +134,8 @@ class Config:
 
 
 TASKS = {"train": TrainTask, "eval": EvalTask, "sample": SampleTask, "bench": BenchTask}
-GROUPS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "hardware": HardwareConfig}
+GROUPS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "hardware": HardwareConfig,
+          "logger": LoggerConfig}
 
 
 def register_configs() -> None:

@@ -13,7 +13,7 @@ from nanogpt.build import load_run, open_dataset
 from nanogpt.data import Batches, eval_batch
 from nanogpt.errors import UserError
 from nanogpt.hardware import make_runtime
-from nanogpt.metrics import write_json_atomic
+from nanogpt.metrics import progress, write_json_atomic
 
 log = logging.getLogger("nanogpt")
 
@@ -32,7 +32,7 @@ def split_losses(model, dataset, block_size: int, batch_size: int, eval_iters: i
         if split not in dataset.splits:
             raise UserError(f"unknown split {split!r}: use train and/or val")
         losses = []
-        for k in range(eval_iters):
+        for k in progress(range(eval_iters), desc=f"eval {split}", unit="batch"):
             x, y = eval_batch(batches, split, k)
             with torch.inference_mode(), rt.autocast():
                 _, loss = model(x, y)

@@ -1,5 +1,6 @@
 """Where numbers go: the console, metrics.jsonl (always), summary.json, and Weights & Biases (if
-asked). Only rank 0 writes; other ranks get a logger that does nothing."""
+asked: `logger=wandb`). Only rank 0 writes; other ranks get a logger that does nothing. Progress
+bars (`progress`) show in a terminal on rank 0 only, never in log files or batch jobs."""
 from __future__ import annotations
 
 import json
@@ -37,14 +38,30 @@ def _finite_or_none(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
+def progress(iterable=None, *, total=None, desc=None, is_main=True, leave=True, unit="it"):
+    """A tqdm bar on rank 0 when stderr is a terminal; silent otherwise (disable=None asks tqdm
+    to check for a TTY), so logs and batch jobs get no carriage-return noise."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=leave, unit=unit, dynamic_ncols=True,
+                disable=None if is_main else True)
+
+
 class MetricsLogger:
-    def __init__(self, run_dir: Path, enabled: bool = True, wandb_cfg=None, config: dict | None = None):
+    """start_iter: the iteration a run starts (or resumes) at. metrics.jsonl keeps the records of
+    iterations up to a resumed checkpoint and drops the later ones, which the run is about to
+    redo, so the file reads as if the run had never stopped."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, wandb_cfg=None, config: dict | None = None,
+                 start_iter: int = 0):
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self.wandb = None
         if not enabled:
             return
-        self.file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        path = self.run_dir / "metrics.jsonl"
+        _keep_until(path, start_iter)
+        self.file = open(path, "a", buffering=1)
         if wandb_cfg is not None and wandb_cfg.wandb:
             self.wandb = _start_wandb(wandb_cfg, self.run_dir, config)
 
@@ -62,10 +79,9 @@ class MetricsLogger:
         if not self.enabled:
             return
         write_json_atomic(self.run_dir / "summary.json", summary)
-        if self.wandb is not None:
-            for k, v in summary.items():
-                if k != "config" and not isinstance(v, (dict, list)):
-                    self.wandb.summary[k] = v
+        if self.wandb is not None:  # the figures; the config went to wandb.init
+            self.wandb.summary.update({k: v for k, v in summary.items()
+                                       if k != "config" and not isinstance(v, (dict, list))})
 
     def samples(self, text: str) -> None:
         if not self.enabled:
@@ -77,13 +93,32 @@ class MetricsLogger:
 
             self.wandb.log({"samples": wandb.Html(f"<pre>{_escape(text)}</pre>")})
 
-    def close(self) -> None:
-        if not self.enabled:
+    def close(self, failed: bool = False) -> None:
+        if not self.enabled or self.file.closed:
             return
         self.file.close()
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=1 if failed else 0)
             self.wandb = None
+
+
+def _keep_until(path: Path, start_iter: int) -> None:
+    """Rewrite metrics.jsonl with the records of iterations <= start_iter of a resumed run (none for
+    a fresh start), also dropping a line torn by a crash."""
+    if not path.exists():
+        return
+    kept = []
+    if start_iter > 0:
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("iter", 0) <= start_iter:
+                kept.append(line + "\n")
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 def _escape(s: str) -> str:
@@ -91,12 +126,22 @@ def _escape(s: str) -> str:
 
 
 def _start_wandb(cfg, run_dir: Path, config: dict | None):
+    """A wandb run, or None (with a warning) when wandb is missing or does not start: metrics.jsonl
+    has everything, and a days-long run is not worth stopping for a dashboard."""
     try:
         import wandb
-    except ImportError:  # never required: say so once and go on without it
-        log.warning("logger.wandb=true but wandb is not installed: pip install wandb")
+    except ImportError:
+        log.warning("logger.wandb=true but wandb is not installed (pip install wandb): logging to "
+                    "metrics.jsonl only")
         return None
     # the run id is stable per run directory, so a resumed run continues the same wandb run
     run_id = "".join(c if c.isalnum() else "-" for c in run_dir.resolve().as_posix())[-64:].strip("-")
-    return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or run_dir.name,
-                      tags=list(cfg.tags), config=config, dir=str(run_dir), id=run_id, resume="allow")
+    try:
+        return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or run_dir.name,
+                          tags=list(cfg.tags), config=config, dir=str(run_dir), id=run_id,
+                          resume="allow", mode=cfg.mode)
+    except Exception as e:  # not logged in, no network, a bad entity...
+        log.warning("could not start Weights & Biases (%s: %s): logging to metrics.jsonl only. "
+                    "Run `wandb login`, or log offline with logger.mode=offline and `wandb sync` "
+                    "later", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return None

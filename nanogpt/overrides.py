@@ -9,9 +9,7 @@ import difflib
 import sys
 from pathlib import Path
 
-from nanogpt.config import GROUPS, TASKS, Config, LoggerConfig
-
-SECTIONS = {**GROUPS, "logger": LoggerConfig}
+from nanogpt.config import GROUPS, TASKS, Config
 
 
 def _fields(schema) -> list[str]:
@@ -37,10 +35,10 @@ def problems(args: list[str], conf_dir: Path) -> list[str]:
             continue
         if head == "task":
             valid = task_keys
-        elif head in SECTIONS:
-            valid = _fields(SECTIONS[head])
+        elif head in GROUPS:
+            valid = _fields(GROUPS[head])
         else:
-            errors.append(_unknown(key, "sections", sorted(SECTIONS) + ["task"]))
+            errors.append(_unknown(key, "sections", sorted(GROUPS) + ["task"]))
             continue
         if len(parts) == 2 and parts[1] not in valid:
             errors.append(_unknown(key, f"keys of {head}", valid))

@@ -9,6 +9,7 @@ import torch
 from nanogpt.build import load_run
 from nanogpt.errors import UserError
 from nanogpt.hardware import make_runtime
+from nanogpt.metrics import progress
 from nanogpt.tokenizer import load_tokenizer
 
 log = logging.getLogger("nanogpt")
@@ -30,9 +31,15 @@ def generate_texts(model, tokenizer, prompt: str, num_samples: int, max_new_toke
         ids = [tokenizer.eot_token] if tokenizer.eot_token is not None else tokenizer.encode("\n")
     x = torch.tensor([ids] * num_samples, dtype=torch.long, device=rt.device)
     gen = torch.Generator(device=rt.device).manual_seed(seed)
-    with rt.autocast():
-        out = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k,
-                             use_cache=use_cache, generator=gen)
+    # generate() runs the model once per new token: a forward hook counts them for the bar
+    with progress(total=max_new_tokens, desc="sampling", unit="tok") as bar:
+        hook = model.register_forward_hook(lambda *_: bar.update(1))
+        try:
+            with rt.autocast():
+                out = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k,
+                                     use_cache=use_cache, generator=gen)
+        finally:
+            hook.remove()
     return [tokenizer.decode(row) for row in out.tolist()]
 
 

@@ -24,7 +24,7 @@ from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher, eval_batch
 from nanogpt.errors import UserError
 from nanogpt.hardware import make_runtime, peak_flops
-from nanogpt.metrics import MetricsLogger, mfu
+from nanogpt.metrics import MetricsLogger, mfu, progress
 from nanogpt.model import GPT
 from nanogpt.optim import lr_at, make_adamw
 from nanogpt.tokenizer import load_tokenizer
@@ -61,6 +61,31 @@ class StopRequest:
             signal.signal(s, h)
 
 
+class NanGuard:
+    """Watches for a non-finite loss without a host sync per step: every loss (and gradient
+    norm) is added into a sum on the device, which a NaN or inf poisons for good. The sum is read,
+    one sync, at log steps and before every checkpoint (each step with task.on_nan=skip)."""
+
+    def __init__(self, device, start_iter: int = 0):
+        self.total = torch.zeros((), device=device, dtype=torch.float32)
+        self.checked_at = start_iter  # iterations done at the last good check
+
+    def add(self, value: torch.Tensor):
+        self.total += value.detach().float()
+
+    def finite(self, it: int) -> bool:
+        """Were all values since the last check finite? `it`: iterations done now."""
+        ok = bool(torch.isfinite(self.total))
+        if ok:
+            self.checked_at = it
+        return ok
+
+    def reset(self, it: int):
+        """Forget a bad step that was skipped."""
+        self.total.zero_()
+        self.checked_at = it
+
+
 def plan_steps(tcfg, tokens_per_micro: int, world: int, micro: int, flops_per_token: int):
     """Gradient accumulation and the number of iterations from the configured budget."""
     tokens_per_step = tcfg.tokens_per_step or tokens_per_micro * world
@@ -86,7 +111,8 @@ def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist) -> dict[st
     out = {}
     for split in ("train", "val"):
         total = torch.zeros(2, device=rt.device, dtype=torch.float64)
-        for k in range(dist.rank, eval_iters, dist.world_size):
+        ks = range(dist.rank, eval_iters, dist.world_size)
+        for k in progress(ks, desc=f"eval {split}", is_main=dist.is_main, leave=False):
             x, y = eval_batch(batches, split, k)
             with rt.autocast():
                 _, loss = model(x, y)
@@ -114,24 +140,28 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     tokenizer_meta = dataset.meta["tokenizer"]
 
     # ---- what to start from: a checkpoint of this run, OpenAI's weights, or scratch
-    resume_path = checkpoint.find_resumable(run_dir)
-    summary_file = run_dir / "summary.json"
-    if cfg.init_from == "resume" and resume_path is None:
-        raise UserError(f"init_from=resume but {run_dir} has no checkpoint (ckpt/last.pt): "
-                        "start it with init_from=scratch")
     if cfg.init_from not in ("scratch", "resume", "pretrained"):
         raise UserError(f"unknown init_from={cfg.init_from!r}: use scratch, resume or pretrained")
     if cfg.init_from == "pretrained" and not (mcfg.pretrained or mcfg.path):
         raise UserError("init_from=pretrained needs weights: model=pretrained/gpt2 (or gpt2_medium, "
                         "gpt2_large, gpt2_xl), or model.path=DIR for a local Hugging Face directory")
-    if resume_path is not None and summary_file.exists():
+    if tcfg.on_nan not in ("stop", "skip"):
+        raise UserError(f"unknown task.on_nan={tcfg.on_nan}: use stop or skip")
+    has_ckpt = any((run_dir / "ckpt" / name).exists() for name in checkpoint.RESUMABLE)
+    summary_file = run_dir / "summary.json"
+    if has_ckpt and summary_file.exists():
         done = json.loads(summary_file.read_text())
         if done.get("status") == "finished" and cfg.init_from != "resume":
             log.info("%s already finished (best val loss %s); nothing to do. To train further: "
                      "init_from=resume run=%s task.max_iters=N", run_dir, done.get("best_val_loss"), run_dir)
             distributed.teardown()
             return done
-    ckpt = checkpoint.load(resume_path) if resume_path is not None else None
+    if dist.is_main:  # launch.py holds the run's lock: no other process is writing these
+        checkpoint.remove_stale_temps(run_dir / "ckpt")
+    resume_path, ckpt = checkpoint.load_latest(run_dir)
+    if cfg.init_from == "resume" and ckpt is None:
+        raise UserError(f"init_from=resume but {run_dir} has no checkpoint (ckpt/last.pt or "
+                        "ckpt/best.pt): start it with init_from=scratch")
 
     if ckpt is not None:
         gpt_config = model_args(mcfg, dataset.vocab_size)
@@ -184,19 +214,24 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
 
     batches = Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size)
     eval_batches = Batches(dataset, block, hw.eval_batch_size or 2 * micro, cfg.seed, rt.device)
-    metrics = MetricsLogger(run_dir, dist.is_main, cfg.logger, config_dict)
+    metrics = MetricsLogger(run_dir, dist.is_main, cfg.logger, config_dict, start_iter)
     peak = peak_flops(rt) if dist.is_main else None
     if dist.is_main:
         log.info("model %.2fM parameters (%.2fM non-embedding) | %d tokens/step = %d micro x %d "
-                 "block x %d accum x %d ranks | %s %s compile=%s | run dir %s",
+                 "block x %d accum x %d ranks | %d iters, %s tokens | %s %s compile=%s | run dir %s",
                  model.num_params(False) / 1e6, _non_embedding(model) / 1e6, tokens_per_step, micro,
-                 block, accum, dist.world_size, rt.device, str(rt.dtype).replace("torch.", ""),
-                 hw.compile, run_dir.resolve())
+                 block, accum, dist.world_size, max_iters, f"{max_iters * tokens_per_step:,}", rt.device,
+                 str(rt.dtype).replace("torch.", ""), hw.compile, run_dir.resolve())
         if start_iter:
             log.info("resuming from %s at iteration %d", resume_path, start_iter)
 
-    def save(it: int, name: str = "last.pt"):
-        """All ranks call this (to gather RNG states); rank 0 writes."""
+    def save(it: int, name: str = "last.pt", link: str | None = None):
+        """All ranks call this (to gather RNG states); rank 0 writes `name`, and makes `link` the
+        same file. A non-finite loss or weight is never written: the good checkpoints stay."""
+        nonlocal saved_at
+        guard_ok = tcfg.on_nan != "stop" or guard.finite(it)  # skip mode skipped its bad steps
+        if _agree(not (guard_ok and _params_finite(model)), dist):
+            raise UserError(_nan_message(guard.checked_at, it, last_loss))
         rng = [checkpoint.rng_state()]
         if dist.enabled:
             rng = [None] * dist.world_size
@@ -208,7 +243,10 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                      "best_val_loss": best_val, "rng": rng, "config": config_dict,
                      "tokenizer": tokenizer_meta, "dataset": dataset.meta.get("dataset")}
             checkpoint.atomic_save(state, run_dir / "ckpt" / name)
+            if link:
+                checkpoint.link_checkpoint(run_dir / "ckpt" / name, run_dir / "ckpt" / link)
         distributed.barrier()
+        saved_at = it
 
     def write_summary(status: str, it: int, losses: dict | None, elapsed: float, tok_s: float | None):
         metrics.summary({
@@ -221,8 +259,11 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             "final_train_loss": losses["train"] if losses else None, "wall_time_s": elapsed,
             "tokens_per_s": tok_s, "mfu": mfu(flops_per_token, tok_s, peak, dist.world_size) if tok_s else None,
             "world_size": dist.world_size, "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""),
-            "config": config_dict})
+            "stop_signal": signal.Signals(stop.signum).name if stop.signum else None, "config": config_dict})
 
+    guard = NanGuard(rt.device, start_iter)
+    saved_at = start_iter if start_iter else None  # the iteration last.pt holds
+    can_plot = dist.is_main and tcfg.plot
     stop = StopRequest()
     prefetch = Prefetcher(batches, start_iter, accum)
     t_start = t_last = time.perf_counter()
@@ -238,7 +279,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             if (it % tcfg.eval_interval == 0 or it == max_iters) and (it > start_iter or start_iter == 0):
                 losses = estimate_loss(train_model, eval_batches, tcfg.eval_iters, rt, dist)
                 if not all(math.isfinite(v) for v in losses.values()):
-                    raise UserError(_nan_message(it, last_loss, "validation"))
+                    raise UserError(_nan_message(guard.checked_at, it, last_loss, "evaluation"))
                 improved = losses["val"] < best_val
                 best_val = min(best_val, losses["val"])
                 if dist.is_main:
@@ -247,16 +288,21 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                                  "train_loss": losses["train"], "val_loss": losses["val"],
                                  "time_s": time.perf_counter() - t_start})
                 if it > 0:
-                    if improved:
-                        save(it, "best.pt")
-                    if improved or tcfg.always_save_checkpoint or it == max_iters:
+                    if improved:  # best.pt first: a kill before the link leaves it the newest
+                        save(it, "best.pt", link="last.pt")
+                    elif tcfg.always_save_checkpoint or it == max_iters:
                         save(it, "last.pt")
                     write_summary("running", it, losses, time.perf_counter() - t_start, tok_s)
+                if can_plot:  # loss.png stays current for whoever watches a long run
+                    can_plot = _plot(run_dir)
+            if tcfg.save_interval and it % tcfg.save_interval == 0 and saved_at != it and it > 0:
+                save(it, "last.pt")
             if it >= max_iters:
                 status = "finished"
                 break
             if _agree(stop.requested, dist):
-                save(it, "last.pt")
+                if saved_at != it:
+                    save(it, "last.pt")
                 status = "interrupted"
                 break
 
@@ -268,19 +314,23 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                     with rt.autocast():
                         _, loss = train_model(x, y)
                         loss = loss / accum
+                    guard.add(loss)
                     scaler.scale(loss).backward()
             if ocfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), ocfg.grad_clip)
-            if tcfg.on_nan == "skip" and not rt.needs_grad_scaler:
-                finite = bool(torch.isfinite(loss)) and (ocfg.grad_clip <= 0 or bool(torch.isfinite(norm)))
-                if not finite:
+                if not rt.needs_grad_scaler:  # float16's GradScaler skips inf gradients itself
+                    guard.add(norm)
+            if tcfg.on_nan == "skip" and not rt.needs_grad_scaler:  # one host sync per step
+                if _agree(not guard.finite(it + 1), dist):
                     bad_steps += 1
                     log.warning("iter %d: non-finite loss or gradient, update skipped (%d in a row)", it, bad_steps)
                     optimizer.zero_grad(set_to_none=True)
                     if bad_steps >= 10:
-                        raise UserError(_nan_message(it, last_loss, "training"))
+                        raise UserError(_nan_message(it + 1 - bad_steps, it + 1, last_loss) +
+                                        " (10 steps in a row were skipped)")
                     it += 1
+                    guard.reset(it)
                     continue
                 bad_steps = 0
             scaler.step(optimizer)
@@ -289,11 +339,13 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             it += 1
             iters_since_log += 1
 
+            if (tcfg.on_nan == "stop" and it % tcfg.log_interval == 0
+                    and _agree(not guard.finite(it), dist)):
+                raise UserError(_nan_message(guard.checked_at, it, last_loss))
             if it % tcfg.log_interval == 0 and dist.is_main:
                 loss_val = loss.item() * accum  # the one host sync, at log steps only
-                if not math.isfinite(loss_val) and tcfg.on_nan == "stop":
-                    raise UserError(_nan_message(it, last_loss, "training"))
-                last_loss = loss_val
+                if math.isfinite(loss_val):  # float16 steps the GradScaler skipped can be inf
+                    last_loss = loss_val
                 now = time.perf_counter()
                 dt = (now - t_last) / iters_since_log
                 t_last, iters_since_log = now, 0
@@ -306,7 +358,11 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                              "time_s": now - t_start})
     except BaseException:
         if dist.is_main:
-            write_summary("failed", it, losses, time.perf_counter() - t_start, tok_s)
+            try:  # on a full disk these writes fail too: keep the error that says why
+                write_summary("failed", it, losses, time.perf_counter() - t_start, tok_s)
+                metrics.close(failed=True)
+            except OSError as e:
+                log.warning("could not record the failure in %s: %s", run_dir, e)
         raise
     finally:
         prefetch.close()
@@ -315,6 +371,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     elapsed = time.perf_counter() - t_start
     write_summary(status, it, losses, elapsed, tok_s)
     if status == "interrupted" and dist.is_main:
+        if can_plot:
+            _plot(run_dir)
         log.warning("stopped at iteration %d; checkpoint saved. Resume with the same command, or "
                     "`python launch.py init_from=resume run=%s`", it, run_dir)
     if status == "finished" and dist.is_main:
@@ -331,7 +389,9 @@ def _agree(flag: bool, dist) -> bool:
     """Every rank must take the same branch (a save is collective): any rank's stop stops all."""
     if not dist.enabled:
         return flag
-    t = torch.tensor([int(flag)], device="cpu")
+    # NCCL reduces only CUDA tensors (make_runtime set this rank's device); gloo, CPU ones
+    nccl = torch.distributed.get_backend() == "nccl"
+    t = torch.tensor([int(flag)], device="cuda" if nccl else "cpu")
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return bool(t.item())
 
@@ -341,16 +401,35 @@ def _non_embedding(model: GPT) -> int:
     return model.num_params(non_embedding=True) - model.transformer.wte.weight.numel()
 
 
-def _nan_message(it: int, last_loss, where: str) -> str:
-    return (f"{where} loss became NaN/inf at iteration {it} (last good training loss: "
-            f"{last_loss if last_loss is not None else 'none logged yet'}). The checkpoints in ckpt/ are "
-            "from before and are untouched. Likely causes: a learning rate too high (optim.lr), float16 "
-            "overflow (use hardware.dtype=bfloat16 or float32), or bad data. To skip bad steps "
-            "instead of stopping: task.on_nan=skip")
+def _params_finite(model) -> bool:
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
+def _nan_message(after: int, at: int, last_loss, where: str = "training") -> str:
+    when = f"at iteration {at}" if at - after <= 1 else f"between iterations {after} and {at}"
+    last = f"{last_loss:.4f}" if last_loss is not None else "none logged yet"
+    return (f"the {where} loss became NaN or infinite {when} (last good training loss: {last}). "
+            "Stopped before saving it: the checkpoints in ckpt/, if any, are from before and "
+            "untouched. Likely causes: a learning rate too high (lower optim.lr or lengthen "
+            "optim.warmup_iters), float16 overflow (use hardware.dtype=bfloat16 or float32), or bad "
+            "data. To skip bad steps instead of stopping: task.on_nan=skip")
+
+
+def _plot(run_dir: Path) -> bool:
+    """Draw run_dir/loss.png; False (after one warning) if it cannot be drawn, so a missing
+    matplotlib or a plotting bug never costs a run."""
+    try:
+        from nanogpt.plot import plot_run
+
+        plot_run(run_dir)
+        return True
+    except Exception as e:
+        log.warning("could not draw loss.png (%s: %s); training goes on without it", type(e).__name__, e)
+        return False
 
 
 def _finish(model, run_dir, tcfg, tokenizer_meta, metrics, rt, seed):
-    """Samples and the loss plot: nice to have, never worth failing a finished run for."""
+    """Samples at the end of a finished run."""
     if tcfg.num_samples > 0:
         tok = load_tokenizer(tokenizer_meta)
         start = tok.encode("\n") if tokenizer_meta.get("kind") == "char" else [tok.eot_token]
@@ -362,10 +441,3 @@ def _finish(model, run_dir, tcfg, tokenizer_meta, metrics, rt, seed):
             text = tok.decode(row[len(start):])
             print(f"---------- sample ----------\n{text}", flush=True)
             metrics.samples(text)
-    if tcfg.plot:
-        try:
-            from nanogpt.plot import plot_run
-
-            plot_run(run_dir)
-        except Exception as e:  # a plot is a convenience: warn, keep the finished run
-            log.warning("could not draw loss.png: %s", e)
