@@ -101,8 +101,8 @@ def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist) -> dict[st
 def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     tcfg, mcfg, ocfg, hw = cfg.task, cfg.model, cfg.optim, cfg.hardware
     run_dir = Path(run_dir)
-    rt = make_runtime(hw.device, hw.dtype, dist.local_rank, hw.tf32, hw.num_threads)
-    distributed.setup(dist, hw.backend, rt.device_type)
+    rt = make_runtime(hw.device, hw.dtype, dist.local_rank, hw.tf32, hw.num_threads or dist.cpus)
+    distributed.setup(dist, hw.backend, rt.device)
     config_dict = dataclasses.asdict(cfg)
 
     # ---- data: rank 0 prepares the embedded corpus on first use, the others wait for it
@@ -175,9 +175,10 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         torch.manual_seed(cfg.seed + dist.rank)  # dropout masks differ between ranks
     del ckpt
 
-    train_model = torch.compile(model) if hw.compile else model
-    if dist.enabled:
-        train_model = DDP(train_model, device_ids=[rt.device.index] if rt.device_type == "cuda" else None)
+    eval_model = torch.compile(model) if hw.compile else model
+    train_model = eval_model
+    if dist.enabled:  # evaluation bypasses DDP: ranks score different numbers of batches
+        train_model = DDP(eval_model, device_ids=[rt.device.index] if rt.device_type == "cuda" else None)
 
     batches = Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size)
     eval_batches = Batches(dataset, block, hw.eval_batch_size or 2 * micro, cfg.seed, rt.device)
@@ -220,7 +221,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             "world_size": dist.world_size, "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""),
             "config": config_dict})
 
-    stop = StopRequest()
+    # in a SLURM job, submitit's pre-emption / time-limit signal also saves and stops (then requeues)
+    stop = StopRequest((signal.SIGTERM, signal.SIGINT) + ((dist.requeue_signal,) if dist.requeue_signal else ()))
     prefetch = Prefetcher(batches, start_iter, accum)
     t_start = t_last = time.perf_counter()
     it, losses, status, tok_s, bad_steps, last_loss = start_iter, None, "running", None, 0, None
@@ -233,7 +235,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
 
             # evaluate and checkpoint (not again at the iteration we resumed at)
             if (it % tcfg.eval_interval == 0 or it == max_iters) and (it > start_iter or start_iter == 0):
-                losses = estimate_loss(train_model, eval_batches, tcfg.eval_iters, rt, dist)
+                losses = estimate_loss(eval_model, eval_batches, tcfg.eval_iters, rt, dist)
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise UserError(_nan_message(it, last_loss, "validation"))
                 improved = losses["val"] < best_val
@@ -258,6 +260,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                 break
 
             # one optimizer step: accum micro-batches, gradients synced on the last one only
+            step_loss = torch.zeros((), device=rt.device)  # the mean over micro-batches (and ranks, below)
             for m in range(accum):
                 x, y = prefetch.get(it, m)
                 sync = nullcontext() if (not dist.enabled or m == accum - 1) else train_model.no_sync()
@@ -266,6 +269,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                         _, loss = train_model(x, y)
                         loss = loss / accum
                     scaler.scale(loss).backward()
+                step_loss += loss.detach()
             if ocfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), ocfg.grad_clip)
@@ -286,8 +290,10 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             it += 1
             iters_since_log += 1
 
+            if it % tcfg.log_interval == 0:
+                distributed.all_reduce_mean(step_loss)  # every rank joins, at log steps only
             if it % tcfg.log_interval == 0 and dist.is_main:
-                loss_val = loss.item() * accum  # the one host sync, at log steps only
+                loss_val = step_loss.item()  # the one host sync, at log steps only
                 if not math.isfinite(loss_val) and tcfg.on_nan == "stop":
                     raise UserError(_nan_message(it, last_loss, "training"))
                 last_loss = loss_val
@@ -317,17 +323,15 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     if status == "finished" and dist.is_main:
         _finish(model, run_dir, tcfg, tokenizer_meta, metrics, rt, cfg.seed)
     metrics.close()
+    if status == "interrupted":  # a SLURM job leaves here, to be requeued (or cancelled)
+        distributed.end_interrupted_slurm_job(dist, stop.signum)
     distributed.teardown()
     return json.loads((run_dir / "summary.json").read_text()) if dist.is_main else {}
 
 
 def _agree(flag: bool, dist) -> bool:
     """Every rank must take the same branch (a save is collective): any rank's stop stops all."""
-    if not dist.enabled:
-        return flag
-    t = torch.tensor([int(flag)], device="cpu")
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
+    return distributed.any_rank(flag)
 
 
 def _non_embedding(model: GPT) -> int:
