@@ -58,6 +58,8 @@ class HardwareConfig:
     eval_batch_size: Optional[int] = None  # None: 2 x micro_batch_size (no gradients to hold)
     tf32: bool = True  # TF32 matmuls on Ampere and later
     backend: str = "auto"  # DDP backend: auto (nccl on CUDA, gloo otherwise) | nccl | gloo
+    # GPUs per node a SLURM job asks for, one task (DDP rank) each; None: a CPU job of one task
+    gpus_per_node: Optional[int] = None
     num_threads: Optional[int] = None  # torch intra-op threads on the CPU; None: torch's default
 
 
@@ -172,3 +174,5 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("nanogpt_run_dir"):
         OmegaConf.register_new_resolver("nanogpt_run_dir", run_dir)
         OmegaConf.register_new_resolver("nanogpt_run_name", run_name)
+        # the SLURM launcher's tasks per node: one per GPU, or one on a CPU node
+        OmegaConf.register_new_resolver("nanogpt_tasks_per_node", lambda gpus: gpus or 1)
