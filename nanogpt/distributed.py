@@ -168,7 +168,8 @@ def end_interrupted_slurm_job(dist: Dist, signum: int | None) -> None:
             if refusal is not None:
                 raise refusal
             return
-        log.warning("requeued: this job starts again and resumes from the checkpoint")
+        if dist.is_main:
+            log.warning("requeued: this job starts again and resumes from the checkpoint")
     sys.exit(-1)
 
 
@@ -182,9 +183,6 @@ def abort(dist: Dist, error: BaseException) -> None:
         what = str(error)
     else:
         what = "".join(traceback.format_exception(error)).rstrip()
-        if isinstance(error, td.DistError):
-            what += ("\n(a collective operation failed: another rank probably failed first; "
-                     "see its log)")
     print(f"error: rank {dist.rank} of {dist.world_size} failed: {what}", file=sys.stderr, flush=True)
     logging.shutdown()  # flush the log files
     sys.stdout.flush()

@@ -115,6 +115,9 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
 
     # ---- what to start from: a checkpoint of this run, OpenAI's weights, or scratch
     resume_path = checkpoint.find_resumable(run_dir)
+    if distributed.broadcast_object(resume_path is not None) != (resume_path is not None):
+        raise UserError(f"ranks 0 and {dist.rank} disagree on whether {run_dir / 'ckpt'} holds a "
+                        "checkpoint: the run directory must be on a filesystem that every node shares")
     summary_file = run_dir / "summary.json"
     if cfg.init_from == "resume" and resume_path is None:
         raise UserError(f"init_from=resume but {run_dir} has no checkpoint (ckpt/last.pt): "
