@@ -225,7 +225,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             "config": config_dict})
 
     # in a SLURM job, submitit's pre-emption / time-limit signal also saves and stops (then requeues)
-    stop = StopRequest((signal.SIGTERM, signal.SIGINT) + ((dist.requeue_signal,) if dist.requeue_signal else ()))
+    requeue = (dist.requeue_signal,) if dist.requeue_signal else ()
+    stop = StopRequest((signal.SIGTERM, signal.SIGINT, *requeue))
     prefetch = Prefetcher(batches, start_iter, accum)
     t_start = t_last = time.perf_counter()
     it, losses, status, tok_s, bad_steps, last_loss = start_iter, None, "running", None, 0, None

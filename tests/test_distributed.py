@@ -60,7 +60,7 @@ def rank_one_lacks_data(tmp_path: Path) -> dict:
         "import os\n"
         "if os.environ.get('RANK', os.environ.get('SLURM_PROCID')) == '1':\n"
         "    os.environ['NANOGPT_DATA_ROOT'] = '/nonexistent'\n")
-    return {"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))}
 
 
 # ---- torchrun on one node
