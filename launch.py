@@ -54,8 +54,6 @@ def main(cfg: DictConfig):
         print(f"error: {e}", file=sys.stderr, flush=True)
         _remove_if_untouched(own_dir)
         sys.exit(2)
-    finally:
-        distributed.teardown()
 
 
 def _remove_if_untouched(out: Path) -> None:

@@ -9,6 +9,7 @@ of the code asks the `Dist` object that `detect()` returns, and uses the helpers
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -92,7 +93,9 @@ def _tcp(host: str, job_id: str) -> str:
 
 
 def setup(dist: Dist, backend: str, device: torch.device) -> None:
-    """Join the process group (a no-op for one process, and when already joined)."""
+    """Join the process group (a no-op for one process, and when already joined). It lasts as long
+    as the process: the jobs of a sweep under torchrun (`-m`) share it, as joining a second time
+    would wait for a rendezvous that never comes."""
     if not dist.enabled or td.is_initialized():
         return
     if device.type == "cuda":
@@ -104,6 +107,7 @@ def setup(dist: Dist, backend: str, device: torch.device) -> None:
     minutes = float(os.environ.get("NANOGPT_DIST_TIMEOUT_MIN", 30))
     td.init_process_group(BACKENDS[backend], init_method=dist.init_method, rank=dist.rank,
                           world_size=dist.world_size, timeout=datetime.timedelta(minutes=minutes))
+    atexit.register(teardown)
 
 
 def teardown() -> None:

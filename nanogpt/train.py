@@ -129,7 +129,6 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         if done.get("status") == "finished" and cfg.init_from != "resume":
             log.info("%s already finished (best val loss %s); nothing to do. To train further: "
                      "init_from=resume run=%s task.max_iters=N", run_dir, done.get("best_val_loss"), run_dir)
-            distributed.teardown()
             return done
     ckpt = checkpoint.load(resume_path) if resume_path is not None else None
 
@@ -329,7 +328,6 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     metrics.close()
     if status == "interrupted":  # a SLURM job leaves here, to be requeued (or cancelled)
         distributed.end_interrupted_slurm_job(dist, stop.signum)
-    distributed.teardown()
     return json.loads((run_dir / "summary.json").read_text()) if dist.is_main else {}
 
 

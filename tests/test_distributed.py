@@ -116,6 +116,13 @@ def test_local_sweep(tmp_path, data_root, launcher):
     assert all(summary(r)["status"] == "finished" for r in runs)
 
 
+def test_torchrun_sweep_runs_its_jobs_on_one_process_group(tmp_path, data_root):
+    torchrun(["-m", *STEP, "task.max_iters=3", "sweep_name=s", "model.n_layer=1,2"], cwd=tmp_path)
+    runs = run_dirs(tmp_path / "sweeps" / "s")
+    assert [summary(r)["config"]["model"]["n_layer"] for r in runs] == [1, 2]
+    assert all(summary(r)["world_size"] == 2 and summary(r)["status"] == "finished" for r in runs)
+
+
 # ---- SLURM, on the real single-node cluster
 
 def slurm_sweep(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
