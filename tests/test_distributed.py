@@ -16,7 +16,6 @@ from conftest import REPO, TINY, launch, needs_slurm, read_metrics
 pytestmark = pytest.mark.slow
 
 
-
 def merged(*overrides: str) -> list[str]:
     """key=value overrides, a later one replacing an earlier one of the same key."""
     return list({o.split("=", 1)[0]: o for o in overrides}.values())
@@ -68,7 +67,8 @@ def rank_one_lacks_data(tmp_path: Path) -> dict:
 def test_ddp_two_ranks_match_one_process_with_twice_the_accumulation(tmp_path, data_root):
     args = [*STEP, "task.max_iters=24", "task.eval_interval=12"]
     one, ddp = tmp_path / "one", tmp_path / "ddp"
-    one.mkdir(), ddp.mkdir()
+    one.mkdir()
+    ddp.mkdir()
     launch(args, cwd=one)
     # a timestamped run directory, as Hydra names it on each rank (microseconds: they differ)
     torchrun([*args, "hydra.run.dir=outputs/${now:%H-%M-%S-%f}"], cwd=ddp)
