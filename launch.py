@@ -7,6 +7,7 @@ this file validates it, turns it into plain dataclasses and hands it to the task
     python launch.py experiment=shakespeare_char       # nanoGPT's shakespeare_char recipe
     python launch.py task=sample run=runs/default      # sample from a run
     torchrun --standalone --nproc_per_node=8 launch.py experiment=train_gpt2 hardware=gpu_node
+    python launch.py -m hydra/launcher=slurm hardware=gpu_node model.n_layer=6,12   # docs/distributed.md
 """
 from __future__ import annotations
 
@@ -42,16 +43,25 @@ def main(cfg: DictConfig):
         logging.getLogger().setLevel(logging.WARNING)
     try:
         config = OmegaConf.to_object(cfg)  # plain dataclasses from here on
+        if dist.enabled and config.task.name != "train":
+            raise UserError(f"task={config.task.name} runs in one process: start it with python, "
+                            "not torchrun or a SLURM job of several tasks")
         run_dir = _agree_on_run_dir(dist, config)
         return _dispatch(config, run_dir, dist)
-    except (UserError, OSError) as e:
-        if isinstance(e, OSError) and e.errno not in _STORAGE_ERRORS:
-            raise  # anything else is a bug: keep its traceback
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # let the sweep record this job as failed
-        print(f"error: {e if isinstance(e, UserError) else _storage_message(e)}", file=sys.stderr, flush=True)
+    except Exception as e:
+        own_dir = Path(HydraConfig.get().runtime.output_dir)
+        storage = isinstance(e, OSError) and e.errno in _STORAGE_ERRORS
+        user_error = isinstance(e, UserError) or storage  # the user's to fix: a message, no traceback
+        if dist.enabled:  # end every rank now, rather than leave the others waiting in a collective
+            if dist.is_main and user_error:
+                restore_hydra_files()
+                _remove_if_untouched(own_dir)
+            distributed.abort(dist, UserError(_storage_message(e)) if storage else e)
+        if not user_error or HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # a bug keeps its traceback; a sweep records this job as failed
+        print(f"error: {_storage_message(e) if storage else e}", file=sys.stderr, flush=True)
         restore_hydra_files()
-        _remove_if_untouched(Path(HydraConfig.get().runtime.output_dir))
+        _remove_if_untouched(own_dir)
         sys.exit(2)
     except KeyboardInterrupt:  # training's second Ctrl-C (its first saves), or eval/sample's first
         print("error: interrupted, stopped at once without saving; checkpoints already written are "
@@ -84,16 +94,15 @@ def _remove_if_untouched(out: Path) -> None:
 
 
 def _agree_on_run_dir(dist, config) -> Path:
-    """Hydra names the output directory on each rank separately (it can differ by a timestamp):
-    every rank uses rank 0's, and a rank's own stray directory is removed."""
+    """Join the process group, then use rank 0's output directory on every rank: Hydra names it
+    on each rank separately (a timestamp in it can differ), and a rank's own stray one is removed."""
     from nanogpt import distributed
     from nanogpt.hardware import resolve_device
 
     own = Path(HydraConfig.get().runtime.output_dir)
     if not dist.enabled:
         return own
-    device_type = resolve_device(config.hardware.device, dist.local_rank).type
-    distributed.setup(dist, config.hardware.backend, device_type)
+    distributed.setup(dist, config.hardware.backend, resolve_device(config.hardware.device, dist.local_rank))
     chosen = Path(distributed.broadcast_object(str(own)))
     if chosen.resolve() != own.resolve():
         _remove_if_untouched(own)

@@ -58,6 +58,8 @@ class HardwareConfig:
     eval_batch_size: Optional[int] = None  # None: 2 x micro_batch_size (no gradients to hold)
     tf32: bool = True  # TF32 matmuls on Ampere and later
     backend: str = "auto"  # DDP backend: auto (nccl on CUDA, gloo otherwise) | nccl | gloo
+    # GPUs per node a SLURM job asks for, one task (DDP rank) each; None: a CPU job of one task
+    gpus_per_node: Optional[int] = None
     num_threads: Optional[int] = None  # torch intra-op threads on the CPU; None: torch's default
 
 
@@ -71,6 +73,7 @@ class TrainTask:
     eval_interval: int = 250
     eval_iters: int = 50  # batches per split; eval batches are fixed, so 50 give a steady curve
     log_interval: int = 10
+    save_interval: Optional[int] = None  # also save last.pt every N iterations (None: at evals only)
     always_save_checkpoint: bool = True  # save last.pt at each eval even when val did not improve
     on_nan: str = "stop"  # stop | skip (skip the update of a non-finite step; stop after 10 in a row)
     num_samples: int = 1  # samples printed when training ends (0: none)
@@ -174,3 +177,5 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("nanogpt_run_dir"):
         OmegaConf.register_new_resolver("nanogpt_run_dir", run_dir)
         OmegaConf.register_new_resolver("nanogpt_run_name", run_name)
+        # the SLURM launcher's tasks per node: one per GPU, or one on a CPU node
+        OmegaConf.register_new_resolver("nanogpt_tasks_per_node", lambda gpus: gpus or 1)

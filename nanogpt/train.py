@@ -127,8 +127,8 @@ def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist) -> dict[st
 def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     tcfg, mcfg, ocfg, hw = cfg.task, cfg.model, cfg.optim, cfg.hardware
     run_dir = Path(run_dir)
-    rt = make_runtime(hw.device, hw.dtype, dist.local_rank, hw.tf32, hw.num_threads)
-    distributed.setup(dist, hw.backend, rt.device_type)
+    rt = make_runtime(hw.device, hw.dtype, dist.local_rank, hw.tf32, hw.num_threads or dist.cpus)
+    distributed.setup(dist, hw.backend, rt.device)
     config_dict = dataclasses.asdict(cfg)
 
     # ---- data: rank 0 prepares the embedded corpus on first use, the others wait for it
@@ -154,11 +154,13 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         if done.get("status") == "finished" and cfg.init_from != "resume":
             log.info("%s already finished (best val loss %s); nothing to do. To train further: "
                      "init_from=resume run=%s task.max_iters=N", run_dir, done.get("best_val_loss"), run_dir)
-            distributed.teardown()
             return done
     if dist.is_main:  # launch.py holds the run's lock: no other process is writing these
         checkpoint.remove_stale_temps(run_dir / "ckpt")
     resume_path, ckpt = checkpoint.load_latest(run_dir)
+    if distributed.broadcast_object(ckpt is not None) != (ckpt is not None):
+        raise UserError(f"ranks 0 and {dist.rank} disagree on whether {run_dir / 'ckpt'} holds a "
+                        "checkpoint: the run directory must be on a filesystem that every node shares")
     if cfg.init_from == "resume" and ckpt is None:
         raise UserError(f"init_from=resume but {run_dir} has no checkpoint (ckpt/last.pt or "
                         "ckpt/best.pt): start it with init_from=scratch")
@@ -208,9 +210,10 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         torch.manual_seed(cfg.seed + dist.rank)  # dropout masks differ between ranks
     del ckpt
 
-    train_model = torch.compile(model) if hw.compile else model
-    if dist.enabled:
-        train_model = DDP(train_model, device_ids=[rt.device.index] if rt.device_type == "cuda" else None)
+    eval_model = torch.compile(model) if hw.compile else model
+    train_model = eval_model
+    if dist.enabled:  # evaluation bypasses DDP: ranks score different numbers of batches
+        train_model = DDP(eval_model, device_ids=[rt.device.index] if rt.device_type == "cuda" else None)
 
     batches = Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size)
     eval_batches = Batches(dataset, block, hw.eval_batch_size or 2 * micro, cfg.seed, rt.device)
@@ -264,7 +267,9 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     guard = NanGuard(rt.device, start_iter)
     saved_at = start_iter if start_iter else None  # the iteration last.pt holds
     can_plot = dist.is_main and tcfg.plot
-    stop = StopRequest()
+    # in a SLURM job, submitit's pre-emption / time-limit signal also saves and stops (then requeues)
+    requeue = (dist.requeue_signal,) if dist.requeue_signal else ()
+    stop = StopRequest((signal.SIGTERM, signal.SIGINT, *requeue))
     prefetch = Prefetcher(batches, start_iter, accum)
     t_start = t_last = time.perf_counter()
     it, losses, status, tok_s, bad_steps, last_loss = start_iter, None, "running", None, 0, None
@@ -277,7 +282,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
 
             # evaluate and checkpoint (not again at the iteration we resumed at)
             if (it % tcfg.eval_interval == 0 or it == max_iters) and (it > start_iter or start_iter == 0):
-                losses = estimate_loss(train_model, eval_batches, tcfg.eval_iters, rt, dist)
+                losses = estimate_loss(eval_model, eval_batches, tcfg.eval_iters, rt, dist)
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise UserError(_nan_message(guard.checked_at, it, last_loss, "evaluation"))
                 improved = losses["val"] < best_val
@@ -307,6 +312,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                 break
 
             # one optimizer step: accum micro-batches, gradients synced on the last one only
+            step_loss = torch.zeros((), device=rt.device)  # the mean over micro-batches (and ranks, below)
             for m in range(accum):
                 x, y = prefetch.get(it, m)
                 sync = nullcontext() if (not dist.enabled or m == accum - 1) else train_model.no_sync()
@@ -316,6 +322,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                         loss = loss / accum
                     guard.add(loss)
                     scaler.scale(loss).backward()
+                step_loss += loss.detach()
             if ocfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), ocfg.grad_clip)
@@ -342,8 +349,10 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             if (tcfg.on_nan == "stop" and it % tcfg.log_interval == 0
                     and _agree(not guard.finite(it), dist)):
                 raise UserError(_nan_message(guard.checked_at, it, last_loss))
+            if it % tcfg.log_interval == 0:
+                distributed.all_reduce_mean(step_loss)  # every rank joins, at log steps only
             if it % tcfg.log_interval == 0 and dist.is_main:
-                loss_val = loss.item() * accum  # the one host sync, at log steps only
+                loss_val = step_loss.item()  # the one host sync, at log steps only
                 if math.isfinite(loss_val):  # float16 steps the GradScaler skipped can be inf
                     last_loss = loss_val
                 now = time.perf_counter()
@@ -381,19 +390,14 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                      "that ignores context scores", losses["val"], dataset.unigram_entropy())
         _finish(model, run_dir, tcfg, tokenizer_meta, metrics, rt, cfg.seed)
     metrics.close()
-    distributed.teardown()
+    if status == "interrupted":  # a SLURM job leaves here, to be requeued (or cancelled)
+        distributed.end_interrupted_slurm_job(dist, stop.signum)
     return json.loads((run_dir / "summary.json").read_text()) if dist.is_main else {}
 
 
 def _agree(flag: bool, dist) -> bool:
     """Every rank must take the same branch (a save is collective): any rank's stop stops all."""
-    if not dist.enabled:
-        return flag
-    # NCCL reduces only CUDA tensors (make_runtime set this rank's device); gloo, CPU ones
-    nccl = torch.distributed.get_backend() == "nccl"
-    t = torch.tensor([int(flag)], device="cuda" if nccl else "cpu")
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return bool(t.item())
+    return distributed.any_rank(flag)
 
 
 def _non_embedding(model: GPT) -> int:

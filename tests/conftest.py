@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,27 @@ GPT2_RANKS = SHARED / "data" / "gpt2_bpe" / "gpt2.tiktoken"
 
 needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKESPEARE} not present (../shared)")
 needs_gpt2_ranks = pytest.mark.skipif(not GPT2_RANKS.exists(), reason=f"{GPT2_RANKS} not present (../shared)")
+
+
+def _slurm_down_reason() -> str | None:
+    """Why the local SLURM cluster (../shared/slurm) cannot take jobs, or None when it can. The
+    controller's port is tried first: without one, sinfo takes ~9 s to fail."""
+    if shutil.which("sbatch") is None:
+        return "sbatch is not installed"
+    try:
+        socket.create_connection(("127.0.0.1", 6817), timeout=1).close()
+        r = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%T"], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return "no SLURM controller answers on port 6817"
+    if r.returncode != 0 or r.stdout.strip() not in {"idle", "mixed", "allocated"}:
+        return f"the debug partition is not up ({r.stdout.strip() or r.stderr.strip()})"
+    return None
+
+
+_SLURM_DOWN = _slurm_down_reason()
+needs_slurm = pytest.mark.skipif(
+    _SLURM_DOWN is not None,
+    reason=f"no SLURM cluster: {_SLURM_DOWN}; start one with ../shared/slurm/start-local-slurm.sh (as root)")
 
 
 def write_char_dataset(root: Path, name: str = "tiny_char", text: str | None = None) -> Path:
