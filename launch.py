@@ -117,9 +117,10 @@ def _dispatch(config, run_dir: Path, dist):
         # one training process per run directory (rank 0 holds the lock while it trains)
         with lock_run(run_dir) if dist.is_main else contextlib.nullcontext():
             summary = train(config, run_dir, dist)
-        if summary.get("status") == "interrupted" and HydraConfig.get().mode == RunMode.RUN:
+        if summary.get("status") == "interrupted":
             # checkpoint saved; exit as a signalled program does, so `&&` chains and job
-            # schedulers see that the run did not finish
+            # schedulers see that the run did not finish, and a local sweep stops here instead
+            # of going on to its next point
             sys.exit(128 + signal.Signals[summary["stop_signal"]].value)
         return summary.get("final_val_loss")  # what a sweeper optimises
     if task == "eval":

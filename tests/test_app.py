@@ -195,3 +195,29 @@ def test_default_run_learns_far_below_unigram_entropy(tmp_path, monkeypatch):
     entropy = d.TokenDataset(tmp_path / "data" / "pydoc_char").unigram_entropy()
     assert summary["final_val_loss"] < entropy - 1.0, (summary["final_val_loss"], entropy)
     assert "sample" in proc.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_local_sweep_not_just_its_current_point(tmp_path, data_root):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), "-m", *TINY, "task.max_iters=100000",
+                             "sweep_name=s", "model.n_layer=1,2"], cwd=tmp_path,
+                            env={**os.environ, "WANDB_MODE": "offline"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("sweeps/s/*/metrics.jsonl")) or \
+            "train" not in next(tmp_path.glob("sweeps/s/*/metrics.jsonl")).read_text():
+        assert time.time() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    runs = [p for p in (tmp_path / "sweeps" / "s").iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs  # the second point never started
+    assert json.loads((runs[0] / "summary.json").read_text())["status"] == "interrupted"
+    assert (runs[0] / "ckpt" / "last.pt").exists()
