@@ -5,7 +5,6 @@ import importlib
 import logging
 from pathlib import Path
 
-import torch
 
 from nanogpt import checkpoint
 from nanogpt.data import TokenDataset, dataset_dir

@@ -23,6 +23,7 @@ from nanogpt import checkpoint, distributed
 from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher, eval_batch
 from nanogpt.errors import UserError
+from nanogpt.guards import NanGuard, StopRequest
 from nanogpt.hardware import make_runtime, peak_flops
 from nanogpt.metrics import MetricsLogger, mfu, progress
 from nanogpt.model import GPT
@@ -30,60 +31,6 @@ from nanogpt.optim import lr_at, make_adamw
 from nanogpt.tokenizer import load_tokenizer
 
 log = logging.getLogger("nanogpt")
-
-
-class StopRequest:
-    """SIGTERM / SIGINT (Ctrl-C, a scheduler's notice) ask the loop to finish its step, save
-    and exit; a second Ctrl-C exits at once."""
-
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
-        self.signum = None
-        self.previous = {}
-        for s in signals:
-            try:
-                self.previous[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-
-    def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("received %s: finishing this step, then saving a checkpoint",
-                    signal.Signals(signum).name)
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def restore(self):
-        for s, h in self.previous.items():
-            signal.signal(s, h)
-
-
-class NanGuard:
-    """Watches for a non-finite loss without a host sync per step: every loss (and gradient
-    norm) is added into a sum on the device, which a NaN or inf poisons for good. The sum is read,
-    one sync, at log steps and before every checkpoint (each step with task.on_nan=skip)."""
-
-    def __init__(self, device, start_iter: int = 0):
-        self.total = torch.zeros((), device=device, dtype=torch.float32)
-        self.checked_at = start_iter  # iterations done at the last good check
-
-    def add(self, value: torch.Tensor):
-        self.total += value.detach().float()
-
-    def finite(self, it: int) -> bool:
-        """Were all values since the last check finite? `it`: iterations done now."""
-        ok = bool(torch.isfinite(self.total))
-        if ok:
-            self.checked_at = it
-        return ok
-
-    def reset(self, it: int):
-        """Forget a bad step that was skipped."""
-        self.total.zero_()
-        self.checked_at = it
 
 
 def plan_steps(tcfg, tokens_per_micro: int, world: int, micro: int, flops_per_token: int):

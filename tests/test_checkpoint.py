@@ -183,7 +183,7 @@ def test_sampling_a_run_whose_checkpoints_are_all_corrupt(tmp_path):
 
 
 def test_a_second_ctrl_c_stops_at_once():
-    from nanogpt.train import StopRequest
+    from nanogpt.guards import StopRequest
 
     stop = StopRequest()
     try:
