@@ -221,3 +221,24 @@ def test_sigterm_stops_a_local_sweep_not_just_its_current_point(tmp_path, data_r
     assert len(runs) == 1, runs  # the second point never started
     assert json.loads((runs[0] / "summary.json").read_text())["status"] == "interrupted"
     assert (runs[0] / "ckpt" / "last.pt").exists()
+
+
+def test_what_changes_training_changes_the_run_directory():
+    """Two commands that train different things must never share (and so 'resume') one run."""
+    cfg = compose_cfg_with_hydra(["experiment=shakespeare_char_cpu"])
+    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    for key in ("experiment", "model", "data", "optim", "task", "model.n_layer", "optim.lr", "seed",
+                "task.max_iters", "data.name"):
+        assert key not in excluded, key
+    from nanogpt.config import run_dir
+
+    assert run_dir("train", None, "experiment=shakespeare_char_cpu") != run_dir("train", None, "")
+    assert run_dir("train", "runs/x", "model.n_layer=2") == "runs/x"
+    assert run_dir("sample", "runs/x", "") != "runs/x"  # sampling never writes into a training run
+
+
+def compose_cfg_with_hydra(overrides):
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
