@@ -104,11 +104,12 @@ class SampleTask:
 @dataclass
 class BenchTask:
     name: str = "bench"
-    iters: int = 20
-    warmup: int = 5
-    synthetic: bool = True  # random tokens instead of the dataset
-    profile: bool = False  # a torch.profiler trace in the output directory
-    measure_peak: bool = True  # measure the CPU's matmul rate for MFU
+    iters: int = 20  # timed training steps; the median is reported
+    warmup: int = 5  # untimed steps first (torch.compile compiles in the first one)
+    synthetic: bool = True  # random tokens instead of the dataset (data=...)
+    tokens_per_step: Optional[int] = None  # gradient accumulation as in training; None: one micro-batch
+    profile: bool = False  # a torch.profiler trace of a few more steps: trace.json in the output dir
+    measure_peak: bool = True  # measure the CPU's matmul rate for MFU (GPUs: the data-sheet table)
 
 
 @dataclass

@@ -9,6 +9,7 @@ thread builds the next batches while the model computes.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import queue
 import threading
@@ -46,13 +47,42 @@ def read_meta(path: Path) -> dict:
                         f"`python prepare/{path.name}.py`") from e
 
 
+# Pages a process has touched in a memmap count in its RSS until unmapped, and the kernel maps up
+# to 64 KiB around each faulting page: random windows over a big corpus would grow RSS towards the
+# file's size. A split unmaps what it read after about this much (the page cache keeps the data).
+RELEASE_BYTES = 64 * 2**20
+FAULT_AROUND_BYTES = 64 * 2**10
+
+
 @dataclass
 class Split:
     name: str
     tokens: np.memmap
 
+    def __post_init__(self):
+        self._mapped = 0  # an estimate of what the windows read since the last release have mapped
+        mm = getattr(self.tokens, "_mmap", None)  # numpy's mmap.mmap behind the array
+        self._mmap = mm if mm is not None and hasattr(mm, "madvise") else None
+        if self._mmap is not None:  # random windows: no read-ahead of pages that nobody reads
+            self._mmap.madvise(mmap.MADV_RANDOM)
+
     def __len__(self):
         return len(self.tokens)
+
+    def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """Token windows tokens[i : i + length] for i in starts, as one (len(starts), length) array."""
+        out = np.stack([self.tokens[i:i + length] for i in starts])
+        self._mapped += len(starts) * (length * self.tokens.itemsize + FAULT_AROUND_BYTES)
+        if self._mapped > RELEASE_BYTES:
+            self.release()
+        return out
+
+    def release(self):
+        """Unmap the pages read so far. They stay in the page cache: reading them again costs a
+        minor fault, not I/O. Safe while another thread reads: its pages fault back in."""
+        self._mapped = 0
+        if self._mmap is not None:
+            self._mmap.madvise(mmap.MADV_DONTNEED)
 
 
 class TokenDataset:
@@ -109,29 +139,32 @@ class Batches:
         rng = np.random.default_rng([self.seed, SPLIT_IDS[split], purpose, stream_index])
         return rng.integers(0, n + 1, size=self.batch_size)
 
-    def cpu_batch(self, split: str, stream_index: int, purpose: int = 0):
-        data = self.dataset.splits[split].tokens
-        T = self.block_size
+    def cpu_windows(self, split: str, stream_index: int, purpose: int = 0) -> torch.Tensor:
+        """A batch as one (B, T+1) tensor gathered from the memmap (pinned for a GPU): x is its
+        first T columns, y its last T."""
         ix = self.indices(split, stream_index, purpose)
-        # one (B, T+1) gather from the memmap; x and y are views into it
-        windows = np.stack([data[i:i + T + 1] for i in ix]).astype(np.int64)
-        xy = torch.from_numpy(windows)
-        if self.pin:
-            xy = xy.pin_memory()
+        xy = torch.from_numpy(self.dataset.splits[split].windows(ix, self.block_size + 1).astype(np.int64))
+        return xy.pin_memory() if self.pin else xy
+
+    def cpu_batch(self, split: str, stream_index: int, purpose: int = 0):
+        xy = self.cpu_windows(split, stream_index, purpose)
         return xy[:, :-1], xy[:, 1:]
 
     def train_index(self, it: int, micro: int, accum: int) -> int:
         return (it * accum + micro) * self.world_size + self.rank
 
-    def to_device(self, x, y):
-        if self.device.type == "cpu":
-            return x, y
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def to_device(self, xy: torch.Tensor):
+        """(x, y) on the device: one asynchronous copy from pinned memory, split there (x and y
+        separately would be two strided copies, each staged through unpinned memory)."""
+        if self.device.type != "cpu":
+            xy = xy.to(self.device, non_blocking=True)
+        return xy[:, :-1], xy[:, 1:]
 
 
 class Prefetcher:
     """Builds the batches of the coming micro-steps in a background thread (numpy's gather
-    releases the GIL), so the model never waits for the memmap."""
+    releases the GIL), so the model never waits for the memmap. It starts at any iteration:
+    batches are a function of (it, micro), so a resumed run reads what an unbroken one did."""
 
     def __init__(self, batches: Batches, start_iter: int, accum: int, depth: int = 4):
         self.batches, self.accum = batches, accum
@@ -144,7 +177,7 @@ class Prefetcher:
         try:
             while not self.stop.is_set():
                 for micro in range(self.accum):
-                    item = (it, micro, self.batches.cpu_batch(
+                    item = (it, micro, self.batches.cpu_windows(
                         "train", self.batches.train_index(it, micro, self.accum)))
                     while not self.stop.is_set():
                         try:
@@ -161,7 +194,7 @@ class Prefetcher:
         if got_it is None:
             raise payload
         assert (got_it, got_micro) == (it, micro), "prefetcher out of step with the loop"
-        return self.batches.to_device(*payload)
+        return self.batches.to_device(payload)
 
     def close(self):
         self.stop.set()
@@ -171,5 +204,4 @@ class Prefetcher:
 def eval_batch(batches: Batches, split: str, k: int):
     """The k-th evaluation batch: a fixed set (its own random stream), so every evaluation of a
     run scores the same windows and the val curve is not noisier than the model."""
-    x, y = batches.cpu_batch(split, k, purpose=1)
-    return batches.to_device(x, y)
+    return batches.to_device(batches.cpu_windows(split, k, purpose=1))

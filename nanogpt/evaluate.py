@@ -22,7 +22,7 @@ GPT2_BASELINES = {"gpt2": (3.11, 3.12), "gpt2-medium": (2.85, 2.84),
                   "gpt2-large": (2.66, 2.67), "gpt2-xl": (2.56, 2.54)}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def split_losses(model, dataset, block_size: int, batch_size: int, eval_iters: int, seed: int,
                  rt, splits=("train", "val")) -> dict:
     model.eval()
@@ -31,13 +31,13 @@ def split_losses(model, dataset, block_size: int, batch_size: int, eval_iters: i
     for split in splits:
         if split not in dataset.splits:
             raise UserError(f"unknown split {split!r}: use train and/or val")
-        losses = []
+        total = torch.zeros((), device=rt.device, dtype=torch.float64)  # summed on the device: no sync per batch
         for k in progress(range(eval_iters), desc=f"eval {split}", unit="batch"):
             x, y = eval_batch(batches, split, k)
-            with torch.inference_mode(), rt.autocast():
+            with rt.autocast():
                 _, loss = model(x, y)
-            losses.append(loss.item())
-        mean = sum(losses) / len(losses)
+            total += loss.double()
+        mean = total.item() / eval_iters
         out[split] = {"loss": mean, "perplexity": math.exp(mean), "tokens": eval_iters * batch_size * block_size}
     return out
 

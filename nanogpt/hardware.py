@@ -12,11 +12,12 @@ from nanogpt.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# Dense bf16/fp16 tensor-core peaks (FLOP/s) for MFU, from the vendors' data sheets.
+# Dense bf16/fp16 tensor-core peaks (FLOP/s) for MFU, from the vendors' data sheets. The first key
+# contained in the device's name wins, so more specific names come first ("H100 PCIe" before "H100").
 GPU_PEAK_FLOPS = {
-    "H200": 989e12, "H100": 989e12, "GH200": 989e12, "A100": 312e12, "A10G": 125e12,
-    "L40S": 362e12, "L4": 121e12, "A6000": 155e12, "4090": 165e12, "3090": 71e12, "V100": 125e12,
-    "T4": 65e12, "B200": 2250e12,
+    "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12, "H100": 989e12, "GH200": 989e12,
+    "B200": 2250e12, "A100": 312e12, "A10G": 125e12, "L40S": 362e12, "L40": 181e12, "L4": 121e12,
+    "A6000": 155e12, "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12,
 }
 
 
@@ -116,12 +117,29 @@ def measured_cpu_matmul_flops(dtype: torch.dtype = torch.float32, n: int = 1024,
 
 def peak_flops(rt: Runtime) -> float | None:
     """Peak FLOP/s of one device for MFU: a data-sheet table for GPUs, a measurement on the CPU."""
+    return peak_flops_info(rt)[0]
+
+
+def peak_flops_info(rt: Runtime) -> tuple[float | None, str]:
+    """The peak for MFU and where it comes from, for the record."""
+    dtype = str(rt.dtype).replace("torch.", "")
     if rt.device_type == "cuda":
         name = torch.cuda.get_device_name(rt.device)
         for key, flops in GPU_PEAK_FLOPS.items():
             if key in name:
-                return flops if rt.dtype != torch.float32 else flops / 2  # TF32 is half of bf16
-        return None
+                if rt.dtype == torch.float32:  # TF32 tensor cores run at half the bf16 rate
+                    return flops / 2, f"{name}: data-sheet TF32 peak (half of dense bf16)"
+                return flops, f"{name}: data-sheet dense bf16 peak"
+        return None, f"{name}: not in the peak table (nanogpt.hardware.GPU_PEAK_FLOPS), no MFU"
     if rt.device_type == "cpu":
-        return measured_cpu_matmul_flops(rt.dtype if rt.dtype != torch.float16 else torch.float32)
-    return None
+        dtype = rt.dtype if rt.dtype != torch.float16 else torch.float32
+        return (measured_cpu_matmul_flops(dtype),
+                f"{str(dtype).replace('torch.', '')} 1024x1024 matmul rate measured on this CPU")
+    return None, f"{rt.device_type}: no peak known, no MFU"
+
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """torch.compile with static shapes. Training and evaluation batches (of another size, in
+    eval and no-grad mode) then compile once each and both graphs stay cached: switching between
+    them never recompiles, and no graph falls back to a slower dynamic batch dimension."""
+    return torch.compile(model, dynamic=False)

@@ -3,7 +3,7 @@
 The architecture is OpenAI's GPT-2: token + learned position embeddings, pre-LayerNorm blocks
 of causal self-attention and a GELU MLP, a final LayerNorm, and an LM head tied to the token
 embedding. Attention goes through `F.scaled_dot_product_attention` (flash / memory-efficient
-kernels on GPUs). Generation can use a key/value cache (`KVCache`) so each new token costs one
+kernels on GPUs), except in bf16 on the CPU, where two batched matmuls are faster. Generation can use a key/value cache (`KVCache`) so each new token costs one
 position of compute instead of the whole context.
 """
 from __future__ import annotations
@@ -59,6 +59,24 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(head_size) + causal mask) v, over (B, n_head, T, head_size) tensors.
+
+    SDPA picks a fused kernel: flash attention on GPUs, and on the CPU in float32. On the CPU in
+    bfloat16 its flash kernel (the backward above all) is 1.5-5x slower than two batched matmuls
+    for T <= 512, so there the math is written out (bench/cpu_train.py measures the difference);
+    from T = 1024 on, flash wins again and does not hold T x T scores in memory."""
+    B, H, T, D = q.shape
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and T <= 512:
+        mask = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+        # scale, q k^T and the mask in one baddbmm; softmax accumulates in float32 internally
+        att = torch.baddbmm(mask.expand(B * H, T, T), q.reshape(B * H, T, D),
+                            k.reshape(B * H, T, D).transpose(1, 2), alpha=1.0 / math.sqrt(D))
+        att = F.dropout(att.softmax(dim=-1), dropout_p) if dropout_p > 0 else att.softmax(dim=-1)
+        return torch.bmm(att, v.reshape(B * H, T, D)).view(B, H, T, D)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
@@ -78,8 +96,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if cache is None:
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
+            y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
         else:
             past = cache.pos
             k, v = cache.update(self.layer_idx, k, v)
@@ -205,13 +222,16 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()
         block = self.config.block_size
+        device_type = idx.device.type
+        # keys and values come out of the linears in the autocast dtype: store them as they are
+        cache_dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
+                       else self.lm_head.weight.dtype)
         cache = None
         for _ in range(max_new_tokens):
             if use_cache:
                 if cache is None or cache.pos >= block:
                     keep = block if cache is None else max(block // 2, 1)
-                    cache = KVCache(self.config, idx.size(0), block, idx.device,
-                                    self.lm_head.weight.dtype)
+                    cache = KVCache(self.config, idx.size(0), block, idx.device, cache_dtype)
                     logits, _ = self(idx[:, -keep:], cache=cache)
                 else:
                     logits, _ = self(idx[:, -1:], cache=cache)

@@ -24,7 +24,7 @@ from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher, eval_batch
 from nanogpt.errors import UserError
 from nanogpt.guards import NanGuard, StopRequest
-from nanogpt.hardware import make_runtime, peak_flops
+from nanogpt.hardware import compile_model, make_runtime, peak_flops
 from nanogpt.metrics import MetricsLogger, mfu, progress
 from nanogpt.model import GPT
 from nanogpt.optim import lr_at, make_adamw
@@ -51,7 +51,7 @@ def plan_steps(tcfg, tokens_per_micro: int, world: int, micro: int, flops_per_to
     return tokens_per_step, accum, max_iters
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist) -> dict[str, float]:
     """Mean loss over the same fixed eval_iters batches of each split, shared among ranks."""
     model.eval()
@@ -157,7 +157,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         torch.manual_seed(cfg.seed + dist.rank)  # dropout masks differ between ranks
     del ckpt
 
-    eval_model = torch.compile(model) if hw.compile else model
+    eval_model = compile_model(model) if hw.compile else model
     train_model = eval_model
     if dist.enabled:  # evaluation bypasses DDP: ranks score different numbers of batches
         train_model = DDP(eval_model, device_ids=[rt.device.index] if rt.device_type == "cuda" else None)

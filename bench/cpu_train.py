@@ -1,0 +1,183 @@
+#!/usr/bin/env python
+"""Training speed on the CPU: a plain nanoGPT-style eager fp32 loop against ours, one lever at a
+time, side by side in one process, with the loss each reaches on the same batches.
+
+  python bench/cpu_train.py --preset small               # nanoGPT's CPU settings
+  python bench/cpu_train.py --preset 6x384 --iters 60    # 6 layers, 384 wide, block 256
+
+Every variant starts from the same weights and sees the same batches in the same order, so their
+losses per iteration are comparable; only the numerics (bf16) may move them. The variants take
+turns in rounds of a few steps each: load from other processes on the machine then hits all of
+them alike, and the median step time of each is a fair comparison. The first `--warmup` steps
+(torch.compile compiles there) are not timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import benchlib  # noqa: F401  (puts the repo on sys.path)
+import numpy as np
+import torch
+
+from nanogpt.data import Batches, Prefetcher, TokenDataset
+from nanogpt.hardware import Runtime, compile_model, cpu_has_fast_bf16
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.optim import lr_at, make_adamw
+
+# nanoGPT's README, "I only have a macbook": 4 layers, 4 heads, 128 wide, block 64, batch 12.
+PRESETS = {
+    "small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12),
+    "6x384": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=12),
+}
+LR, MIN_LR, WARMUP_ITERS = 1e-3, 1e-4, 100  # nanoGPT's shakespeare_char schedule
+
+
+@dataclass
+class Variant:
+    name: str
+    fused_adamw: bool = False  # ours: nanogpt.optim.make_adamw (fused); plain: torch's default AdamW
+    prefetch: bool = False  # ours: Batches + Prefetcher, loss read at the end; plain: nanoGPT's get_batch + .item()
+    bf16: bool = False
+    compile: bool = False
+
+
+LADDER = [
+    Variant("plain eager fp32 (nanoGPT-style)"),
+    Variant("+ fused AdamW", fused_adamw=True),
+    Variant("+ prefetch thread, no per-step sync", fused_adamw=True, prefetch=True),
+    Variant("+ bf16 autocast", fused_adamw=True, prefetch=True, bf16=True),
+    Variant("+ torch.compile", fused_adamw=True, prefetch=True, bf16=True, compile=True),
+]
+EXTRA = {"fp32+compile": Variant("ours in fp32 + torch.compile", True, True, False, True)}
+
+
+class Runner:
+    """One variant: its own model, optimizer and data path, stepping through the same batches."""
+
+    def __init__(self, v: Variant, dataset: TokenDataset, preset: dict, iters: int, seed: int = 1337):
+        self.v, self.dataset, self.iters = v, dataset, iters
+        self.B, self.T = preset["batch_size"], preset["block_size"]
+        torch.manual_seed(seed)
+        self.model = GPT(GPTConfig(vocab_size=dataset.vocab_size, dropout=0.0, bias=True,
+                                   **{k: preset[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}))
+        if v.fused_adamw:
+            self.opt = make_adamw(self.model, LR, 0.1, (0.9, 0.99), device_type="cpu")
+        else:  # nanoGPT's configure_optimizers on the CPU: the same groups, torch's default AdamW
+            decay = [p for p in self.model.parameters() if p.dim() >= 2]
+            no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+            self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                                          {"params": no_decay, "weight_decay": 0.0}], lr=LR, betas=(0.9, 0.99))
+        self.forward = compile_model(self.model) if v.compile else self.model
+        self.rt = Runtime(torch.device("cpu"), torch.bfloat16 if v.bf16 else torch.float32)
+        self.batches = Batches(dataset, self.T, self.B, seed, torch.device("cpu"))
+        self.prefetch = Prefetcher(self.batches, 0, 1) if v.prefetch else None
+        self.it, self.losses, self.times = 0, [], []
+
+    def batch(self):
+        if self.prefetch is not None:
+            return self.prefetch.get(self.it, 0)
+        # nanoGPT's get_batch: a fresh memmap per batch, one tensor per window, stacked (same offsets)
+        data = np.memmap(self.dataset.path / "train.bin", dtype=np.uint16, mode="r")
+        ix = self.batches.indices("train", self.batches.train_index(self.it, 0, 1))
+        x = torch.stack([torch.from_numpy(data[i:i + self.T].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + self.T].astype(np.int64)) for i in ix])
+        return x, y
+
+    def step(self, timed: bool):
+        start = time.perf_counter()
+        lr = lr_at(self.it, LR, MIN_LR, WARMUP_ITERS, self.iters)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        x, y = self.batch()
+        with self.rt.autocast():
+            _, loss = self.forward(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        # nanoGPT logs every step on the CPU (log_interval=1); ours reads losses only at log steps
+        self.losses.append(loss.detach() if self.prefetch is not None else loss.item())
+        if timed:
+            self.times.append(time.perf_counter() - start)
+        self.it += 1
+
+    def loss_curve(self) -> np.ndarray:
+        return np.array([float(x) for x in self.losses])
+
+    def close(self):
+        if self.prefetch is not None:
+            self.prefetch.close()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--iters", type=int, default=300, help="steps per variant (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed first steps per variant")
+    parser.add_argument("--chunk", type=int, default=5, help="steps per variant per round")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
+    parser.add_argument("--extra", nargs="*", default=[], choices=sorted(EXTRA), help="more variants")
+    parser.add_argument("--data", help="a prepared char dataset dir (default: shakespeare_char in a temp dir)")
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args(argv)
+
+    benchlib.set_threads(args.threads)
+    preset = PRESETS[args.preset]
+    variants = LADDER + [EXTRA[name] for name in args.extra]
+    if args.no_compile:
+        variants = [v for v in variants if not v.compile]
+    if not cpu_has_fast_bf16():
+        print("note: this CPU has no bf16 matrix instructions; bf16 variants will be slow here")
+    dataset = TokenDataset(benchlib.char_dataset(args.data))
+    print(f"{args.preset}: {preset} on {dataset.path.name} | {args.iters} steps per variant, "
+          f"{args.warmup} untimed | {benchlib.machine()}")
+    print(f"matmul rates before: {benchlib.matmul_rates()}", flush=True)
+
+    runners = [Runner(v, dataset, preset, args.iters) for v in variants]
+    for r in runners:  # warm-up, compilation included
+        start = time.perf_counter()
+        for _ in range(args.warmup):
+            r.step(timed=False)
+        r.first_steps_s = time.perf_counter() - start
+        print(f"  warm-up of {r.v.name!r}: {r.first_steps_s:.1f} s", flush=True)
+    while any(r.it < args.iters for r in runners):
+        for r in runners:
+            for _ in range(min(args.chunk, args.iters - r.it)):
+                r.step(timed=True)
+    for r in runners:
+        r.close()
+    print(f"matmul rates after: {benchlib.matmul_rates()} | {benchlib.machine()}")
+
+    tokens = preset["batch_size"] * preset["block_size"]
+    base = runners[0]
+    base_ms, base_curve = benchlib.median_ms(base.times), base.loss_curve()
+    tail = max(10, args.iters // 10)
+    rows, prev_ms = [], None
+    print(f"\n{'variant':<40}{'ms/iter':>9}{'tokens/s':>10}{'vs plain':>10}{'vs prev':>9}"
+          f"{'loss, last ' + str(tail):>16}{'mean |dloss|':>14}")
+    for r in runners:
+        ms, curve = benchlib.median_ms(r.times), r.loss_curve()
+        on_ladder = r.v in LADDER  # each rung adds one lever to the one above it
+        row = {**asdict(r.v), "ms_per_iter": ms, "tokens_per_s": tokens / ms * 1000, "speedup_vs_plain": base_ms / ms,
+               "speedup_vs_previous": prev_ms / ms if prev_ms and on_ladder else None,
+               "loss_tail_mean": float(curve[-tail:].mean()),
+               "mean_abs_loss_diff_vs_plain": float(np.abs(curve - base_curve).mean()),
+               "warmup_s": r.first_steps_s}
+        rows.append(row)
+        prev = f"{row['speedup_vs_previous']:.2f}x" if row["speedup_vs_previous"] else "-"
+        print(f"{r.v.name:<40}{ms:>9.1f}{row['tokens_per_s']:>10,.0f}{row['speedup_vs_plain']:>9.2f}x"
+              f"{prev:>9}{row['loss_tail_mean']:>16.4f}{row['mean_abs_loss_diff_vs_plain']:>14.4f}")
+        prev_ms = ms if on_ladder else prev_ms
+    if args.json:
+        args.json.write_text(json.dumps({"preset": args.preset, **preset, "iters": args.iters,
+                                         "machine": benchlib.machine(), "variants": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
