@@ -4,6 +4,7 @@ time, side by side in one process, with the loss each reaches on the same batche
 
   python bench/cpu_train.py --preset small               # nanoGPT's CPU settings
   python bench/cpu_train.py --preset 6x384 --iters 60    # 6 layers, 384 wide, block 256
+  python bench/cpu_train.py --variants plain bf16 --iters 500   # loss parity over a longer run
 
 Every variant starts from the same weights and sees the same batches in the same order, so their
 losses per iteration are comparable; only the numerics (bf16) may move them. The variants take
@@ -40,20 +41,29 @@ LR, MIN_LR, WARMUP_ITERS = 1e-3, 1e-4, 100  # nanoGPT's shakespeare_char schedul
 @dataclass
 class Variant:
     name: str
-    fused_adamw: bool = False  # ours: nanogpt.optim.make_adamw (fused); plain: torch's default AdamW
+    adamw: str = "for-loop"  # torch's default on the CPU (nanoGPT's choice there) | foreach | fused (ours)
     prefetch: bool = False  # ours: Batches + Prefetcher, loss read at the end; plain: nanoGPT's get_batch + .item()
     bf16: bool = False
     compile: bool = False
+    set_to_none: bool = True
+    vs: str | None = None  # for variants off the ladder: the rung they differ from by one lever
 
 
-LADDER = [
-    Variant("plain eager fp32 (nanoGPT-style)"),
-    Variant("+ fused AdamW", fused_adamw=True),
-    Variant("+ prefetch thread, no per-step sync", fused_adamw=True, prefetch=True),
-    Variant("+ bf16 autocast", fused_adamw=True, prefetch=True, bf16=True),
-    Variant("+ torch.compile", fused_adamw=True, prefetch=True, bf16=True, compile=True),
-]
-EXTRA = {"fp32+compile": Variant("ours in fp32 + torch.compile", True, True, False, True)}
+OURS_BF16 = "+ bf16 autocast"
+LADDER = {  # each rung adds one lever to the one above
+    "plain": Variant("plain eager fp32 (nanoGPT-style)"),
+    "fused": Variant("+ fused AdamW", adamw="fused"),
+    "prefetch": Variant("+ prefetch thread, no per-step sync", adamw="fused", prefetch=True),
+    "bf16": Variant(OURS_BF16, adamw="fused", prefetch=True, bf16=True),
+    "compile": Variant("+ torch.compile", adamw="fused", prefetch=True, bf16=True, compile=True),
+}
+EXTRA = {  # one lever taken back from a rung, to show what it is worth there
+    "foreach": Variant("bf16, foreach AdamW instead of fused", "foreach", True, True, vs=OURS_BF16),
+    "no-set-to-none": Variant("bf16, zero_grad(set_to_none=False)", "fused", True, True,
+                              set_to_none=False, vs=OURS_BF16),
+    "fp32-compile": Variant("fp32 + torch.compile (no bf16)", "fused", True, False, True,
+                            vs="+ prefetch thread, no per-step sync"),
+}
 
 
 class Runner:
@@ -65,13 +75,14 @@ class Runner:
         torch.manual_seed(seed)
         self.model = GPT(GPTConfig(vocab_size=dataset.vocab_size, dropout=0.0, bias=True,
                                    **{k: preset[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}))
-        if v.fused_adamw:
+        if v.adamw == "fused":
             self.opt = make_adamw(self.model, LR, 0.1, (0.9, 0.99), device_type="cpu")
-        else:  # nanoGPT's configure_optimizers on the CPU: the same groups, torch's default AdamW
+        else:  # nanoGPT's configure_optimizers on the CPU: the same groups, torch's AdamW unfused
             decay = [p for p in self.model.parameters() if p.dim() >= 2]
             no_decay = [p for p in self.model.parameters() if p.dim() < 2]
             self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                                          {"params": no_decay, "weight_decay": 0.0}], lr=LR, betas=(0.9, 0.99))
+                                          {"params": no_decay, "weight_decay": 0.0}], lr=LR, betas=(0.9, 0.99),
+                                         foreach=v.adamw == "foreach")
         self.forward = compile_model(self.model) if v.compile else self.model
         self.rt = Runtime(torch.device("cpu"), torch.bfloat16 if v.bf16 else torch.float32)
         self.batches = Batches(dataset, self.T, self.B, seed, torch.device("cpu"))
@@ -99,7 +110,7 @@ class Runner:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=self.v.set_to_none)
         # nanoGPT logs every step on the CPU (log_interval=1); ours reads losses only at log steps
         self.losses.append(loss.detach() if self.prefetch is not None else loss.item())
         if timed:
@@ -121,17 +132,16 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=5, help="untimed first steps per variant")
     parser.add_argument("--chunk", type=int, default=5, help="steps per variant per round")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
-    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile variants")
-    parser.add_argument("--extra", nargs="*", default=[], choices=sorted(EXTRA), help="more variants")
+    parser.add_argument("--variants", nargs="+", default=list(LADDER), choices=[*LADDER, *EXTRA],
+                        help="rungs of the ladder (%(default)s), and variants that take one lever back "
+                             f"from a rung: {', '.join(EXTRA)}; the first is the baseline")
     parser.add_argument("--data", help="a prepared char dataset dir (default: shakespeare_char in a temp dir)")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args(argv)
 
     benchlib.set_threads(args.threads)
     preset = PRESETS[args.preset]
-    variants = LADDER + [EXTRA[name] for name in args.extra]
-    if args.no_compile:
-        variants = [v for v in variants if not v.compile]
+    variants = [LADDER[k] for k in args.variants if k in LADDER] + [EXTRA[k] for k in args.variants if k in EXTRA]
     if not cpu_has_fast_bf16():
         print("note: this CPU has no bf16 matrix instructions; bf16 variants will be slow here")
     dataset = TokenDataset(benchlib.char_dataset(args.data))
@@ -155,25 +165,28 @@ def main(argv=None):
     print(f"matmul rates after: {benchlib.matmul_rates()} | {benchlib.machine()}")
 
     tokens = preset["batch_size"] * preset["block_size"]
-    base = runners[0]
-    base_ms, base_curve = benchlib.median_ms(base.times), base.loss_curve()
+    ms = {r.v.name: benchlib.median_ms(r.times) for r in runners}
+    base, base_curve = runners[0].v.name, runners[0].loss_curve()
     tail = max(10, args.iters // 10)
-    rows, prev_ms = [], None
-    print(f"\n{'variant':<40}{'ms/iter':>9}{'tokens/s':>10}{'vs plain':>10}{'vs prev':>9}"
+    rows = []
+    print(f"\n{'variant':<42}{'ms/iter':>9}{'tokens/s':>10}{'vs first':>10}{'vs prev':>9}"
           f"{'loss, last ' + str(tail):>16}{'mean |dloss|':>14}")
-    for r in runners:
-        ms, curve = benchlib.median_ms(r.times), r.loss_curve()
-        on_ladder = r.v in LADDER  # each rung adds one lever to the one above it
-        row = {**asdict(r.v), "ms_per_iter": ms, "tokens_per_s": tokens / ms * 1000, "speedup_vs_plain": base_ms / ms,
-               "speedup_vs_previous": prev_ms / ms if prev_ms and on_ladder else None,
+    for i, r in enumerate(runners):
+        curve = r.loss_curve()
+        ref = r.v.vs or (runners[i - 1].v.name if i > 0 else None)
+        row = {**asdict(r.v), "ms_per_iter": ms[r.v.name], "tokens_per_s": tokens / ms[r.v.name] * 1000,
+               "speedup_vs_first": ms[base] / ms[r.v.name],
+               "speedup_vs_previous": ms[ref] / ms[r.v.name] if ref in ms else None, "previous": ref,
                "loss_tail_mean": float(curve[-tail:].mean()),
-               "mean_abs_loss_diff_vs_plain": float(np.abs(curve - base_curve).mean()),
+               "mean_abs_loss_diff_vs_first": float(np.abs(curve - base_curve).mean()),
                "warmup_s": r.first_steps_s}
         rows.append(row)
+        if r.v.vs and not runners[i - 1].v.vs:
+            print("one lever taken back ('vs prev': its speed-up over the rung it differs from):")
         prev = f"{row['speedup_vs_previous']:.2f}x" if row["speedup_vs_previous"] else "-"
-        print(f"{r.v.name:<40}{ms:>9.1f}{row['tokens_per_s']:>10,.0f}{row['speedup_vs_plain']:>9.2f}x"
-              f"{prev:>9}{row['loss_tail_mean']:>16.4f}{row['mean_abs_loss_diff_vs_plain']:>14.4f}")
-        prev_ms = ms if on_ladder else prev_ms
+        print(f"{r.v.name:<42}{row['ms_per_iter']:>9.1f}{row['tokens_per_s']:>10,.0f}"
+              f"{row['speedup_vs_first']:>9.2f}x{prev:>9}{row['loss_tail_mean']:>16.4f}"
+              f"{row['mean_abs_loss_diff_vs_first']:>14.4f}")
     if args.json:
         args.json.write_text(json.dumps({"preset": args.preset, **preset, "iters": args.iters,
                                          "machine": benchlib.machine(), "variants": rows}, indent=2) + "\n")

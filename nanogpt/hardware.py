@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
+import os
 import time
 from dataclasses import dataclass
 
 import torch
 
 from nanogpt.errors import UserError
+
+log = logging.getLogger("nanogpt")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -97,7 +101,25 @@ def make_runtime(device: str, dtype: str, local_rank: int = 0, tf32: bool = True
         torch.backends.cudnn.allow_tf32 = tf32
     if num_threads:
         torch.set_num_threads(num_threads)
+    elif dev.type == "cpu":
+        warn_if_cpus_busy()
     return Runtime(dev, resolve_dtype(dtype, dev))
+
+
+def warn_if_cpus_busy() -> None:
+    """torch's threads meet at a barrier after every parallel op: when other processes keep the
+    cores busy, each op waits for a descheduled thread, and a step can run 10x slower than on
+    one thread (BENCHMARKS.md). Fewer threads than cores avoid it; say so rather than guess,
+    since the thread count also changes the results' last bits (and so exact resume)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return
+    threads, cpus = torch.get_num_threads(), os.cpu_count() or 1
+    if threads > 1 and load >= cpus:
+        log.warning("the CPUs are busy (load average %.1f on %d): with %d torch threads, steps can be "
+                    "many times slower than usual; fewer threads (hardware.num_threads=1) are faster "
+                    "while it lasts", load, cpus, threads)
 
 
 @functools.lru_cache(maxsize=None)
