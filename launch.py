@@ -126,7 +126,8 @@ def _dispatch(config, run_dir: Path, dist):
     if task == "eval":
         from nanogpt.evaluate import evaluate
 
-        return evaluate(config, run_dir)["val"]["loss"]
+        chosen = any(o.split("=")[0] in ("data", "data.name") for o in HydraConfig.get().overrides.task)
+        return evaluate(config, run_dir, data_chosen=chosen)["val"]["loss"]
     if task == "sample":
         from nanogpt.sample import sample
 

@@ -2,7 +2,6 @@
 as a table and as JSON."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -42,13 +41,14 @@ def split_losses(model, dataset, block_size: int, batch_size: int, eval_iters: i
     return out
 
 
-def evaluate(cfg, out_dir: Path) -> dict:
+def evaluate(cfg, out_dir: Path, data_chosen: bool = False) -> dict:
+    """data_chosen: the command named data=...; otherwise a run is scored on its own data."""
     hw, t = cfg.hardware, cfg.task
     rt = make_runtime(hw.device, hw.dtype, 0, hw.tf32, hw.num_threads)
     if cfg.run:
         model, ckpt, path = load_run(cfg.run, "best", rt.device)
         source = str(path)
-        data_name = cfg.data.name if _data_overridden() else ckpt["config"]["data"]["name"]
+        data_name = cfg.data.name if data_chosen else ckpt["config"]["data"]["name"]
     elif cfg.model.pretrained or cfg.model.path:
         from nanogpt.pretrained import load_pretrained
 
@@ -83,13 +83,3 @@ def evaluate(cfg, out_dir: Path) -> dict:
     write_json_atomic(out, record)
     log.info("wrote %s", out)
     return record
-
-
-def _data_overridden() -> bool:
-    """Did the user pick data= on the command line (else evaluate on the run's own data)?"""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return any(o.split("=")[0] in ("data", "data.name") for o in HydraConfig.get().overrides.task)
-    except Exception:
-        return False
