@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import benchlib  # noqa: F401  (puts the repo on sys.path)
+import benchlib  # first: puts this checkout on sys.path
 import numpy as np
 import torch
 
+import nanogpt.model
 from nanogpt.data import Batches, Prefetcher, TokenDataset
 from nanogpt.hardware import Runtime, compile_model, cpu_has_fast_bf16
 from nanogpt.model import GPT, GPTConfig
@@ -36,6 +36,11 @@ PRESETS = {
     "6x384": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=12),
 }
 LR, MIN_LR, WARMUP_ITERS = 1e-3, 1e-4, 100  # nanoGPT's shakespeare_char schedule
+OUR_ATTENTION = nanogpt.model.causal_attention
+
+
+def sdpa_attention(q, k, v, dropout_p=0.0):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
 
 
 @dataclass
@@ -46,6 +51,7 @@ class Variant:
     bf16: bool = False
     compile: bool = False
     set_to_none: bool = True
+    sdpa: bool = False  # attention through SDPA's CPU flash kernel even in bf16 (what the model did before)
     vs: str | None = None  # for variants off the ladder: the rung they differ from by one lever
 
 
@@ -61,6 +67,7 @@ EXTRA = {  # one lever taken back from a rung, to show what it is worth there
     "foreach": Variant("bf16, foreach AdamW instead of fused", "foreach", True, True, vs=OURS_BF16),
     "no-set-to-none": Variant("bf16, zero_grad(set_to_none=False)", "fused", True, True,
                               set_to_none=False, vs=OURS_BF16),
+    "sdpa": Variant("bf16, attention through SDPA (CPU flash)", "fused", True, True, sdpa=True, vs=OURS_BF16),
     "fp32-compile": Variant("fp32 + torch.compile (no bf16)", "fused", True, False, True,
                             vs="+ prefetch thread, no per-step sync"),
 }
@@ -105,6 +112,7 @@ class Runner:
         for group in self.opt.param_groups:
             group["lr"] = lr
         x, y = self.batch()
+        nanogpt.model.causal_attention = sdpa_attention if self.v.sdpa else OUR_ATTENTION
         with self.rt.autocast():
             _, loss = self.forward(x, y)
         loss.backward()
