@@ -1,19 +1,43 @@
 """GPT-2 in one file of plain PyTorch (no Hydra): read it top to bottom.
 
-The architecture is OpenAI's GPT-2: token + learned position embeddings, pre-LayerNorm blocks
-of causal self-attention and a GELU MLP, a final LayerNorm, and an LM head tied to the token
-embedding. Attention goes through `F.scaled_dot_product_attention` (flash / memory-efficient
-kernels on GPUs), except in bf16 on the CPU, where two batched matmuls are faster. Generation can use a key/value cache (`KVCache`) so each new token costs one
-position of compute instead of the whole context.
+The default architecture is OpenAI's GPT-2: token + learned position embeddings, pre-LayerNorm
+blocks of causal self-attention and a tanh-GELU MLP, a final LayerNorm, and an LM head tied to the
+token embedding. Each of the "modern" changes that modded-nanogpt and nanochat use is one
+GPTConfig field, independent of the others, whose default is GPT-2's choice (so the defaults give
+the very same logits as before the options existed):
+
+    pos_emb=rope        rotary position embeddings on queries and keys (rope_base), no wpe table
+    norm=rmsnorm        RMSNorm instead of LayerNorm (torch.nn.RMSNorm)
+    qk_norm=True        RMSNorm on each head's queries and keys before the dot product
+    mlp=relu2           ReLU(x)^2 instead of GELU; mlp_ratio sets the hidden width (GPT-2: 4)
+    tie_embeddings=False  an LM head of its own, zero-initialised
+    logit_softcap=c     logits -> c * tanh(logits / c)
+    bias=False          no biases in the linears and LayerNorms
+
+Attention goes through `F.scaled_dot_product_attention` (flash / memory-efficient kernels on
+GPUs), except in bf16 on the CPU, where two batched matmuls are faster. Generation can use a
+key/value cache (`KVCache`) so each new token costs one position of compute instead of the whole
+context.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+POS_EMBS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu2")
+RMS_EPS = 1e-6  # RMSNorm's epsilon (LayerNorm keeps torch's and GPT-2's 1e-5)
+
+
+def _choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name}={value!r}: use {' or '.join(choices)}")
 
 
 @dataclass
@@ -25,6 +49,15 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is a bit faster and better
+    # the modern options (module docstring); each default is GPT-2's choice
+    pos_emb: str = "learned"  # learned (a table of block_size vectors) | rope (rotary)
+    rope_base: float = 10000.0  # rotary: the longest wavelength is 2 pi rope_base positions
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    qk_norm: bool = False  # RMSNorm on queries and keys (per head) before attention
+    mlp: str = "gelu"  # gelu (tanh approximation, GPT-2) | relu2 (ReLU squared)
+    mlp_ratio: float = 4.0  # MLP hidden width = round(mlp_ratio * n_embd)
+    tie_embeddings: bool = True  # lm_head is wte (GPT-2); False: its own matrix, zero-initialised
+    logit_softcap: Optional[float] = None  # None: raw logits; c: c * tanh(logits / c)
 
     def __post_init__(self):
         if self.n_embd % self.n_head != 0:
@@ -34,6 +67,24 @@ class GPTConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        _choice("pos_emb", self.pos_emb, POS_EMBS)
+        _choice("norm", self.norm, NORMS)
+        _choice("mlp", self.mlp, MLPS)
+        head_size = self.n_embd // self.n_head
+        if self.pos_emb == "rope" and head_size % 2:
+            raise ValueError(f"pos_emb=rope needs an even head size, but n_embd / n_head = "
+                             f"{self.n_embd} / {self.n_head} = {head_size}: rotary embeddings turn "
+                             "pairs of features; change n_embd or n_head, or use pos_emb=learned")
+        if not self.rope_base > 1.0:
+            raise ValueError(f"rope_base must be > 1, got {self.rope_base}")
+        if not self.mlp_ratio > 0 or self.mlp_hidden < 1:
+            raise ValueError(f"mlp_ratio must give an MLP at least 1 wide, got mlp_ratio={self.mlp_ratio}")
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            raise ValueError(f"logit_softcap must be null (off) or > 0, got {self.logit_softcap}")
+
+    @property
+    def mlp_hidden(self) -> int:
+        return round(self.mlp_ratio * self.n_embd)
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:
@@ -77,6 +128,37 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
 
 
+class RMSNorm(nn.RMSNorm):
+    """torch's RMSNorm (a gain, no mean, no bias), computed in its weight's dtype: under
+    autocast the input can be bf16 beside a float32 gain, a mix torch's fused kernel refuses."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.to(self.weight.dtype), self.normalized_shape, self.weight, self.eps).to(x.dtype)
+
+
+def make_norm(config: GPTConfig, dim: int) -> nn.Module:
+    """The model's normalisation: GPT-2's LayerNorm, or RMSNorm."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(dim, eps=RMS_EPS)
+    return nn.LayerNorm(dim, bias=config.bias)
+
+
+def rotary_angles(positions: torch.Tensor, head_size: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, head_size / 2) of the rotary angles position * base^(-2i / head_size).
+    Computed each forward (cheap: T x head_size / 2), in float32, so no buffer is needed."""
+    exponent = torch.arange(0, head_size, 2, dtype=torch.float32, device=positions.device) / head_size
+    angles = positions.to(torch.float32)[:, None] * base ** -exponent
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Turn each pair (x_i, x_{i + head_size/2}) of x (B, n_head, T, head_size) by its angle:
+    q.k then depends on the two positions only through their difference."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
@@ -87,14 +169,24 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:  # one gain per head feature, shared by the heads
+            self.q_norm = RMSNorm(config.n_embd // config.n_head, eps=RMS_EPS)
+            self.k_norm = RMSNorm(config.n_embd // config.n_head, eps=RMS_EPS)
+        else:
+            self.q_norm = self.k_norm = None
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, n_head, T, head_size)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:  # the cache then stores keys already turned to their positions
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is None:
             y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
         else:
@@ -109,28 +201,36 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+class ReLUSquared(nn.Module):
+    """relu(x)^2 (Primer, So et al. 2021; modded-nanogpt): sparse, and cheaper than GELU."""
+
+    def forward(self, x):
+        return F.relu(x).square()
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        # GPT-2 used the tanh approximation of GELU
+        self.act = nn.GELU(approximate="tanh") if config.mlp == "gelu" else ReLUSquared()
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache: KVCache | None = None):
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x, cache: KVCache | None = None, rope=None):
+        x = x + self.attn(self.ln_1(x), cache, rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -139,20 +239,25 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.pos_emb == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **modules,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=make_norm(config, config.n_embd),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
         self.apply(self._init_weights)
         # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer): each block adds two
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if not config.tie_embeddings:  # modded-nanogpt: the first logits are uniform, loss ln(V)
+            torch.nn.init.zeros_(self.lm_head.weight)
 
     @staticmethod
     def _init_weights(module):
@@ -164,11 +269,16 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count. The tied token embedding is counted once (it is the LM head);
-        `non_embedding` leaves out the position embedding, as the scaling-law papers do."""
+        """Parameter count (a tied token embedding is counted once: it is the LM head).
+        `non_embedding` leaves out the lookups, as the scaling-law papers do: the position
+        embedding, and the token embedding when it is not also the head, so that it counts the
+        parameters of the matmuls (and the small norm gains)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.transformer.wte.weight.numel()
         return n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
@@ -180,9 +290,15 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of length {start + T} exceeds block_size {self.config.block_size}")
         pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        rope = None
+        if self.config.pos_emb == "learned":
+            x = x + self.transformer.wpe(pos)
+        else:
+            rope = rotary_angles(pos, self.config.n_embd // self.config.n_head, self.config.rope_base)
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, cache)
+            x = block(x, cache, rope)
         if cache is not None:
             cache.pos += T
         x = self.transformer.ln_f(x)
@@ -190,23 +306,36 @@ class GPT(nn.Module):
             logits = self.lm_head(x)
             # the loss in at least float32 (bf16/fp16 logits are upcast; float64 stays float64)
             logits_hi = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            if self.config.logit_softcap is not None:
+                logits = logits_hi = self._softcap(logits_hi)
             loss = F.cross_entropy(logits_hi.view(-1, logits.size(-1)), targets.reshape(-1),
                                    ignore_index=-1)
             return logits, loss
         # inference: the last position's logits are all that generation needs
-        return self.lm_head(x[:, [-1], :]), None
+        logits = self.lm_head(x[:, [-1], :])
+        if self.config.logit_softcap is not None:
+            logits = self._softcap(logits.to(torch.promote_types(logits.dtype, torch.float32)))
+        return logits, None
+
+    def _softcap(self, logits: torch.Tensor) -> torch.Tensor:
+        """Squash the logits smoothly into (-cap, cap) (Gemma 2, modded-nanogpt)."""
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap)
 
     def crop_block_size(self, block_size: int):
         """Shrink the context (e.g. load GPT-2's 1024 and train at 256)."""
         if block_size > self.config.block_size:
             raise ValueError(f"cannot grow block_size from {self.config.block_size} to {block_size}")
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if "wpe" in self.transformer:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward), as in the PaLM paper (appendix B):
         6 * N for the matmuls with the weights, plus 12 * n_layer * n_embd * seq_len for attention
-        (scores and weighted sum). N excludes the position embedding, which is a lookup."""
+        (scores and weighted sum). N is num_params(non_embedding=True): the lookups (position
+        table, an untied token embedding) are no matmuls; the LM head is one, tied or not. The
+        element-wise work (norms, rotary, activation, soft-cap) is left out, as PaLM does."""
         cfg = self.config
         T = seq_len or cfg.block_size
         return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * T

@@ -1,0 +1,250 @@
+"""GPT-2 in one file of plain PyTorch (no Hydra): read it top to bottom.
+
+The architecture is OpenAI's GPT-2: token + learned position embeddings, pre-LayerNorm blocks
+of causal self-attention and a GELU MLP, a final LayerNorm, and an LM head tied to the token
+embedding. Attention goes through `F.scaled_dot_product_attention` (flash / memory-efficient
+kernels on GPUs), except in bf16 on the CPU, where two batched matmuls are faster. Generation can use a key/value cache (`KVCache`) so each new token costs one
+position of compute instead of the whole context.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is a bit faster and better
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:
+    """Round the vocabulary up (50257 -> 50304): matmuls with a multiple of 64 are faster."""
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+class KVCache:
+    """Keys and values of every layer for the positions generated so far, preallocated."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype):
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # number of positions already stored
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v for the new positions of `layer`; return all keys and values so far."""
+        t = k.size(2)
+        self.k[layer, :, :, self.pos:self.pos + t] = k
+        self.v[layer, :, :, self.pos:self.pos + t] = v
+        end = self.pos + t
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(head_size) + causal mask) v, over (B, n_head, T, head_size) tensors.
+
+    SDPA picks a fused kernel: flash attention on GPUs, and on the CPU in float32. On the CPU in
+    bfloat16 its flash kernel (the backward above all) is 1.5-5x slower than two batched matmuls
+    for T <= 512, so there the math is written out (bench/cpu_train.py measures the difference);
+    from T = 1024 on, flash wins again and does not hold T x T scores in memory."""
+    B, H, T, D = q.shape
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and T <= 512:
+        mask = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+        # scale, q k^T and the mask in one baddbmm; softmax accumulates in float32 internally
+        att = torch.baddbmm(mask.expand(B * H, T, T), q.reshape(B * H, T, D),
+                            k.reshape(B * H, T, D).transpose(1, 2), alpha=1.0 / math.sqrt(D))
+        att = F.dropout(att.softmax(dim=-1), dropout_p) if dropout_p > 0 else att.softmax(dim=-1)
+        return torch.bmm(att, v.reshape(B * H, T, D)).view(B, H, T, D)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_size)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if cache is None:
+            y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
+        else:
+            past = cache.pos
+            k, v = cache.update(self.layer_idx, k, v)
+            if T == 1:  # one new query sees every cached position: no mask needed
+                y = F.scaled_dot_product_attention(q, k, v)
+            else:  # a prompt: query i (at absolute position past + i) sees keys 0 .. past + i
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2 used the tanh approximation
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache: KVCache | None = None):
+        x = x + self.attn(self.ln_1(x), cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
+        self.apply(self._init_weights)
+        # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer): each block adds two
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count. The tied token embedding is counted once (it is the LM head);
+        `non_embedding` leaves out the position embedding, as the scaling-law papers do."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None):
+        """idx (B, T) token ids. With targets (B, T): logits for every position and the mean
+        cross-entropy (targets of -1 are ignored). Without: logits of the last position only."""
+        B, T = idx.size()
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of length {start + T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x, cache)
+        if cache is not None:
+            cache.pos += T
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)
+            # the loss in at least float32 (bf16/fp16 logits are upcast; float64 stays float64)
+            logits_hi = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            loss = F.cross_entropy(logits_hi.view(-1, logits.size(-1)), targets.reshape(-1),
+                                   ignore_index=-1)
+            return logits, loss
+        # inference: the last position's logits are all that generation needs
+        return self.lm_head(x[:, [-1], :]), None
+
+    def crop_block_size(self, block_size: int):
+        """Shrink the context (e.g. load GPT-2's 1024 and train at 256)."""
+        if block_size > self.config.block_size:
+            raise ValueError(f"cannot grow block_size from {self.config.block_size} to {block_size}")
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token (forward + backward), as in the PaLM paper (appendix B):
+        6 * N for the matmuls with the weights, plus 12 * n_layer * n_embd * seq_len for attention
+        (scores and weighted sum). N excludes the position embedding, which is a lookup."""
+        cfg = self.config
+        T = seq_len or cfg.block_size
+        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.n_embd * T
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample `max_new_tokens` tokens after the prompt idx (B, T); returns (B, T + new).
+
+        With `use_cache`, each step feeds one token and reuses the cached keys/values, giving the
+        same tokens as recomputing the context while prompt + output fit in block_size. Beyond that
+        (position embeddings are absolute, so a cache cannot slide) the cache is rebuilt from the
+        last block_size // 2 tokens, so the context always holds at least half a block."""
+        was_training = self.training
+        self.eval()
+        block = self.config.block_size
+        device_type = idx.device.type
+        # keys and values come out of the linears in the autocast dtype: store them as they are
+        cache_dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
+                       else self.lm_head.weight.dtype)
+        cache = None
+        for _ in range(max_new_tokens):
+            if use_cache:
+                if cache is None or cache.pos >= block:
+                    keep = block if cache is None else max(block // 2, 1)
+                    cache = KVCache(self.config, idx.size(0), block, idx.device, cache_dtype)
+                    logits, _ = self(idx[:, -keep:], cache=cache)
+                else:
+                    logits, _ = self(idx[:, -1:], cache=cache)
+            else:
+                logits, _ = self(idx[:, -block:])
+            logits = logits[:, -1, :].float() / max(temperature, 1e-8)
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float("inf")
+            probs = F.softmax(logits, dim=-1)
+            idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
+            idx = torch.cat((idx, idx_next), dim=1)
+        self.train(was_training)
+        return idx
