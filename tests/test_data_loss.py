@@ -58,3 +58,69 @@ def test_two_launches_on_a_new_directory_at_once_one_trains(tmp_path, env):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["iters"] == 20
     assert (run / ".hydra" / "config.yaml").exists()
+
+
+# ---- the end-of-run window: a kill after the final evaluation
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_a_run_killed_after_its_final_evaluation_keeps_its_final_losses(tmp_path, data_root):
+    """A kill between the final evaluation and the summary that says "finished": the same
+    command resumes at max_iters and must still report the final losses (not null)."""
+    from inprocess import train_tiny
+
+    run = tmp_path / "run"
+    args = ("task.max_iters=6", "task.eval_interval=3")
+    done = train_tiny(run, *args)
+    assert done["status"] == "finished" and done["final_val_loss"] is not None
+    summary = _summary(run)
+    summary["status"] = "running"  # what the kill leaves: the eval's summary, not the final one
+    (run / "summary.json").write_text(json.dumps(summary))
+    again = train_tiny(run, *args)
+    assert again["status"] == "finished" and again["iters"] == 6
+    assert again["final_val_loss"] == done["final_val_loss"]
+    assert again["final_train_loss"] == done["final_train_loss"]
+
+
+def test_a_kill_between_best_and_last_does_not_leave_last_stale(tmp_path, data_root):
+    """best.pt is written first, then last.pt: a kill between them leaves last.pt at the
+    previous evaluation. Resuming finds the run at max_iters and must bring last.pt up to date."""
+    from inprocess import train_tiny
+
+    run, ckpt = tmp_path / "run", tmp_path / "run" / "ckpt"
+    train_tiny(run, "task.max_iters=3", "task.eval_interval=3")
+    stale = (ckpt / "last.pt").read_bytes()
+    args = ("task.max_iters=6", "task.eval_interval=3", "init_from=resume")
+    train_tiny(run, *args)
+    assert checkpoint.load(ckpt / "best.pt")["iter"] == 6, "the final evaluation must improve here"
+    (ckpt / "last.pt").unlink()
+    (ckpt / "last.pt").write_bytes(stale)  # as the kill left it
+    summary = _summary(run)
+    summary["status"] = "running"
+    (run / "summary.json").write_text(json.dumps(summary))
+    train_tiny(run, *args)
+    assert checkpoint.load(ckpt / "last.pt")["iter"] == 6
+    assert _summary(run)["status"] == "finished"
+
+
+# ---- best.pt and last.pt protect each other
+
+def test_damage_to_last_pt_in_place_falls_back_to_best(tmp_path, data_root):
+    """After an improving evaluation both files hold the same iteration; truncating one in
+    place (`: > ckpt/last.pt`) must leave the other loadable."""
+    from inprocess import train_tiny
+
+    from nanogpt.build import load_run
+
+    run, ckpt = tmp_path / "run", tmp_path / "run" / "ckpt"
+    train_tiny(run, "task.max_iters=3", "task.eval_interval=3")
+    assert not os.path.samefile(ckpt / "best.pt", ckpt / "last.pt")
+    with open(ckpt / "last.pt", "r+b") as f:  # in place: every hard link of it is emptied too
+        f.truncate(0)
+    path, state = checkpoint.load_latest(run)
+    assert path.name == "best.pt" and state["iter"] == 3
+    _, state, path = load_run(str(run), "last")
+    assert path.name == "best.pt" and state["iter"] == 3
+
