@@ -124,3 +124,58 @@ def test_damage_to_last_pt_in_place_falls_back_to_best(tmp_path, data_root):
     _, state, path = load_run(str(run), "last")
     assert path.name == "best.pt" and state["iter"] == 3
 
+
+# ---- nanogpt.export never writes into a run
+
+def _snapshot(d: Path) -> dict:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def small_run(tmp_path) -> Path:
+    """A run directory as training leaves it: ckpt/best.pt, ckpt/last.pt, summary.json."""
+    import torch
+
+    from nanogpt.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=1, n_head=2, n_embd=16))
+    state = {"model": model.state_dict(), "model_args": vars(model.config), "iter": 10,
+             "optimizer": {}, "best_val_loss": 3.0, "config": {"data": {"name": "tiny"}}, "tokenizer": None}
+    run = tmp_path / "runs" / "a"
+    for name in ("best.pt", "last.pt"):
+        checkpoint.atomic_save(state, run / "ckpt" / name)
+    (run / "summary.json").write_text('{"status": "finished", "iters": 10}\n')
+    return run
+
+
+def test_export_onto_its_own_run_with_force_is_refused_and_deletes_nothing(small_run):
+    before = _snapshot(small_run)
+    proc = subprocess.run([sys.executable, "-m", "nanogpt.export", str(small_run), str(small_run), "--force"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+    assert "run directory" in proc.stderr and "outside" in proc.stderr
+    assert _snapshot(small_run) == before
+
+
+@pytest.mark.parametrize("target", ["ckpt", "hf", "..", "../b"])
+def test_export_into_beside_or_above_a_run_is_refused(small_run, target):
+    from nanogpt.errors import UserError
+    from nanogpt.export import main as export_main
+
+    other = small_run.parent / "b"  # another run: "../b" must not replace it either
+    (other / "ckpt").mkdir(parents=True)
+    (other / "ckpt" / "last.pt").write_bytes(b"b's checkpoint")
+    before, before_other = _snapshot(small_run), _snapshot(other)
+    with pytest.raises(UserError, match="run directory"):
+        export_main([str(small_run), str(small_run / target), "--force"])
+    assert _snapshot(small_run) == before and _snapshot(other) == before_other
+
+
+@pytest.mark.filterwarnings("ignore:.*records no tokenizer")
+def test_export_next_to_the_runs_still_works(small_run, tmp_path):
+    from nanogpt.export import main as export_main
+
+    out = export_main([str(small_run), str(tmp_path / "exports" / "a")])
+    assert (out / "model.safetensors").exists() and (small_run / "ckpt" / "best.pt").exists()
