@@ -24,7 +24,7 @@ import torch
 
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.pretrained import hf_state_dict, model_from_state_dict
+from nanogpt.pretrained import check_exportable, hf_state_dict, model_from_state_dict
 
 EOT = "<|endoftext|>"
 EOT_ID = 50256
@@ -146,7 +146,7 @@ def hf_config(config: GPTConfig, dtype: torch.dtype, eos_token_id: int | None) -
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
-        "n_inner": None,  # 4 * n_embd
+        "n_inner": None if config.mlp_hidden == 4 * config.n_embd else config.mlp_hidden,  # None: 4 * n_embd
         "activation_function": "gelu_new",  # the tanh GELU, as ours
         "layer_norm_epsilon": 1e-5,
         "resid_pdrop": config.dropout,
@@ -216,6 +216,7 @@ def export_hf(model: GPT, out_dir, tokenizer_meta: dict | None = None, rank_file
     out_dir = Path(out_dir)
     _check_target(out_dir, force)
     config = getattr(model, "_orig_mod", model).config
+    check_exportable(config)
     tokenizer_files = _tokenizer_files(tokenizer_meta, rank_file, config.block_size)
     from safetensors.torch import save_file
 
@@ -293,6 +294,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     _check_target(Path(args.out_dir), args.force, Path(args.run_dir))  # before the (slow) load
     model, ckpt = load_run(args.run_dir, args.which)
+    check_exportable(model.config)  # before any warning about the tokenizer
     if not ckpt.get("tokenizer"):
         warnings.warn(f"{args.run_dir} records no tokenizer: exporting the model without tokenizer files",
                       stacklevel=2)

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -144,19 +144,22 @@ def _gpt_config(hf_config: dict | None, name: str | None, dropout: float) -> GPT
         problems.append(f"activation_function {c['activation_function']!r} (ours is the tanh GELU)")
     if abs(c.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
         problems.append(f"layer_norm_epsilon {c['layer_norm_epsilon']} (ours is 1e-5)")
-    if c.get("n_inner") not in (None, 4 * c["n_embd"]):
-        problems.append(f"n_inner {c['n_inner']} (ours is 4 * n_embd)")
     if not c.get("scale_attn_weights", True) or c.get("scale_attn_by_inverse_layer_idx", False):
         problems.append("non-standard attention scaling")
     if problems:
         raise UserError("this GPT-2 variant is not supported: " + "; ".join(problems))
     try:
-        return GPTConfig(block_size=c.get("n_positions", c.get("n_ctx")), vocab_size=c["vocab_size"],
-                         n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"],
-                         dropout=dropout, bias=True)
+        mlp_ratio = c["n_inner"] / c["n_embd"] if c.get("n_inner") is not None else 4.0
+        config = GPTConfig(block_size=c.get("n_positions", c.get("n_ctx")), vocab_size=c["vocab_size"],
+                           n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"],
+                           dropout=dropout, bias=True, mlp_ratio=mlp_ratio)
     except (KeyError, TypeError) as e:
         raise UserError(f"config.json lacks a GPT-2 shape field ({e}): it needs n_layer, n_head, "
                         "n_embd, n_positions and vocab_size") from e
+    if c.get("n_inner") is not None and config.mlp_hidden != c["n_inner"]:
+        raise UserError(f"this GPT-2 variant is not supported: n_inner {c['n_inner']} is no MLP "
+                        f"width our GPT can hold with n_embd {c['n_embd']}")
+    return config
 
 
 def _reference_shapes(config: GPTConfig) -> dict[str, torch.Size]:
@@ -267,13 +270,29 @@ def model_from_state_dict(config: GPTConfig, state: dict[str, torch.Tensor]) -> 
     with torch.device("meta"):  # no memory: every parameter is replaced by a tensor of `state`
         model = GPT(config)
     model.load_state_dict(state, strict=True, assign=True)
-    # assign=True gives each module its own Parameter: tie them again into one
-    model.transformer.wte.weight = model.lm_head.weight
+    if config.tie_embeddings:  # assign=True gives each module its own Parameter: tie them again
+        model.transformer.wte.weight = model.lm_head.weight
     return model
 
 
 # ----------------------------------------------------------------------------------------------
 # our GPT -> Hugging Face layout
+
+# the GPTConfig fields a Hugging Face GPT-2 config.json holds (bias=False is exported as zero
+# biases, mlp_ratio as n_inner); every other field must keep its default, GPT-2's choice
+HF_GPT2_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "mlp_ratio")
+
+
+def check_exportable(config: GPTConfig) -> None:
+    """Refuse a model option that GPT-2's format cannot hold, naming it."""
+    default = GPTConfig()
+    other = [f"{f.name}={getattr(config, f.name)!r}" for f in fields(GPTConfig)
+             if f.name not in HF_GPT2_FIELDS and getattr(config, f.name) != getattr(default, f.name)]
+    if other:
+        raise UserError(f"the model uses {', '.join(other)}, which a Hugging Face GPT-2 cannot "
+                        "hold: only GPT-2 architectures export (the run's checkpoints stay usable "
+                        "with task=sample and task=eval)")
+
 
 def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """The state dict `transformers.GPT2LMHeadModel` has for this model (strict load works).
@@ -287,6 +306,7 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     from nanogpt.checkpoint import clean_state_dict
 
     config = getattr(model, "_orig_mod", model).config  # torch.compile wraps the module
+    check_exportable(config)
     ours = clean_state_dict(model.state_dict())
     out = {}
     for name, shape in _reference_shapes(replace(config, bias=True)).items():

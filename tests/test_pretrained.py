@@ -292,6 +292,7 @@ def test_hf_state_dict_loads_strictly_into_transformers():
     dict(),
     dict(bias=False),
     dict(vocab_size=128),  # a vocabulary padded from 100 to a multiple of 64 is exported padded
+    dict(mlp_ratio=3.0),  # another MLP width: HF's n_inner
 ])
 def test_export_round_trip(tmp_path, variant):
     model = our_model(**variant)
@@ -304,6 +305,30 @@ def test_export_round_trip(tmp_path, variant):
     # and back in: the same function (bias=False comes back with zero biases)
     back = load_pretrained(path=out)
     assert (full_logits(back, x) - full_logits(model, x)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("option,named", [
+    (dict(pos_emb="rope"), "pos_emb='rope'"),
+    (dict(norm="rmsnorm"), "norm='rmsnorm'"),
+    (dict(qk_norm=True), "qk_norm=True"),
+    (dict(mlp="relu2"), "mlp='relu2'"),
+    (dict(tie_embeddings=False), "tie_embeddings=False"),
+    (dict(logit_softcap=30.0), "logit_softcap=30.0"),
+    (dict(pos_emb="rope", rope_base=500.0), "pos_emb='rope', rope_base=500.0"),
+])
+def test_export_refuses_a_model_gpt2_cannot_express(tmp_path, option, named):
+    with pytest.raises(UserError, match=re.escape(f"the model uses {named}, which a Hugging Face GPT-2 cannot hold")):
+        export_hf(our_model(**option), tmp_path / "hf")
+    with pytest.raises(UserError, match=re.escape(named)):
+        hf_state_dict(our_model(**option))
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_export_cli_refuses_a_rope_run_before_writing(tmp_path, capsys):
+    run = make_run(tmp_path / "run", our_model(pos_emb="rope", tie_embeddings=False), None)
+    with pytest.raises(UserError, match="pos_emb='rope', tie_embeddings=False"):
+        export_main([str(run), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_refuses_a_non_empty_directory(tmp_path):
