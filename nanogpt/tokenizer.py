@@ -83,6 +83,10 @@ class CharTokenizer:
     def to_meta(self) -> dict:
         return {"kind": "char", "chars": list(self.chars)}
 
+    def token_bytes(self) -> list[int]:
+        """UTF-8 bytes of each id's text (bits per byte: nanogpt.evaluate)."""
+        return [len(c.encode("utf-8")) for c in self.chars]
+
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
 
@@ -155,6 +159,12 @@ class GPT2Tokenizer:
 
     def to_meta(self) -> dict:
         return {"kind": "gpt2"}
+
+    def token_bytes(self) -> list[int]:
+        """Bytes of each id's text: a BPE token is a byte string, so the decoded text of a
+        sequence has their sum (before UTF-8 repair). <|endoftext|> separates documents and is
+        no text: 0 bytes (nanochat's convention; its loss is left out of bits per byte)."""
+        return [len(self.enc.decode_single_token_bytes(i)) for i in range(EOT_ID)] + [0]
 
     def __repr__(self) -> str:
         return f"GPT2Tokenizer(rank_file={self.rank_file!r})"

@@ -167,3 +167,25 @@ def test_gpt2_offline_without_any_rank_file_says_what_to_do(monkeypatch, tmp_pat
     monkeypatch.setattr(tk, "SHARED_RANK_FILE", tmp_path / "absent.tiktoken")
     with pytest.raises(TokenizerError, match=f"offline.*rank_file.*{tk.RANKS_ENV}"):
         GPT2Tokenizer()
+
+
+# ---------------------------------------------------------------- bytes per token (bits per byte)
+
+def test_char_token_bytes_are_utf8_lengths():
+    tok = CharTokenizer.from_text("aé日🤖")
+    assert tok.chars == ["a", "é", "日", "🤖"] and tok.token_bytes() == [1, 2, 3, 4]
+    ids = tok.encode("日a🤖éa")
+    assert sum(tok.token_bytes()[i] for i in ids) == len("日a🤖éa".encode("utf-8")) == 11
+
+
+@needs_ranks
+def test_gpt2_token_bytes_sum_to_the_decoded_texts_bytes():
+    tok = GPT2Tokenizer(RANK_FILE)
+    table = tok.token_bytes()
+    assert len(table) == 50257 and table[50256] == 0 and min(table[:50256]) >= 1
+    text = SAMPLE.replace("<|endoftext|>", "")
+    ids = tok.encode_batch([text])[0]
+    assert sum(table[i] for i in ids) == len(text.encode("utf-8"))
+    assert table[tok.encode(" the")[0]] == 4 
+    robot = tok.encode("🤖")  # 4 bytes in tokens that are not whole characters
+    assert len(robot) > 1 and sum(table[i] for i in robot) == 4

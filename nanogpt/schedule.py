@@ -1,0 +1,65 @@
+"""The learning-rate schedule: the lr of each iteration, shared by every optimizer.
+
+    cosine | linear   linear warm-up, then decay to min_lr at decay_iters (nanoGPT's, Chinchilla's)
+    constant          linear warm-up, then lr for ever
+    wsd               warm-up, stable, decay: lr until the last `decay_frac` of the run, then a
+                      cooldown to min_lr whose shape is linear, cosine or 1-sqrt (Hägele et al.
+                      2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed Training
+                      Durations"). A long stable run can be branched at any iteration into a short
+                      cooldown: the loss at several budgets from one run.
+
+Each optimizer parameter group multiplies the scheduled lr by its own scale (nanogpt.optim).
+"""
+from __future__ import annotations
+
+import math
+
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
+COOLDOWNS = ("linear", "cosine", "1-sqrt")
+
+
+def decay_coeff(progress: float, shape: str) -> float:
+    """1 at progress 0, 0 at progress 1, in between by `shape`."""
+    if shape == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if shape == "linear":
+        return 1.0 - progress
+    if shape == "1-sqrt":
+        return 1.0 - math.sqrt(progress)
+    raise ValueError(f"unknown decay shape {shape!r}: use {', '.join(COOLDOWNS)}")
+
+
+def wsd_decay_start(decay_iters: int, decay_frac: float) -> int:
+    """The first iteration of a WSD run's cooldown: the last decay_frac of decay_iters iterations."""
+    return decay_iters - round(decay_frac * decay_iters)
+
+
+def lr_at(it: int, lr: float, min_lr: float, warmup_iters: int, decay_iters: int,
+          schedule: str = "cosine", decay_frac: float = 0.2, cooldown: str = "linear") -> float:
+    """Linear warm-up to lr, then the schedule's decay to min_lr at decay_iters, then flat.
+    For wsd, the decay spans the last decay_frac of decay_iters, shaped by `cooldown`."""
+    if it < warmup_iters:
+        return lr * (it + 1) / (warmup_iters + 1)
+    if schedule == "constant":
+        return lr
+    if it >= decay_iters:
+        return min_lr
+    if schedule == "wsd":
+        start = wsd_decay_start(decay_iters, decay_frac)
+        if it < start:
+            return lr
+        progress, shape = (it - start) / max(1, decay_iters - start), cooldown
+    elif schedule in ("cosine", "linear"):
+        progress, shape = (it - warmup_iters) / max(1, decay_iters - warmup_iters), schedule
+    else:  # the config refuses other names before any work; this guards direct callers
+        raise ValueError(f"unknown schedule {schedule!r}: use {', '.join(SCHEDULES)}")
+    return min_lr + decay_coeff(progress, shape) * (lr - min_lr)
+
+
+def check_wsd(warmup_iters: int, decay_iters: int, decay_frac: float) -> None:
+    """A WSD schedule needs its cooldown to start after the warm-up: ValueError otherwise."""
+    start = wsd_decay_start(decay_iters, decay_frac)
+    if start < warmup_iters:
+        raise ValueError(f"optim.decay_frac={decay_frac} of {decay_iters} iterations starts the "
+                         f"cooldown at iteration {start}, inside the warm-up ({warmup_iters} "
+                         "iterations): lower optim.decay_frac or optim.warmup_iters")
