@@ -1,6 +1,7 @@
 """Turning configs into plain objects: the dataset, the model's GPTConfig, a run's model."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from pathlib import Path
@@ -36,7 +37,8 @@ def known_datasets() -> list[str]:
 
 
 def model_args(mcfg, data_vocab: int | None) -> GPTConfig:
-    """GPTConfig from the model config group and the data's vocabulary."""
+    """The model's GPTConfig: the model group's architecture fields, with the vocabulary filled in
+    from the data (model.vocab_size=null) and padded if asked."""
     vocab = mcfg.vocab_size or data_vocab
     if vocab is None:
         raise UserError("model.vocab_size is not set and the data has no vocabulary size")
@@ -46,8 +48,7 @@ def model_args(mcfg, data_vocab: int | None) -> GPTConfig:
     if mcfg.pad_vocab:
         vocab = padded_vocab_size(vocab)
     try:
-        return GPTConfig(block_size=mcfg.block_size, vocab_size=vocab, n_layer=mcfg.n_layer,
-                         n_head=mcfg.n_head, n_embd=mcfg.n_embd, dropout=mcfg.dropout, bias=mcfg.bias)
+        return GPTConfig.from_dict({**dataclasses.asdict(mcfg), "vocab_size": vocab})
     except ValueError as e:
         raise UserError(f"invalid model config: {e}") from e
 
@@ -78,6 +79,6 @@ def load_run(run: str | None, which: str = "best", device="cpu") -> tuple[GPT, d
                         "in a new run directory")
     for failure in failures:
         log.warning("%s; using %s instead", failure, path)
-    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model = GPT(GPTConfig.from_dict(ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device), ckpt, path

@@ -83,3 +83,17 @@ def evaluate(cfg, out_dir: Path, data_chosen: bool = False) -> dict:
     write_json_atomic(out, record)
     log.info("wrote %s", out)
     return record
+
+
+def run(cfg, run_dir: Path, dist) -> float:
+    """task=eval: the val loss. A run is scored on the data it trained on, unless the command
+    named other data (data=... or data.name=...)."""
+    return evaluate(cfg, run_dir, data_chosen=_command_chose_data())["val"]["loss"]
+
+
+def _command_chose_data() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return any(o.split("=")[0] in ("data", "data.name") for o in HydraConfig.get().overrides.task)

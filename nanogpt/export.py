@@ -135,6 +135,21 @@ def _tokenizer_files(tokenizer_meta: dict | None, rank_file, block_size: int) ->
 # ----------------------------------------------------------------------------------------------
 # the model directory
 
+# the GPTConfig fields a Hugging Face GPT-2 config.json holds (bias=False is exported as zero biases)
+HF_GPT2_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
+
+
+def check_exportable(config: GPTConfig) -> None:
+    """Refuse a model option that GPT-2's format cannot hold: every other GPTConfig field must
+    have its default (GPT-2's choice)."""
+    default = GPTConfig()
+    other = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(GPTConfig)
+             if f.name not in HF_GPT2_FIELDS and getattr(config, f.name) != getattr(default, f.name)]
+    if other:
+        raise UserError(f"the model uses {', '.join(other)}, which a Hugging Face GPT-2 cannot "
+                        "hold: only GPT-2 architectures export")
+
+
 def hf_config(config: GPTConfig, dtype: torch.dtype, eos_token_id: int | None) -> dict:
     """config.json of a transformers GPT2LMHeadModel with our model's shape."""
     return {
@@ -192,6 +207,7 @@ def export_hf(model: GPT, out_dir, tokenizer_meta: dict | None = None, rank_file
     out_dir = Path(out_dir)
     _check_target(out_dir, force)
     config = getattr(model, "_orig_mod", model).config
+    check_exportable(config)
     tokenizer_files = _tokenizer_files(tokenizer_meta, rank_file, config.block_size)
     from safetensors.torch import save_file
 
@@ -246,8 +262,7 @@ def load_run(run_dir, which: str = "best", device="cpu") -> tuple[GPT, dict]:
                 "is RUN_DIR a training run's output directory (with ckpt/)?")
         raise UserError(f"no checkpoint {path}; {hint}")
     ckpt = checkpoint.load(path, map_location=device)  # validated, compile/DDP prefixes removed
-    fields = {f.name for f in dataclasses.fields(GPTConfig)}
-    config = GPTConfig(**{k: v for k, v in ckpt["model_args"].items() if k in fields})
+    config = GPTConfig.from_dict(ckpt["model_args"])
     try:
         model = model_from_state_dict(config, ckpt["model"])
     except RuntimeError as e:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from nanogpt.errors import UserError
 
@@ -57,6 +57,7 @@ def lock_run(run_dir: Path):
 class GuardRunDir(Callback):
     def on_run_start(self, config, **kwargs) -> None:
         HydraConfig.instance().set_config(config)  # as run_job does next: resolves ${hydra:...}
+        _validate_or_exit(config)  # every value checked before the run directory exists
         run_dir = Path(OmegaConf.select(config, "hydra.run.dir"))
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +71,21 @@ class GuardRunDir(Callback):
             for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
                 path = run_dir / config.hydra.output_subdir / name
                 _before[path] = path.read_bytes() if path.exists() else None
+
+
+def _validate_or_exit(config) -> None:
+    """The composed config's values against their schemas (nanogpt.config): a bad one is one
+    error line and exit 2, before anything is written."""
+    from nanogpt.config import validate
+
+    job = config.copy()
+    with open_dict(job):
+        del job["hydra"]
+    try:
+        validate(job)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def restore_hydra_files() -> None:
