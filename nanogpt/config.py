@@ -140,7 +140,6 @@ OPTIM_SCHEMAS = {"adamw": AdamWConfig}  # the optim group's options: name -> sch
 # ----------------------------------------------------------------------------------------------
 # hardware
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 BACKENDS = ("auto", "nccl", "gloo")
 
@@ -148,7 +147,7 @@ BACKENDS = ("auto", "nccl", "gloo")
 @dataclass
 class HardwareConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast; float16 uses a GradScaler)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast; float16 uses a GradScaler) | float64 (checks)
     compile: bool = False
     micro_batch_size: int = 12
     eval_batch_size: Optional[int] = None  # None: 2 x micro_batch_size (no gradients to hold)
@@ -161,13 +160,14 @@ class HardwareConfig:
     num_threads: Optional[int] = None  # torch intra-op threads on the CPU; None: torch's default
 
     def __post_init__(self):
+        from nanogpt.hardware import DTYPES
         from nanogpt.parallel import STRATEGIES
 
         device = self.device
         if device.startswith("cuda:") and device[5:].isdigit():
             device = "cuda:N"
         one_of("hardware.device", device, DEVICES)
-        one_of("hardware.dtype", self.dtype, DTYPES)
+        one_of("hardware.dtype", self.dtype, ("auto", *DTYPES))
         one_of("hardware.backend", self.backend, BACKENDS)
         one_of("hardware.strategy", self.strategy, sorted(STRATEGIES))
         at_least("hardware.micro_batch_size", self.micro_batch_size, 1)

@@ -24,7 +24,7 @@ BAD_VALUES = [
     (["optim.schedule=cosin"], "unknown optim.schedule='cosin': use cosine, linear or constant"),
     (["init_from=resum"], "unknown init_from='resum': use scratch, resume or pretrained"),
     (["task.on_nan=ignore"], "unknown task.on_nan='ignore': use stop or skip"),
-    (["hardware.dtype=float8"], "unknown hardware.dtype='float8': use auto, float32, bfloat16 or float16"),
+    (["hardware.dtype=float8"], "unknown hardware.dtype='float8': use auto, float32, bfloat16, float16 or float64"),
     (["hardware.device=gpu"], "unknown hardware.device='gpu': use auto, cpu, cuda, cuda:N or mps"),
     (["hardware.backend=mpi"], "unknown hardware.backend='mpi': use auto, nccl or gloo"),
     (["hardware.strategy=zero"], "unknown hardware.strategy='zero': use ddp"),

@@ -36,7 +36,7 @@ def trained_run(tmp_path_factory, env) -> Path:
 
 @pytest.fixture
 def run(trained_run, tmp_path) -> Path:
-    """A private copy of a finished run (hard links kept, as training writes them)."""
+    """A private copy of a finished run."""
     copy = tmp_path / "run"
     shutil.copytree(trained_run, copy)
     return copy
