@@ -23,7 +23,7 @@ import torch
 from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher
 from nanogpt.errors import UserError
-from nanogpt.hardware import compile_model, make_runtime, measured_cpu_matmul_flops, peak_flops_info
+from nanogpt.hardware import compile_model, measured_cpu_matmul_flops, peak_flops_info, runtime
 from nanogpt.metrics import write_json_atomic
 from nanogpt.model import GPT
 from nanogpt.optim import make_optimizer
@@ -38,7 +38,7 @@ def bench(cfg, out_dir: Path) -> float:
         raise UserError(f"task.iters must be >= 1 and task.warmup >= 0 (got {t.iters}, {t.warmup})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rt = make_runtime(hw.device, hw.dtype, 0, hw.tf32, hw.num_threads)
+    rt = runtime(hw)
 
     dataset = None if t.synthetic else open_dataset(cfg.data.name, cfg.data.root, cfg.data.auto_prepare)
     gpt_config = model_args(cfg.model, dataset.vocab_size if dataset else cfg.model.vocab_size or GPT2_VOCAB)

@@ -8,7 +8,7 @@ import torch
 
 from nanogpt.build import load_run
 from nanogpt.errors import UserError
-from nanogpt.hardware import make_runtime
+from nanogpt.hardware import runtime
 from nanogpt.metrics import progress
 from nanogpt.tokenizer import load_tokenizer
 
@@ -47,7 +47,7 @@ def generate_texts(model, tokenizer, prompt: str, num_samples: int, max_new_toke
 
 def sample(cfg, out_dir: Path) -> list[str]:
     t = cfg.task
-    rt = make_runtime(cfg.hardware.device, cfg.hardware.dtype, 0, cfg.hardware.tf32, cfg.hardware.num_threads)
+    rt = runtime(cfg.hardware)
     model, ckpt, path = load_run(cfg.run, t.which, rt.device)
     tokenizer = load_tokenizer(ckpt["tokenizer"])
     prompt = read_prompt(t.prompt)

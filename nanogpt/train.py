@@ -23,7 +23,7 @@ from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher, eval_batch
 from nanogpt.errors import UserError
 from nanogpt.guards import NanGuard, StopRequest
-from nanogpt.hardware import compile_model, make_runtime, peak_flops
+from nanogpt.hardware import compile_model, peak_flops, runtime
 from nanogpt.metrics import MetricsLogger, mfu, progress
 from nanogpt.model import GPT
 from nanogpt.optim import Schedule, make_optimizer, set_lr
@@ -89,7 +89,7 @@ def run(cfg, run_dir: Path, dist: distributed.Dist) -> float | None:
 def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     tcfg, mcfg, ocfg, hw = cfg.task, cfg.model, cfg.optim, cfg.hardware
     run_dir = Path(run_dir)
-    rt = make_runtime(hw.device, hw.dtype, dist.local_rank, hw.tf32, hw.num_threads or dist.cpus)
+    rt = runtime(hw, dist.local_rank, dist.cpus)
     distributed.setup(dist, hw.backend, rt.device)
     config_dict = dataclasses.asdict(cfg)
 
