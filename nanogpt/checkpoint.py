@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from nanogpt.errors import UserError
+from nanogpt.model import GPTConfig
 
 log = logging.getLogger("nanogpt")
 
@@ -205,11 +206,13 @@ def load(path: Path, map_location="cpu", mmap: bool = False) -> dict:
     return ckpt
 
 
-def check_shape(ckpt: dict, model_args: dict, path: Path) -> None:
-    """A checkpoint only resumes into the same architecture; say which settings differ."""
-    keys = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
-    diff = [f"{k}: checkpoint {ckpt['model_args'].get(k)} vs config {model_args.get(k)}"
-            for k in keys if ckpt["model_args"].get(k) != model_args.get(k)]
+def check_shape(ckpt: dict, config: GPTConfig, path: Path) -> None:
+    """A checkpoint only resumes into the same architecture (every GPTConfig field but dropout;
+    a field its model_args lack has the default, what the model computed before the field
+    existed); say which settings differ."""
+    saved = GPTConfig.from_dict(ckpt["model_args"]).architecture()
+    wanted = config.architecture()
+    diff = [f"{k}: checkpoint {saved[k]} vs config {wanted[k]}" for k in wanted if saved[k] != wanted[k]]
     if diff:
         raise UserError(f"checkpoint {path} was made with another model shape ({'; '.join(diff)}). "
                         "Use the model settings it was trained with, or a new run directory")
