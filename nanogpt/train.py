@@ -85,6 +85,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     if not dist.is_main:
         dataset = open_dataset(cfg.data.name, cfg.data.root, False)
     tokenizer_meta = dataset.meta["tokenizer"]
+    # the end-of-run samples' tokenizer, loaded now: a missing BPE rank file fails before training
+    tokenizer = load_tokenizer(tokenizer_meta) if tcfg.num_samples > 0 and dist.is_main else None
 
     # ---- what to start from: a checkpoint of this run, OpenAI's weights, or scratch
     if cfg.init_from not in ("scratch", "resume", "pretrained"):
@@ -134,7 +136,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         gpt_config = model_args(mcfg, dataset.vocab_size)
         model = GPT(gpt_config)
     dataset.check_block_size(gpt_config.block_size)
-    model.to(rt.device)
+    model.to(rt.device, rt.param_dtype)
 
     micro, block = hw.micro_batch_size, gpt_config.block_size
     flops_per_token = model.flops_per_token(block)
@@ -262,7 +264,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                 break
 
             # one optimizer step: accum micro-batches, gradients synced on the last one only
-            step_loss = torch.zeros((), device=rt.device)  # the mean over micro-batches (and ranks, below)
+            step_loss = torch.zeros((), device=rt.device, dtype=rt.param_dtype)  # the mean over micro-batches (and ranks, below)
             for m in range(accum):
                 x, y = prefetch.get(it, m)
                 sync = nullcontext() if (not dist.enabled or m == accum - 1) else train_model.no_sync()
@@ -338,7 +340,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         if losses:
             log.info("val loss %.4f nats/token vs the corpus's unigram entropy %.4f: what a model "
                      "that ignores context scores", losses["val"], dataset.unigram_entropy())
-        _finish(model, run_dir, tcfg, tokenizer_meta, metrics, rt, cfg.seed)
+        _finish(model, run_dir, tcfg, tokenizer, tokenizer_meta, metrics, rt, cfg.seed)
     metrics.close()
     if status == "interrupted":  # a SLURM job leaves here, to be requeued (or cancelled)
         distributed.end_interrupted_slurm_job(dist, stop.signum)
@@ -382,10 +384,9 @@ def _plot(run_dir: Path) -> bool:
         return False
 
 
-def _finish(model, run_dir, tcfg, tokenizer_meta, metrics, rt, seed):
+def _finish(model, run_dir, tcfg, tok, tokenizer_meta, metrics, rt, seed):
     """Samples at the end of a finished run."""
     if tcfg.num_samples > 0:
-        tok = load_tokenizer(tokenizer_meta)
         start = tok.encode("\n") if tokenizer_meta.get("kind") == "char" else [tok.eot_token]
         x = torch.tensor([start] * tcfg.num_samples, dtype=torch.long, device=rt.device)
         gen = torch.Generator(device=rt.device).manual_seed(seed)
