@@ -230,7 +230,7 @@ def torch_load(path: Path, map_location="cpu", mmap: bool = False):
         with torch.serialization.safe_globals(_LEGACY_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
+        if "GLOBAL " not in str(e):  # garbage, or a pickle torch.save did not write
             raise
         raise UnsafeCheckpoint(
             f"{path} refused: it holds Python objects that no checkpoint needs "
@@ -238,6 +238,16 @@ def torch_load(path: Path, map_location="cpu", mmap: bool = False):
             "and plain data only; do not use files from sources you do not trust. If it is a "
             "checkpoint of an older nanogpt that you trust, convert it once: "
             f"python -m nanogpt.checkpoint upgrade {path}") from None
+
+
+def error_reason(e: Exception) -> str:
+    """The line of a load error that says what is wrong (torch's weights-only errors open with
+    advice to load the file unsafely, which is not for us to give)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _unsafe_names(path: Path, error: Exception) -> str:
@@ -264,13 +274,66 @@ def load(path: Path, map_location="cpu", mmap: bool = False) -> dict:
     except UnsafeCheckpoint:
         raise
     except Exception as e:  # truncated zip, random bytes, pickle errors...
-        reason = str(e).splitlines()[0] if str(e) else ""
-        raise BadCheckpoint(f"checkpoint {path} is corrupt or incomplete ({type(e).__name__}: "
-                            f"{reason})", advice) from e
+        raise BadCheckpoint(f"checkpoint {path} is corrupt or incomplete ({error_reason(e)})", advice) from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise BadCheckpoint(f"{path} is not a nanogpt checkpoint (no model / model_args in it)", advice)
+    problem = _schema_problem(ckpt)
+    if problem:
+        raise BadCheckpoint(f"{path} is not a usable nanogpt checkpoint: {problem}", advice)
     ckpt["model"] = clean_state_dict(ckpt["model"])
+    problem = _shape_problem(ckpt)
+    if problem:
+        raise BadCheckpoint(f"{path}: the weights do not match its model_args ({problem})", advice)
     return ckpt
+
+
+def _schema_problem(ckpt: dict) -> str | None:
+    model, args = ckpt["model"], ckpt["model_args"]
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in model.items()):
+        return "its model is not a dict of named tensors"
+    if not isinstance(args, dict):
+        return "its model_args is not a dict"
+    for key in ("iter",):
+        if key in ckpt and (isinstance(ckpt[key], bool) or not isinstance(ckpt[key], int)):
+            return f"its {key} is {ckpt[key]!r}, not an integer"
+    if "optimizer" in ckpt and not isinstance(ckpt["optimizer"], dict):
+        return "its optimizer state is not a dict"
+    try:
+        model_config(args)
+    except (TypeError, ValueError) as e:
+        return f"its model_args {args} do not describe a model ({e})"
+    return None
+
+
+def model_config(model_args: dict):
+    """The GPTConfig a checkpoint's model_args describe (fields a newer version added are ignored)."""
+    import dataclasses
+
+    from nanogpt.model import GPTConfig
+
+    fields = {f.name: f.type for f in dataclasses.fields(GPTConfig)}
+    ints = [k for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd") if k in model_args]
+    bad = [k for k in ints if isinstance(model_args[k], bool) or not isinstance(model_args[k], int)]
+    if bad:
+        raise TypeError(f"{', '.join(bad)} must be integers")
+    return GPTConfig(**{k: v for k, v in model_args.items() if k in fields})
+
+
+def _shape_problem(ckpt: dict) -> str | None:
+    """Missing, unexpected or misshapen tensors against a model built (on the meta device, no
+    memory) from model_args: caught here, not as a traceback in load_state_dict."""
+    from nanogpt.model import GPT
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in GPT(model_config(ckpt["model_args"])).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
+    problems = [f"{k}: {got[k]} vs {expected[k]}" for k in expected if k in got and got[k] != expected[k]]
+    problems += [f"missing {k}" for k in expected if k not in got]
+    problems += [f"unexpected {k}" for k in got if k not in expected]
+    if not problems:
+        return None
+    return "; ".join(problems[:6]) + (f"; ... ({len(problems)} in all)" if len(problems) > 6 else "")
 
 
 def check_shape(ckpt: dict, model_args: dict, path: Path) -> None:

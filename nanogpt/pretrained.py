@@ -204,8 +204,9 @@ def _unreadable_weights(f: Path):
     except (UserError, UnsafeCheckpoint):
         raise
     except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"cannot read the weights in {f} ({type(e).__name__}: {reason}): the file is "
+        from nanogpt.checkpoint import error_reason
+
+        raise UserError(f"cannot read the weights in {f} ({error_reason(e)}): the file is "
                         "missing, truncated or not a model; download the model again") from e
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nanogpt import checkpoint, distributed
+from nanogpt import checkpoint, distributed, rundir
 from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher, eval_batch
 from nanogpt.errors import UserError
@@ -97,9 +97,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     if tcfg.on_nan not in ("stop", "skip"):
         raise UserError(f"unknown task.on_nan={tcfg.on_nan}: use stop or skip")
     has_ckpt = any((run_dir / "ckpt" / name).exists() for name in checkpoint.RESUMABLE)
-    summary_file = run_dir / "summary.json"
-    if has_ckpt and summary_file.exists():
-        done = json.loads(summary_file.read_text())
+    done = rundir.read_summary(run_dir)
+    if has_ckpt and done is not None:
         if done.get("status") == "finished" and cfg.init_from != "resume":
             log.info("%s already finished (best val loss %s); nothing to do. To train further: "
                      "init_from=resume run=%s task.max_iters=N", run_dir, done.get("best_val_loss"), run_dir)
