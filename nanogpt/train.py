@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from nanogpt import checkpoint, distributed, parallel
+from nanogpt import checkpoint, distributed, parallel, rundir
 from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher, eval_batch
 from nanogpt.errors import UserError
@@ -108,9 +108,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         raise UserError("init_from=pretrained needs weights: model=pretrained/gpt2 (or gpt2_medium, "
                         "gpt2_large, gpt2_xl), or model.path=DIR for a local Hugging Face directory")
     has_ckpt = any((run_dir / "ckpt" / name).exists() for name in checkpoint.RESUMABLE)
-    summary_file = run_dir / "summary.json"
-    if has_ckpt and summary_file.exists():
-        done = json.loads(summary_file.read_text())
+    done = rundir.read_summary(run_dir)
+    if has_ckpt and done is not None:
         if done.get("status") == "finished" and cfg.init_from != "resume":
             log.info("%s already finished (best val loss %s); nothing to do. To train further: "
                      "init_from=resume run=%s task.max_iters=N", run_dir, done.get("best_val_loss"), run_dir)
