@@ -11,7 +11,6 @@ Hugging Face has no GPT-2 tokenizer for it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -24,10 +23,10 @@ import torch
 
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.pretrained import check_exportable, hf_state_dict, model_from_state_dict
+from nanogpt.build import load_run
+from nanogpt.pretrained import check_exportable, hf_state_dict
+from nanogpt.tokenizer import EOT, EOT_ID
 
-EOT = "<|endoftext|>"
-EOT_ID = 50256
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,28 +257,6 @@ def export_hf(model: GPT, out_dir, tokenizer_meta: dict | None = None, rank_file
 # ----------------------------------------------------------------------------------------------
 # training runs
 
-def load_run(run_dir, which: str = "best", device="cpu") -> tuple[GPT, dict]:
-    """(model in eval mode, checkpoint dict) from RUN_DIR/ckpt/{which}.pt."""
-    from nanogpt import checkpoint
-
-    if which not in ("best", "last"):
-        raise UserError(f"--which must be best or last, got {which!r}")
-    path = Path(run_dir) / "ckpt" / f"{which}.pt"
-    if not path.is_file():
-        have = sorted(p.name for p in path.parent.glob("*.pt")) if path.parent.is_dir() else []
-        hint = (f"it has {', '.join(have)}: pass --which {Path(have[0]).stem}" if have else
-                "is RUN_DIR a training run's output directory (with ckpt/)?")
-        raise UserError(f"no checkpoint {path}; {hint}")
-    ckpt = checkpoint.load(path, map_location=device)  # validated, compile/DDP prefixes removed
-    fields = {f.name for f in dataclasses.fields(GPTConfig)}
-    config = GPTConfig(**{k: v for k, v in ckpt["model_args"].items() if k in fields})
-    try:
-        model = model_from_state_dict(config, ckpt["model"])
-    except RuntimeError as e:
-        raise UserError(f"{path}: the weights do not match its model_args {ckpt['model_args']}: {e}") from e
-    return model.eval(), ckpt
-
-
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(prog="python -m nanogpt.export",
                                 description="Export a run's checkpoint as a Hugging Face GPT-2 model directory.")
@@ -293,7 +270,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = p.parse_args(argv)
 
     _check_target(Path(args.out_dir), args.force, Path(args.run_dir))  # before the (slow) load
-    model, ckpt = load_run(args.run_dir, args.which)
+    model, ckpt, _ = load_run(args.run_dir, args.which, fallback=False)
     check_exportable(model.config)  # before any warning about the tokenizer
     if not ckpt.get("tokenizer"):
         warnings.warn(f"{args.run_dir} records no tokenizer: exporting the model without tokenizer files",

@@ -22,7 +22,7 @@ context.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional
 
 import torch
@@ -42,6 +42,9 @@ def _choice(name: str, value, choices) -> None:
 
 @dataclass
 class GPTConfig:
+    """The model's architecture: every field is a `model.<field>` key of the config (nanogpt.config
+    extends this class with where the weights and vocabulary come from), and a checkpoint's
+    `model_args`. A new model option is one field here, read by the modules below."""
     block_size: int = 1024
     vocab_size: int = 50257
     n_layer: int = 12
@@ -59,12 +62,16 @@ class GPTConfig:
     tie_embeddings: bool = True  # lm_head is wte (GPT-2); False: its own matrix, zero-initialised
     logit_softcap: Optional[float] = None  # None: raw logits; c: c * tanh(logits / c)
 
+    # fields that do not change the weights' shapes or meaning: a checkpoint resumes with another value
+    NOT_ARCHITECTURE = ("dropout",)
+
     def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:  # None: the vocabulary is not known yet
+                raise ValueError(f"{name} must be positive, got {value}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         _choice("pos_emb", self.pos_emb, POS_EMBS)
@@ -85,6 +92,18 @@ class GPTConfig:
     @property
     def mlp_hidden(self) -> int:
         return round(self.mlp_ratio * self.n_embd)
+
+    @classmethod
+    def from_dict(cls, args: dict) -> "GPTConfig":
+        """The config of a checkpoint's model_args (or any dict holding the fields): keys this
+        version does not know are left out, fields the dict lacks (options added since it was
+        written) keep their defaults, which are what the model computed before they existed."""
+        names = {f.name for f in fields(GPTConfig)}
+        return GPTConfig(**{k: v for k, v in args.items() if k in names})
+
+    def architecture(self) -> dict:
+        """The fields a checkpoint must agree on to load into this model."""
+        return {f.name: getattr(self, f.name) for f in fields(GPTConfig) if f.name not in self.NOT_ARCHITECTURE}
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:
