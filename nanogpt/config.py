@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from nanogpt.errors import UserError
 from nanogpt.model import GPTConfig
+from nanogpt.schedule import COOLDOWNS, SCHEDULES
 
 MISSING = "???"  # OmegaConf's marker for a required value (kept Hydra-free at import time)
 
@@ -87,8 +88,6 @@ class DataConfig:
 # ----------------------------------------------------------------------------------------------
 # optimizers: the common schedule and clipping, then each optimizer's own keys
 
-SCHEDULES = ("cosine", "linear", "constant")
-
 
 @dataclass
 class OptimConfig:
@@ -99,7 +98,9 @@ class OptimConfig:
     min_lr: Optional[float] = None  # None: lr / 10 (Chinchilla)
     warmup_iters: int = 100
     decay_iters: Optional[int] = None  # None: max_iters
-    schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
+    schedule: str = "cosine"  # cosine | linear | constant | wsd (after warm-up; nanogpt.schedule)
+    decay_frac: float = 0.2  # wsd: the cooldown is the last decay_frac of the run
+    cooldown: str = "linear"  # wsd: the cooldown's shape, linear | cosine | 1-sqrt
     grad_clip: float = 1.0  # 0 disables
 
     def __post_init__(self):
@@ -114,6 +115,9 @@ class OptimConfig:
         at_least("optim.warmup_iters", self.warmup_iters, 0)
         at_least("optim.decay_iters", self.decay_iters, 1)
         one_of("optim.schedule", self.schedule, SCHEDULES)
+        one_of("optim.cooldown", self.cooldown, COOLDOWNS)
+        if not 0.0 < self.decay_frac <= 1.0:
+            raise ConfigError(f"optim.decay_frac={self.decay_frac} is out of range: it must be in (0, 1]")
         at_least("optim.grad_clip", self.grad_clip, 0)
 
 
@@ -134,7 +138,43 @@ class AdamWConfig(OptimConfig):
         above("optim.eps", self.eps, 0)
 
 
-OPTIM_SCHEMAS = {"adamw": AdamWConfig}  # the optim group's options: name -> schema
+@dataclass
+class MuonConfig(OptimConfig):
+    """torch.optim.Muon for the 2-D matrices of the transformer blocks (attention and MLP), AdamW
+    for the rest: token embedding, position table, LM head, norm gains, biases. `lr` is Muon's;
+    each AdamW group has its own rate, and the schedule scales every rate alike."""
+    name: str = "muon"
+    lr: float = 0.02  # Muon's, for the hidden matrices (Keller Jordan's default)
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_steps: int = 5  # Newton-Schulz iterations of the orthogonalisation
+    adjust_lr: str = "original"  # torch.optim.Muon's adjust_lr_fn: original | match_rms_adamw
+    weight_decay: float = 0.0  # the hidden matrices' (decoupled, as AdamW's)
+    embed_lr: float = 0.01  # AdamW's rate for the token embedding and position table
+    head_lr: float = 0.004  # AdamW's rate for an untied LM head (a tied one is the embedding)
+    scalar_lr: float = 0.01  # AdamW's rate for norm gains and biases
+    adamw_weight_decay: float = 0.0  # of the embeddings and the head (never of gains and biases)
+    beta1: float = 0.8  # AdamW's, as modded-nanogpt's
+    beta2: float = 0.95
+    eps: float = 1e-10
+    fused: Optional[bool] = None  # None: fused AdamW where the device supports it
+
+    def __post_init__(self):
+        super().__post_init__()
+        in_unit_interval("optim.momentum", self.momentum)
+        at_least("optim.ns_steps", self.ns_steps, 1)
+        one_of("optim.adjust_lr", self.adjust_lr, MUON_ADJUST_LR)
+        at_least("optim.weight_decay", self.weight_decay, 0)
+        for key in ("embed_lr", "head_lr", "scalar_lr", "adamw_weight_decay"):
+            at_least(f"optim.{key}", getattr(self, key), 0)
+        in_unit_interval("optim.beta1", self.beta1)
+        in_unit_interval("optim.beta2", self.beta2)
+        above("optim.eps", self.eps, 0)
+        above("optim.lr", self.lr, 0)  # the AdamW groups' rates are multiples of it
+
+
+MUON_ADJUST_LR = ("original", "match_rms_adamw")
+OPTIM_SCHEMAS = {"adamw": AdamWConfig, "muon": MuonConfig}  # the optim group's options: name -> schema
 
 
 # ----------------------------------------------------------------------------------------------

@@ -300,6 +300,13 @@ class GPT(nn.Module):
                 n -= self.transformer.wte.weight.numel()
         return n
 
+    def num_params_kaplan(self) -> int:
+        """Kaplan et al.'s N: every parameter but the embeddings and the LM head, tied or not."""
+        out = {id(p) for p in self.transformer.wte.parameters()} | {id(p) for p in self.lm_head.parameters()}
+        if "wpe" in self.transformer:
+            out.add(id(self.transformer.wpe.weight))
+        return sum(p.numel() for p in self.parameters() if id(p) not in out)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None):
         """idx (B, T) token ids. With targets (B, T): logits for every position and the mean

@@ -1,15 +1,14 @@
-"""Optimizers by name, and the learning-rate schedule they share.
+"""Optimizers by name: AdamW, and Muon for the hidden matrices beside AdamW for the rest.
 
 OPTIMIZERS maps `optim=<name>` to a factory `(model, optim_cfg, device_type) -> optimizer`. Each
 of the optimizer's parameter groups may carry an "lr_scale": the schedule sets every group's lr
 to the scheduled lr times that group's scale (1 when absent), so an optimizer whose groups need
 different rates (Muon for matrices beside AdamW for the rest) keeps them through warm-up and
-decay. The optimizer's own keys have a schema in nanogpt.config.OPTIM_SCHEMAS.
+decay (nanogpt.schedule). The optimizer's own keys have a schema in nanogpt.config.OPTIM_SCHEMAS.
 """
 from __future__ import annotations
 
 import inspect
-import math
 
 import torch
 
@@ -25,55 +24,100 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def make_adamw(model: torch.nn.Module, ocfg, device_type: str = "cpu") -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only. Fused AdamW (one kernel for all parameters)
-    where the device supports it."""
+def _adamw_kernel(ocfg, device_type: str) -> dict:
+    """Fused AdamW (one kernel for all parameters) where the device supports it."""
     supports_fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in ("cuda", "cpu")
     fused = supports_fused if ocfg.fused is None else ocfg.fused
     if fused and not supports_fused:
         raise UserError(f"optim.fused=true is not supported on {device_type}: use optim.fused=null")
-    extra = {"fused": True} if fused else {"foreach": device_type != "cpu" or None}
+    return {"fused": True} if fused else {"foreach": device_type != "cpu" or None}
+
+
+def make_adamw(model: torch.nn.Module, ocfg, device_type: str = "cpu") -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only."""
     return torch.optim.AdamW(decay_groups(model, ocfg.weight_decay), lr=ocfg.lr,
-                             betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.eps, **extra)
+                             betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.eps, **_adamw_kernel(ocfg, device_type))
+
+
+class Optimizers:
+    """Several optimizers stepped as one, for the training loop, the GradScaler and checkpoints:
+    `param_groups` is all of theirs (the schedule sets each group's lr), and the state dict
+    holds each optimizer's own under its name."""
+
+    def __init__(self, **optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers.values() for g in opt.param_groups]
+
+    def step(self, closure=None):
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.optimizers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.optimizers):
+            raise UserError(f"the checkpoint's optimizer state holds {sorted(state)[:4]}, not "
+                            f"{' + '.join(self.optimizers)}: resume with the optim it was trained with")
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state[name])
+
+
+def muon_groups(model: torch.nn.Module, ocfg) -> tuple[list, list[dict]]:
+    """(the hidden matrices for Muon, AdamW's groups): the embeddings (token, position), an
+    untied LM head, and the gains and biases, each with its own rate (as a multiple of the
+    scheduled lr, which is Muon's) and weight decay."""
+    embeddings = [p for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()]
+    taken = {id(p) for p in embeddings}
+    head = [p for p in model.get_submodule("lm_head").parameters() if id(p) not in taken]
+    taken |= {id(p) for p in head}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+    hidden = [p for p in rest if p.dim() == 2]
+    scalars = [p for p in rest if p.dim() != 2]
+    scale = 1.0 / ocfg.lr
+    adamw = [{"params": params, "lr": lr, "lr_scale": lr * scale, "weight_decay": wd}
+             for params, lr, wd in ((embeddings, ocfg.embed_lr, ocfg.adamw_weight_decay),
+                                    (head, ocfg.head_lr, ocfg.adamw_weight_decay),
+                                    (scalars, ocfg.scalar_lr, 0.0)) if params]
+    return hidden, adamw
+
+
+def make_muon(model: torch.nn.Module, ocfg, device_type: str = "cpu") -> Optimizers:
+    """torch.optim.Muon on the transformer's 2-D matrices, AdamW on the rest (MuonConfig)."""
+    hidden, adamw_groups = muon_groups(model, ocfg)
+    if not hidden:
+        raise UserError("optim=muon needs 2-D hidden matrices (attention and MLP weights) to "
+                        "orthogonalise, and this model has none: use optim=adamw")
+    muon = torch.optim.Muon([{"params": hidden, "lr_scale": 1.0}], lr=ocfg.lr, weight_decay=ocfg.weight_decay,
+                            momentum=ocfg.momentum, nesterov=ocfg.nesterov, ns_steps=ocfg.ns_steps,
+                            adjust_lr_fn=ocfg.adjust_lr)
+    adamw = torch.optim.AdamW(adamw_groups, lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.eps,
+                              **_adamw_kernel(ocfg, device_type))
+    return Optimizers(muon=muon, adamw=adamw)
 
 
 # optim=<name> -> factory(model, optim_cfg, device_type) -> torch.optim.Optimizer
-OPTIMIZERS = {"adamw": make_adamw}
+OPTIMIZERS = {"adamw": make_adamw, "muon": make_muon}
 
 
 def make_optimizer(model: torch.nn.Module, ocfg, device_type: str) -> torch.optim.Optimizer:
     return OPTIMIZERS[ocfg.name](model, ocfg, device_type)
 
 
-def lr_at(it: int, lr: float, min_lr: float, warmup_iters: int, decay_iters: int,
-          schedule: str = "cosine") -> float:
-    """Linear warm-up to lr, then cosine (or linear) decay to min_lr at decay_iters, then flat."""
-    if it < warmup_iters:
-        return lr * (it + 1) / (warmup_iters + 1)
-    if schedule == "constant":
-        return lr
-    if it >= decay_iters:
-        return min_lr
-    progress = (it - warmup_iters) / max(1, decay_iters - warmup_iters)
-    if schedule == "cosine":
-        coeff = 0.5 * (1.0 + math.cos(math.pi * progress))
-    elif schedule == "linear":
-        coeff = 1.0 - progress
-    else:  # the config refuses other names before any work; this guards direct callers
-        raise ValueError(f"unknown schedule {schedule!r}: use cosine, linear or constant")
-    return min_lr + coeff * (lr - min_lr)
-
-
-class Schedule:
-    """The scheduled lr of an iteration, from the optim config and the run's length."""
-
-    def __init__(self, ocfg, max_iters: int):
-        self.lr, self.warmup_iters, self.schedule = ocfg.lr, ocfg.warmup_iters, ocfg.schedule
-        self.min_lr = ocfg.min_lr if ocfg.min_lr is not None else ocfg.lr / 10
-        self.decay_iters = ocfg.decay_iters or max_iters
-
-    def __call__(self, it: int) -> float:
-        return lr_at(it, self.lr, self.min_lr, self.warmup_iters, self.decay_iters, self.schedule)
+def check_resumable(ckpt: dict, ocfg, path) -> None:
+    """A checkpoint's optimizer state only loads into the optimizer that wrote it."""
+    saved = ((ckpt.get("config") or {}).get("optim") or {}).get("name", "adamw")
+    if saved != ocfg.name:
+        raise UserError(f"{path} was trained with optim={saved}, and this run asks for "
+                        f"optim={ocfg.name}: its optimizer state cannot carry over. Use optim={saved}, "
+                        "or a new run directory")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+from nanogpt.errors import UserError
+
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 COOLDOWNS = ("linear", "cosine", "1-sqrt")
 
@@ -56,10 +58,26 @@ def lr_at(it: int, lr: float, min_lr: float, warmup_iters: int, decay_iters: int
     return min_lr + decay_coeff(progress, shape) * (lr - min_lr)
 
 
+class Schedule:
+    """The scheduled lr of an iteration, from the optim config and the run's length."""
+
+    def __init__(self, ocfg, max_iters: int):
+        self.lr, self.warmup_iters, self.schedule = ocfg.lr, ocfg.warmup_iters, ocfg.schedule
+        self.min_lr = ocfg.min_lr if ocfg.min_lr is not None else ocfg.lr / 10
+        self.decay_iters = ocfg.decay_iters or max_iters
+        self.decay_frac, self.cooldown = ocfg.decay_frac, ocfg.cooldown
+        if self.schedule == "wsd":
+            check_wsd(self.warmup_iters, self.decay_iters, self.decay_frac)
+
+    def __call__(self, it: int) -> float:
+        return lr_at(it, self.lr, self.min_lr, self.warmup_iters, self.decay_iters, self.schedule,
+                     self.decay_frac, self.cooldown)
+
+
 def check_wsd(warmup_iters: int, decay_iters: int, decay_frac: float) -> None:
-    """A WSD schedule needs its cooldown to start after the warm-up: ValueError otherwise."""
+    """A WSD schedule needs its cooldown to start after the warm-up."""
     start = wsd_decay_start(decay_iters, decay_frac)
     if start < warmup_iters:
-        raise ValueError(f"optim.decay_frac={decay_frac} of {decay_iters} iterations starts the "
+        raise UserError(f"optim.decay_frac={decay_frac} of {decay_iters} iterations starts the "
                          f"cooldown at iteration {start}, inside the warm-up ({warmup_iters} "
                          "iterations): lower optim.decay_frac or optim.warmup_iters")

@@ -26,7 +26,8 @@ from nanogpt.guards import NanGuard, StopRequest
 from nanogpt.hardware import compile_model, peak_flops, runtime
 from nanogpt.metrics import MetricsLogger, mfu, progress
 from nanogpt.model import GPT
-from nanogpt.optim import Schedule, make_optimizer, set_lr
+from nanogpt.optim import check_resumable, make_optimizer, set_lr
+from nanogpt.schedule import Schedule
 from nanogpt.sample import generate_texts
 from nanogpt.tokenizer import load_tokenizer
 
@@ -129,6 +130,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         if mcfg.pretrained or mcfg.path:  # finetuning may crop the block: the checkpoint knows
             gpt_config.vocab_size = ckpt["model_args"]["vocab_size"]
         checkpoint.check_shape(ckpt, gpt_config, resume_path)
+        check_resumable(ckpt, ocfg, resume_path)
         model = GPT(gpt_config)
         model.load_state_dict(ckpt["model"])
     elif mcfg.pretrained or mcfg.path:
@@ -358,8 +360,8 @@ def _agree(flag: bool, dist) -> bool:
 
 
 def _non_embedding(model: GPT) -> int:
-    """Kaplan's N: parameters outside the token and position embeddings."""
-    return model.num_params(non_embedding=True) - model.transformer.wte.weight.numel()
+    """Kaplan's N: parameters outside the token and position embeddings and the LM head."""
+    return model.num_params_kaplan()
 
 
 def _params_finite(model) -> bool:

@@ -16,12 +16,13 @@ from nanogpt.config import (OPTIM_SCHEMAS, TASK_SCHEMAS, AdamWConfig, ConfigErro
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.overrides import problems
+from nanogpt.schedule import Schedule
 from nanogpt.tasks import TASKS
 
 # ---- every value checked when the config is composed, before any work
 
 BAD_VALUES = [
-    (["optim.schedule=cosin"], "unknown optim.schedule='cosin': use cosine, linear or constant"),
+    (["optim.schedule=cosin"], "unknown optim.schedule='cosin': use cosine, linear, constant or wsd"),
     (["init_from=resum"], "unknown init_from='resum': use scratch, resume or pretrained"),
     (["task.on_nan=ignore"], "unknown task.on_nan='ignore': use stop or skip"),
     (["hardware.dtype=float8"], "unknown hardware.dtype='float8': use auto, float32, bfloat16, float16 or float64"),
@@ -53,7 +54,7 @@ BAD_VALUES = [
     (["task=sample", "task.num_samples=0"], "task.num_samples=0 is out of range: it must be >= 1"),
     (["task=sample", "task.which=newest"], "unknown task.which='newest': use best or last"),
     (["task=bench", "task.iters=0"], "task.iters=0 is out of range: it must be >= 1"),
-    (["optim.name=sgd"], "unknown optim='sgd': use adamw"),
+    (["optim.name=sgd"], "unknown optim='sgd': use adamw or muon"),
     (["task.name=bench"], "task.name='bench' does not match the task's keys: choose the task with task=bench"),
 ]
 
@@ -76,7 +77,7 @@ def test_a_bad_value_on_the_command_line_exits_2_before_any_directory(tmp_path):
     proc = launch(["optim.schedule=cosin", "hardware=cpu"], cwd=tmp_path, check=False,
                   env={"HYDRA_FULL_ERROR": "0"})
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == "error: unknown optim.schedule='cosin': use cosine, linear or constant"
+    assert proc.stderr.strip() == "error: unknown optim.schedule='cosin': use cosine, linear, constant or wsd"
     assert list(tmp_path.iterdir()) == []  # no run directory, no runs/
 
 
@@ -126,7 +127,7 @@ def test_param_groups_keep_their_own_lr_multiplier_through_the_schedule_and_a_re
 
     model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10))
     ocfg = AdamWConfig(lr=1e-2, warmup_iters=2, schedule="cosine")
-    schedule = optim.Schedule(ocfg, max_iters=10)
+    schedule = Schedule(ocfg, max_iters=10)
     opt = two_rates(model, ocfg, "cpu")
     resumed = two_rates(model, ocfg, "cpu")
     resumed.load_state_dict(opt.state_dict())
