@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from nanogpt.bpb import bits_per_byte, nats_and_bytes, token_bytes_table
 from nanogpt.build import load_run, open_dataset
 from nanogpt.data import Batches, eval_batch
 from nanogpt.errors import UserError
@@ -24,20 +25,28 @@ GPT2_BASELINES = {"gpt2": (3.11, 3.12), "gpt2-medium": (2.85, 2.84),
 @torch.inference_mode()
 def split_losses(model, dataset, block_size: int, batch_size: int, eval_iters: int, seed: int,
                  rt, splits=("train", "val")) -> dict:
+    """Loss (nats/token), perplexity, bits per byte (when the tokenizer is at hand) and tokens
+    scored of each split."""
     model.eval()
     batches = Batches(dataset, block_size, batch_size, seed, rt.device)
+    table = token_bytes_table(dataset.meta["tokenizer"], model.config.vocab_size)
+    table = torch.tensor(table, device=rt.device) if table is not None else None
     out = {}
     for split in splits:
         if split not in dataset.splits:
             raise UserError(f"unknown split {split!r}: use train and/or val")
-        total = torch.zeros((), device=rt.device, dtype=torch.float64)  # summed on the device: no sync per batch
+        # loss sum, [nats, bytes] of text targets: summed on the device, no sync per batch
+        total = torch.zeros(3, device=rt.device, dtype=torch.float64)
         for k in progress(range(eval_iters), desc=f"eval {split}", unit="batch"):
             x, y = eval_batch(batches, split, k)
             with rt.autocast():
-                _, loss = model(x, y)
-            total += loss.double()
-        mean = total.item() / eval_iters
-        out[split] = {"loss": mean, "perplexity": math.exp(mean), "tokens": eval_iters * batch_size * block_size}
+                logits, loss = model(x, y)
+            total[0] += loss.double()
+            if table is not None:
+                total[1:] += nats_and_bytes(logits, y, table)
+        mean = total[0].item() / eval_iters
+        out[split] = {"loss": mean, "perplexity": math.exp(mean), "tokens": eval_iters * batch_size * block_size,
+                      "bpb": bits_per_byte(total[1].item(), total[2].item()) if table is not None else None}
     return out
 
 
@@ -68,12 +77,13 @@ def evaluate(cfg, out_dir: Path, data_chosen: bool = False) -> dict:
     reference = GPT2_BASELINES.get(cfg.model.pretrained) if data_name == "owt" and not cfg.run else None
 
     print(f"\n{source} on {data_name} ({t.eval_iters} batches of {batch} x {block} tokens per split)")
-    print(f"{'split':<8}{'loss':>10}{'perplexity':>14}" + (f"{'reference':>12}" if reference else ""))
+    print(f"{'split':<8}{'loss':>10}{'perplexity':>14}{'bits/byte':>11}" + (f"{'reference':>12}" if reference else ""))
     for i, (split, r) in enumerate(results.items()):
         ref = ""
         if reference:
             ref = f"{reference[0 if split == 'train' else 1]:>12.2f}"
-        print(f"{split:<8}{r['loss']:>10.4f}{r['perplexity']:>14.2f}{ref}")
+        bpb = f"{r['bpb']:>11.4f}" if r["bpb"] is not None else f"{'-':>11}"
+        print(f"{split:<8}{r['loss']:>10.4f}{r['perplexity']:>14.2f}{bpb}{ref}")
     record = {"source": source, "data": data_name, "block_size": block, "batch_size": batch,
               "eval_iters": t.eval_iters, **results}
     if reference:

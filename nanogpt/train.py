@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from nanogpt import checkpoint, distributed, parallel, rundir
+from nanogpt.bpb import bits_per_byte, nats_and_bytes, token_bytes_table
 from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher, eval_batch
 from nanogpt.errors import UserError
@@ -53,21 +54,27 @@ def plan_steps(tcfg, tokens_per_micro: int, world: int, micro: int, flops_per_to
 
 
 @torch.inference_mode()
-def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist) -> dict[str, float]:
-    """Mean loss over the same fixed eval_iters batches of each split, shared among ranks."""
+def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist, byte_table=None) -> dict[str, float]:
+    """Mean loss over the same fixed eval_iters batches of each split, shared among ranks; with
+    a byte table (nanogpt.bpb), also each split's bits per byte ("train_bpb", "val_bpb")."""
     model.eval()
     out = {}
     for split in ("train", "val"):
-        total = torch.zeros(2, device=rt.device, dtype=torch.float64)
+        # loss sum, batch count, [nats, bytes] of text targets: summed on the device, no sync per batch
+        total = torch.zeros(4, device=rt.device, dtype=torch.float64)
         ks = range(dist.rank, eval_iters, dist.world_size)
         for k in progress(ks, desc=f"eval {split}", is_main=dist.is_main, leave=False):
             x, y = eval_batch(batches, split, k)
             with rt.autocast():
-                _, loss = model(x, y)
-            total += torch.stack([loss.double(), torch.ones((), device=rt.device, dtype=torch.float64)])
+                logits, loss = model(x, y)
+            total[:2] += torch.stack([loss.double(), torch.ones((), device=rt.device, dtype=torch.float64)])
+            if byte_table is not None:
+                total[2:] += nats_and_bytes(logits, y, byte_table)
         if dist.enabled:
             torch.distributed.all_reduce(total)
         out[split] = (total[0] / total[1]).item()
+        if byte_table is not None:
+            out[f"{split}_bpb"] = bits_per_byte(total[2].item(), total[3].item())
     model.train()
     return out
 
@@ -149,6 +156,9 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         model = GPT(gpt_config)
     dataset.check_block_size(gpt_config.block_size)
     model.to(rt.device, rt.param_dtype)
+    byte_table = distributed.broadcast_object(  # rank 0 reads the tokenizer; all ranks agree
+        token_bytes_table(tokenizer_meta, gpt_config.vocab_size) if dist.is_main else None)
+    byte_table = torch.tensor(byte_table, device=rt.device) if byte_table is not None else None
 
     micro, block = hw.micro_batch_size, gpt_config.block_size
     flops_per_token = model.flops_per_token(block)
@@ -157,12 +167,13 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
 
     optimizer = make_optimizer(model, ocfg, rt.device_type)
     scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.needs_grad_scaler)
-    start_iter, best_val, resumed_losses = 0, float("inf"), None
+    start_iter, best_val, best_bpb, resumed_losses = 0, float("inf"), None, None
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         start_iter, best_val = ckpt["iter"], ckpt.get("best_val_loss", float("inf"))
+        best_bpb = ckpt.get("best_val_bpb")
         resumed_losses = checkpoint.eval_losses_at(ckpt, start_iter)  # a run stopped after its final eval
         if ckpt.get("rng") and dist.rank < len(ckpt["rng"]):
             checkpoint.set_rng_state(ckpt["rng"][dist.rank])
@@ -202,7 +213,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             state = {"model": checkpoint.clean_state_dict(model.state_dict()),
                      "model_args": dataclasses.asdict(gpt_config), "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict() if scaler.is_enabled() else None, "iter": it,
-                     "best_val_loss": best_val, "rng": rng, "config": config_dict,
+                     "best_val_loss": best_val, "best_val_bpb": best_bpb, "rng": rng, "config": config_dict,
                      "tokenizer": tokenizer_meta, "dataset": dataset.meta.get("dataset"),
                      "eval_losses": losses}
             checkpoint.atomic_save(state, run_dir / "ckpt" / name)
@@ -219,6 +230,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             "iters": it, "max_iters": max_iters, "tokens_per_step": tokens_per_step,
             "best_val_loss": best_val if math.isfinite(best_val) else None,
             "final_val_loss": losses["val"] if losses else None,
+            "best_val_bpb": best_bpb, "final_val_bpb": losses.get("val_bpb") if losses else None,
             "final_train_loss": losses["train"] if losses else None, "wall_time_s": elapsed,
             "tokens_per_s": tok_s, "mfu": mfu(flops_per_token, tok_s, peak, dist.world_size) if tok_s else None,
             "world_size": dist.world_size, "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""),
@@ -241,16 +253,19 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
 
             # evaluate and checkpoint (not again at the iteration we resumed at)
             if (it % tcfg.eval_interval == 0 or it == max_iters) and (it > start_iter or start_iter == 0):
-                losses = estimate_loss(eval_model, eval_batches, tcfg.eval_iters, rt, dist)
+                losses = estimate_loss(eval_model, eval_batches, tcfg.eval_iters, rt, dist, byte_table)
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise UserError(_nan_message(guard.checked_at, it, last_loss, "evaluation"))
                 losses["iter"] = it  # saved with the checkpoint: the final losses survive a kill
                 improved = losses["val"] < best_val
                 best_val = min(best_val, losses["val"])
+                best_bpb = losses.get("val_bpb") if improved else best_bpb
                 if dist.is_main:
-                    log.info("iter %d: train loss %.4f, val loss %.4f", it, losses["train"], losses["val"])
+                    log.info("iter %d: train loss %.4f, val loss %.4f%s", it, losses["train"], losses["val"],
+                             f" ({losses['val_bpb']:.4f} bits/byte)" if "val_bpb" in losses else "")
                     metrics.log({"kind": "eval", "iter": it, "tokens": it * tokens_per_step,
                                  "train_loss": losses["train"], "val_loss": losses["val"],
+                                 **{k: losses[k] for k in ("train_bpb", "val_bpb") if k in losses},
                                  "time_s": time.perf_counter() - t_start})
                 if it > 0:
                     if improved:  # best.pt first: a kill before the copy leaves it the newest

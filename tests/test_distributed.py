@@ -98,6 +98,29 @@ def test_ddp_two_ranks_match_one_process_with_twice_the_accumulation(tmp_path, d
     assert summary(shared)["dtype"] == "float64"
 
 
+def test_ddp_muon_with_the_modern_model_matches_one_process(tmp_path, data_root):
+    """optim=muon under DDP: the gradients are all-reduced before the step, so every rank
+    orthogonalises the same matrix and applies the same update; two ranks equal one process
+    (Newton-Schulz runs in bf16, where a float64 reordering below 1e-15 almost never flips a
+    rounding: the bound stays EXACT)."""
+    args = [*STEP, "task.max_iters=12", "task.eval_interval=6", "hardware.dtype=float64", "optim=muon",
+            "optim.lr=0.02", "optim.warmup_iters=2", "optim.schedule=wsd", "model.pos_emb=rope",
+            "model.norm=rmsnorm", "model.qk_norm=true", "model.mlp=relu2", "model.tie_embeddings=false",
+            "model.logit_softcap=15"]
+    one, ddp = tmp_path / "one", tmp_path / "ddp"
+    one.mkdir()
+    ddp.mkdir()
+    launch(args, cwd=one)
+    torchrun([*args, "hydra.run.dir=outputs/ddp"], cwd=ddp)
+    [single], [shared] = run_dirs(one / "runs"), run_dirs(ddp / "outputs")
+    assert summary(shared)["world_size"] == 2 and summary(shared)["status"] == "finished"
+    a, b = losses(single), losses(shared)
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    for it in a:
+        assert abs(a[it] - b[it]) / abs(a[it]) < EXACT, (it, a[it], b[it])
+    assert a[12] < a[1] - 0.3
+
+
 def test_accumulation_must_divide_among_ranks(tmp_path, data_root):
     proc = torchrun(merged(*STEP, "task.tokens_per_step=384", "task.max_iters=2"), cwd=tmp_path, check=False)
     assert proc.returncode != 0
