@@ -251,9 +251,22 @@ class TrainTask(TaskConfig):
     temperature: float = 0.8  # of the samples printed when training ends
     top_k: Optional[int] = 200
     plot: bool = True  # loss.png in the run directory
+    # cooldown branches (nanogpt.branch): iterations whose checkpoints this run keeps
+    # (ckpt/iter_<k>.pt), and the run + kept iteration a new run starts from
+    keep_checkpoints: list = field(default_factory=list)
+    branch_from: Optional[str] = None
+    branch_iter: Optional[int] = None
 
     def __post_init__(self):
         super().__post_init__()
+        for k in self.keep_checkpoints:
+            if not isinstance(k, int) or k < 1:
+                raise ConfigError(f"task.keep_checkpoints={list(self.keep_checkpoints)}: iterations are "
+                                  "whole numbers >= 1")
+        if (self.branch_from is None) != (self.branch_iter is None):
+            raise ConfigError("a cooldown branch needs both task.branch_from=RUN_DIR and "
+                              "task.branch_iter=K (one of the parent's task.keep_checkpoints)")
+        at_least("task.branch_iter", self.branch_iter, 1)
         at_least("task.max_iters", self.max_iters, 0)
         at_least("task.max_tokens", self.max_tokens, 1)
         above("task.max_flops", self.max_flops, 0)
@@ -363,6 +376,9 @@ class Config:
     def __post_init__(self):
         at_least("seed", self.seed, 0)
         one_of("init_from", self.init_from, INIT_FROM)
+        if getattr(self.task, "branch_from", None) and self.init_from == "pretrained":
+            raise ConfigError("init_from=pretrained and task.branch_from both say where the weights "
+                              "come from: a branch starts from its parent's checkpoint, drop init_from")
 
 
 GROUPS = {"model": ModelConfig, "data": DataConfig, "hardware": HardwareConfig, "logger": LoggerConfig}
@@ -417,3 +433,11 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("nanogpt_run_name", run_name)
         # the SLURM launcher's tasks per node: one per GPU, or one on a CPU node
         OmegaConf.register_new_resolver("nanogpt_tasks_per_node", lambda gpus: gpus or 1)
+        # a cooldown branch's length: its WSD cooldown (the last decay_frac) starts at branch_iter
+        OmegaConf.register_new_resolver("nanogpt_cooldown_end", _cooldown_end)
+
+
+def _cooldown_end(branch_iter, decay_frac) -> int:
+    from nanogpt.branch import cooldown_end
+
+    return cooldown_end(int(branch_iter), float(decay_frac))

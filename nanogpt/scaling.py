@@ -134,13 +134,22 @@ class Run:
     params: float
     params_non_embedding: float
     iters: float
+    # validation bits per byte (nanogpt.bpb); a cooldown branch's parent run and iteration
+    final_val_bpb: float = math.nan
+    best_val_bpb: float = math.nan
+    branched_from: str = ""
     config: dict = field(default_factory=dict, repr=False, compare=False)  # not in the CSV
 
     def loss(self, which: str = "final") -> float:
-        return self.final_val_loss if which == "final" else self.best_val_loss
+        """The val loss a fit uses: final | best (nats per token), final_bpb | best_bpb (bits per byte)."""
+        return getattr(self, f"{which.removesuffix('_bpb')}_val_{'bpb' if which.endswith('_bpb') else 'loss'}")
+
+
+LOSSES = ("final", "best", "final_bpb", "best_bpb")
 
 
 CSV_COLUMNS = [f.name for f in dataclasses.fields(Run) if f.name != "config"]
+OPTIONAL_COLUMNS = {"final_val_bpb", "best_val_bpb", "branched_from"}  # CSVs written before them still read
 
 
 def load_run(run_dir, n_kind: str = "non_embedding") -> Run:
@@ -150,6 +159,8 @@ def load_run(run_dir, n_kind: str = "non_embedding") -> Run:
     metrics = read_metrics(run_dir)
     evals = [m["val_loss"] for m in metrics
              if m.get("kind") == "eval" and isinstance(m.get("val_loss"), (int, float))]
+    bpbs = [m["val_bpb"] for m in metrics if m.get("kind") == "eval" and isinstance(m.get("val_bpb"), (int, float))]
+    branch = summary.get("branched_from") or {}
     last = metrics[-1] if metrics else {}
     config = read_config(run_dir, summary)
 
@@ -168,7 +179,10 @@ def load_run(run_dir, n_kind: str = "non_embedding") -> Run:
         lr=_num(_get(config, "optim.lr")), n_layer=_num(_get(config, "model.n_layer"), int),
         n_embd=_num(_get(config, "model.n_embd"), int),
         wall_time_s=pick("wall_time_s", _num(last.get("time_s"))), params=params,
-        params_non_embedding=params_ne, iters=pick("iters", _num(last.get("iter"))), config=config)
+        params_non_embedding=params_ne, iters=pick("iters", _num(last.get("iter"))),
+        final_val_bpb=pick("final_val_bpb", bpbs[-1] if bpbs else math.nan),
+        best_val_bpb=pick("best_val_bpb", math.nan),
+        branched_from=f"{branch['run']}@{branch['iter']}" if branch else "", config=config)
 
 
 def write_csv(runs: list[Run], path) -> None:
@@ -181,8 +195,10 @@ def write_csv(runs: list[Run], path) -> None:
                              for k, v in row.items()})
 
 
-def _from_csv(column: str, text: str):
-    if column in ("run_dir", "status"):
+def _from_csv(column: str, text: str | None):
+    if text is None:  # an optional column the CSV lacks
+        return "" if column == "branched_from" else math.nan
+    if column in ("run_dir", "status", "branched_from"):
         return text
     if column in ("n_layer", "n_embd"):
         return int(text) if text else None
@@ -193,10 +209,10 @@ def read_csv(path, n_kind: str | None = None) -> list[Run]:
     """Runs back from `collect --out`; `n_kind` re-picks N from the params columns."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = set(CSV_COLUMNS) - set(reader.fieldnames or [])
+        missing = set(CSV_COLUMNS) - set(reader.fieldnames or []) - OPTIONAL_COLUMNS
         if missing:
             raise ValueError(f"{path}: not a `collect` CSV (missing columns {sorted(missing)})")
-        runs = [Run(**{k: _from_csv(k, row[k]) for k in CSV_COLUMNS}) for row in reader]
+        runs = [Run(**{k: _from_csv(k, row.get(k)) for k in CSV_COLUMNS}) for row in reader]
     for run in runs:
         if n_kind and not math.isnan(getattr(run, N_KINDS[n_kind])):
             run.N = getattr(run, N_KINDS[n_kind])
@@ -313,9 +329,10 @@ def format_table(header: list[str], rows: list[list]) -> str:
 def format_runs(runs: list[Run]) -> str:
     common = os.path.commonpath([r.run_dir for r in runs]) if len(runs) > 1 else ""
     rows = [[os.path.relpath(r.run_dir, common) if common else r.run_dir, r.status, r.N, r.D, r.C,
-             r.final_val_loss, r.best_val_loss, r.lr, r.n_layer, r.n_embd, r.wall_time_s] for r in runs]
-    return format_table(["run", "status", "N", "D", "C", "final_val", "best_val", "lr", "n_layer",
-                         "n_embd", "wall_s"], rows)
+             r.final_val_loss, r.best_val_loss, r.final_val_bpb, r.lr, r.n_layer, r.n_embd, r.wall_time_s,
+             f"@{r.branched_from.rsplit('@', 1)[1]}" if r.branched_from else ""] for r in runs]
+    return format_table(["run", "status", "N", "D", "C", "final_val", "best_val", "final_bpb", "lr", "n_layer",
+                         "n_embd", "wall_s", "branch"], rows)
 
 
 def _with_ci(value: float, ci) -> str:
@@ -436,7 +453,8 @@ def main(argv=None) -> int:
 
     p = common(sub.add_parser("fit", help="fit Chinchilla's approaches 2 and 3 to the finished runs"))
     p.add_argument("--approach", choices=["2", "3", "both"], default="both")
-    p.add_argument("--loss", choices=["final", "best"], default="final", help="which val loss to fit")
+    p.add_argument("--loss", choices=LOSSES, default="final",
+                   help="which val loss to fit: nats per token (final, best) or bits per byte (final_bpb, best_bpb)")
     p.add_argument("--bootstrap", type=int, default=200, metavar="K",
                    help="approach-3 bootstrap resamples for the intervals (0: none)")
     p.add_argument("--starts", type=int, default=100,
@@ -449,7 +467,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=_cmd_fit)
 
     p = common(sub.add_parser("best-lr", help="the best learning rate per model size"))
-    p.add_argument("--loss", choices=["final", "best"], default="final")
+    p.add_argument("--loss", choices=LOSSES, default="final")
     p.add_argument("--by", choices=["arch", "N"], default="arch",
                    help="group sizes by (n_layer, n_embd) or by parameter count")
     p.set_defaults(func=_cmd_best_lr)

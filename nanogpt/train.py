@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from nanogpt import checkpoint, distributed, parallel, rundir
+from nanogpt import branch, checkpoint, distributed, parallel, rundir
 from nanogpt.bpb import bits_per_byte, nats_and_bytes, token_bytes_table
 from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher, eval_batch
@@ -128,6 +128,10 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     if distributed.broadcast_object(ckpt is not None) != (ckpt is not None):
         raise UserError(f"ranks 0 and {dist.rank} disagree on whether {run_dir / 'ckpt'} holds a "
                         "checkpoint: the run directory must be on a filesystem that every node shares")
+    branch_point = None  # a new cooldown branch starts from its parent's kept checkpoint
+    if ckpt is None and tcfg.branch_from:
+        resume_path, ckpt = branch.load_point(tcfg.branch_from, tcfg.branch_iter)
+        branch_point = {"run": str(Path(tcfg.branch_from).resolve()), "iter": ckpt["iter"]}
     if cfg.init_from == "resume" and ckpt is None:
         raise UserError(f"init_from=resume but {run_dir} has no checkpoint (ckpt/last.pt or "
                         "ckpt/best.pt): start it with init_from=scratch")
@@ -164,6 +168,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     flops_per_token = model.flops_per_token(block)
     tokens_per_step, accum, max_iters = plan_steps(tcfg, micro * block, dist.world_size, micro, flops_per_token)
     schedule = Schedule(ocfg, max_iters)
+    if branch_point:
+        branch.check_continuation(ckpt, resume_path, cfg, tokens_per_step, max_iters, schedule)
 
     optimizer = make_optimizer(model, ocfg, rt.device_type)
     scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.needs_grad_scaler)
@@ -174,6 +180,10 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             scaler.load_state_dict(ckpt["scaler"])
         start_iter, best_val = ckpt["iter"], ckpt.get("best_val_loss", float("inf"))
         best_bpb = ckpt.get("best_val_bpb")
+        if branch_point:  # a new branch: its best is of its own evaluations
+            best_val, best_bpb = float("inf"), None
+        else:  # resuming: a branch stays one
+            branch_point = ckpt.get("branched_from")
         resumed_losses = checkpoint.eval_losses_at(ckpt, start_iter)  # a run stopped after its final eval
         if ckpt.get("rng") and dist.rank < len(ckpt["rng"]):
             checkpoint.set_rng_state(ckpt["rng"][dist.rank])
@@ -215,6 +225,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                      "scaler": scaler.state_dict() if scaler.is_enabled() else None, "iter": it,
                      "best_val_loss": best_val, "best_val_bpb": best_bpb, "rng": rng, "config": config_dict,
                      "tokenizer": tokenizer_meta, "dataset": dataset.meta.get("dataset"),
+                     "max_iters": max_iters, "tokens_per_step": tokens_per_step, "branched_from": branch_point,
                      "eval_losses": losses}
             checkpoint.atomic_save(state, run_dir / "ckpt" / name)
             if link:
@@ -233,7 +244,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             "best_val_bpb": best_bpb, "final_val_bpb": losses.get("val_bpb") if losses else None,
             "final_train_loss": losses["train"] if losses else None, "wall_time_s": elapsed,
             "tokens_per_s": tok_s, "mfu": mfu(flops_per_token, tok_s, peak, dist.world_size) if tok_s else None,
-            "world_size": dist.world_size, "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""),
+            "branched_from": branch_point, "world_size": dist.world_size, "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""),
             "stop_signal": signal.Signals(stop.signum).name if stop.signum else None, "config": config_dict})
 
     guard = NanGuard(rt.device, start_iter)
@@ -277,6 +288,11 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                     can_plot = _plot(run_dir)
             if tcfg.save_interval and it % tcfg.save_interval == 0 and saved_at != it and it > 0:
                 save(it, "last.pt")
+            if it in tcfg.keep_checkpoints and it > start_iter:  # a branch point: a copy of last.pt
+                if saved_at != it:
+                    save(it, "last.pt")
+                if dist.is_main:
+                    checkpoint.copy_checkpoint(run_dir / "ckpt" / "last.pt", run_dir / "ckpt" / branch.kept_name(it))
             if it >= max_iters:
                 status = "finished"
                 break
