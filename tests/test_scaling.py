@@ -307,3 +307,28 @@ def test_cli_errors_are_clear(tmp_path, sweep):
     (tmp_path / "empty").mkdir()
     proc = cli("collect", tmp_path / "empty", check=False)
     assert proc.returncode != 0 and "no run directories" in proc.stderr
+
+
+def test_bits_per_byte_and_branches_are_collected_and_fitted(tmp_path):
+    root = tmp_path / "sweep"
+    write_run(root / "a", summary(final_val_bpb=1.5, best_val_bpb=1.4), [])
+    write_run(root / "b", summary(N=2_000_000, final_val_bpb=1.3, best_val_bpb=1.25,
+                                  branched_from={"run": str(root / "a"), "iter": 40}), [])
+    write_run(root / "c", summary(), [eval_line(1, 3.0) | {"val_bpb": 1.7}])  # an older summary: from metrics
+    a, b, c = scaling.load_runs([root])
+    assert (a.loss("final_bpb"), a.loss("best_bpb"), a.loss("final"), a.loss("best")) == (1.5, 1.4, 3.0, pytest.approx(2.99))
+    assert b.branched_from == f"{root / 'a'}@40" and a.branched_from == ""
+    assert c.final_val_bpb == 1.7 and math.isnan(c.best_val_bpb)
+    assert list(scaling.fit_data([a, b, c], "final_bpb")["L"]) == [1.5, 1.3, 1.7]
+    assert list(scaling.fit_data([a, b, c], "best_bpb")["L"]) == [1.4, 1.25]  # c has none: left out
+    out = tmp_path / "runs.csv"
+    scaling.write_csv([a, b, c], out)
+    back = scaling.read_csv(out)
+    assert [r.final_val_bpb for r in back] == [1.5, 1.3, 1.7] and back[1].branched_from == b.branched_from
+    # a CSV written before these columns existed still reads
+    lines = out.read_text().splitlines()
+    header = lines[0].split(",")
+    keep = [i for i, h in enumerate(header) if h not in ("final_val_bpb", "best_val_bpb", "branched_from")]
+    out.write_text("\n".join(",".join(line.split(",")[i] for i in keep) for line in lines) + "\n")
+    old = scaling.read_csv(out)
+    assert math.isnan(old[0].final_val_bpb) and old[0].final_val_loss == 3.0 and old[1].branched_from == ""
