@@ -23,7 +23,7 @@ from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher, eval_batch
 from nanogpt.errors import UserError
 from nanogpt.guards import NanGuard, StopRequest
-from nanogpt.hardware import compile_model, peak_flops, runtime
+from nanogpt.hardware import compile_model, peak_flops_info, runtime, why_compile
 from nanogpt.metrics import MetricsLogger, mfu, progress
 from nanogpt.model import GPT
 from nanogpt.optim import Schedule, make_optimizer, set_lr
@@ -175,8 +175,11 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     batches = Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size)
     eval_batches = Batches(dataset, block, hw.eval_batch_size or 2 * micro, cfg.seed, rt.device)
     metrics = MetricsLogger(run_dir, dist.is_main, cfg.logger, config_dict, start_iter)
-    peak = peak_flops(rt) if dist.is_main else None
+    peak, peak_source = peak_flops_info(rt) if dist.is_main else (None, "")
     if dist.is_main:
+        log.info("hardware: %s | %s | %s | %s | peak for MFU: %s", rt.why["device"], rt.why["dtype"],
+                 rt.why["threads"], why_compile(hw.compile, rt.device),
+                 f"{peak / 1e9:,.0f} GFLOP/s ({peak_source})" if peak else peak_source)
         log.info("model %.2fM parameters (%.2fM non-embedding) | %d tokens/step = %d micro x %d "
                  "block x %d accum x %d ranks | %d iters, %s tokens | %s %s compile=%s | run dir %s",
                  model.num_params(False) / 1e6, _non_embedding(model) / 1e6, tokens_per_step, micro,
