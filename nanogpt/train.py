@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 from nanogpt import checkpoint, distributed, parallel, rundir
 from nanogpt.build import model_args, open_dataset
-from nanogpt.data import Batches, Prefetcher, eval_batch
+from nanogpt.data import Batches, Prefetcher
 from nanogpt.errors import UserError
+from nanogpt.evaluate import estimate_loss
 from nanogpt.guards import NanGuard, StopRequest
 from nanogpt.hardware import compile_model, peak_flops_info, runtime, why_compile
-from nanogpt.metrics import MetricsLogger, mfu, progress
+from nanogpt.metrics import MetricsLogger, mfu
 from nanogpt.model import GPT
 from nanogpt.optim import Schedule, make_optimizer, set_lr
 from nanogpt.sample import generate_texts
@@ -49,26 +50,6 @@ def plan_steps(tcfg, tokens_per_micro: int, world: int, micro: int, flops_per_to
     elif tcfg.max_tokens:
         max_iters = max(1, round(tcfg.max_tokens / tokens_per_step))
     return tokens_per_step, accum, max_iters
-
-
-@torch.inference_mode()
-def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist) -> dict[str, float]:
-    """Mean loss over the same fixed eval_iters batches of each split, shared among ranks."""
-    model.eval()
-    out = {}
-    for split in ("train", "val"):
-        total = torch.zeros(2, device=rt.device, dtype=torch.float64)
-        ks = range(dist.rank, eval_iters, dist.world_size)
-        for k in progress(ks, desc=f"eval {split}", is_main=dist.is_main, leave=False):
-            x, y = eval_batch(batches, split, k)
-            with rt.autocast():
-                _, loss = model(x, y)
-            total += torch.stack([loss.double(), torch.ones((), device=rt.device, dtype=torch.float64)])
-        if dist.enabled:
-            torch.distributed.all_reduce(total)
-        out[split] = (total[0] / total[1]).item()
-    model.train()
-    return out
 
 
 def run(cfg, run_dir: Path, dist: distributed.Dist) -> float | None:
