@@ -268,7 +268,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                     metrics.log({"kind": "eval", "iter": it, "tokens": it * tokens_per_step,
                                  "train_loss": losses["train"], "val_loss": losses["val"],
                                  "val_loss_se": errors["val"], **{f"{k}_bpb": v for k, v in bpb.items()},
-                                 "time_s": time.perf_counter() - t_start})
+                                 "time_s": time.perf_counter() - t_start, "eval_time_s": eval_time})
                 if it > 0:
                     if improved:  # best.pt first: a kill before the copy leaves it the newest
                         save(it, "best.pt", link="last.pt")

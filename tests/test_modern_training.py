@@ -68,3 +68,25 @@ def test_resuming_with_another_optimizer_is_refused_before_any_step(tmp_path, da
     with pytest.raises(UserError, match=r"another model shape \(pos_emb: checkpoint learned vs config rope"):
         train_tiny(run, *RUN, "task.max_iters=4", "model.pos_emb=rope", "init_from=resume")
     assert (run / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("args,message", [
+    (["model.pos_emb=rope", "model.n_embd=30", "model.n_head=2"],
+     "error: invalid model config: pos_emb=rope needs an even head size, but n_embd / n_head = 30 / 2 = 15"),
+    (["model.norm=batchnorm"], "error: invalid model config: unknown norm='batchnorm': use layernorm or rmsnorm"),
+    (["model.logit_softcap=-1"], "error: invalid model config: logit_softcap must be null (off) or > 0, got -1.0"),
+    (["optim=muon", "optim.adjust_lr=moonshot"], "error: unknown optim.adjust_lr='moonshot': use original or match_rms_adamw"),
+    (["optim.schedule=wsd", "optim.cooldown=sqrt"], "error: unknown optim.cooldown='sqrt': use linear, cosine or 1-sqrt"),
+    (["optim.schedule=wsd", "optim.decay_frac=0"], "error: optim.decay_frac=0.0 is out of range: it must be in (0, 1]"),
+    (["optim.schedule=wsd", "optim.decay_frac=0.9", "optim.warmup_iters=5", "task.max_iters=20"],
+     "error: optim.decay_frac=0.9 of 20 iterations starts the cooldown at iteration 2, inside the warm-up (5 iterations)"),
+    (["init_from=pretrained", "task.branch_from=runs/x", "task.branch_iter=2"],
+     "error: init_from=pretrained and task.branch_from both say where the weights come from"),
+])
+def test_nonsense_combinations_are_refused_before_any_work(tmp_path, data_root, args, message):
+    from conftest import TINY, launch
+
+    proc = launch([*TINY, "data.name=tiny_char", *args, "hydra.run.dir=run"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
