@@ -150,9 +150,9 @@ class MuonConfig(OptimConfig):
     ns_steps: int = 5  # Newton-Schulz iterations of the orthogonalisation
     adjust_lr: str = "original"  # torch.optim.Muon's adjust_lr_fn: original | match_rms_adamw
     weight_decay: float = 0.0  # the hidden matrices' (decoupled, as AdamW's)
-    embed_lr: float = 0.01  # AdamW's rate for the token embedding and position table
-    head_lr: float = 0.004  # AdamW's rate for an untied LM head (a tied one is the embedding)
-    scalar_lr: float = 0.01  # AdamW's rate for norm gains and biases
+    embed_lr: float = 0.0067  # AdamW's rate for the token embedding and position table
+    head_lr: float = 0.0027  # AdamW's rate for an untied LM head (a tied one is the embedding)
+    scalar_lr: float = 0.0067  # AdamW's rate for norm gains and biases
     adamw_weight_decay: float = 0.0  # of the embeddings and the head (never of gains and biases)
     beta1: float = 0.8  # AdamW's, as modded-nanogpt's
     beta2: float = 0.95
