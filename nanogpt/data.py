@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nanogpt import shards
 from nanogpt.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,16 +36,39 @@ def dataset_dir(name: str, root: str | None = None) -> Path:
     return data_root(root) / name
 
 
+# Datasets whose prepare command is not simply `python prepare/<name>.py`.
+PREPARE_COMMANDS = {
+    "fineweb10B": "python prepare/fineweb.py --dataset HuggingFaceFW/fineweb (or --pretokenized)",
+    "fineweb_edu10B": "python prepare/fineweb.py",
+}
+
+
+def prepare_command(name: str) -> str:
+    return PREPARE_COMMANDS.get(name, f"python prepare/{name}.py")
+
+
 def read_meta(path: Path) -> dict:
+    """meta.json of a prepared dataset; for a folder of llm.c shards without one, a meta that
+    describes them (GPT-2 tokens, as llm.c's version-1 format holds)."""
     meta_file = path / "meta.json"
-    if not (path / "train.bin").exists() or not meta_file.exists():
-        raise UserError(f"no prepared data in {path} (train.bin / meta.json missing): "
-                        f"run `python prepare/{path.name}.py` first")
+    if not meta_file.exists():
+        if (path / shards.PREPARE_MARKER).exists():
+            raise UserError(f"the preparation of {path} did not finish (it was stopped or failed): run "
+                            f"the same `{prepare_command(path.name)} ...` command again to resume it")
+        found = shards.find_shards(path) if path.is_dir() else {}
+        if found.get("train") and found.get("val"):
+            return shards.llmc_meta(path, found)
+        raise UserError(f"no prepared data in {path} (meta.json missing): run "
+                        f"`{prepare_command(path.name)}` first")
     try:
-        return json.loads(meta_file.read_text())
+        meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{meta_file} is not valid JSON ({e}): prepare the data again with "
-                        f"`python prepare/{path.name}.py`") from e
+                        f"`{prepare_command(path.name)}`") from e
+    if meta.get("format", "flat") == "flat" and not (path / "train.bin").exists():
+        raise UserError(f"no prepared data in {path} (train.bin / meta.json missing): "
+                        f"run `{prepare_command(path.name)}` first")
+    return meta
 
 
 # Pages a process has touched in a memmap count in its RSS until unmapped, and the kernel maps up
@@ -57,14 +81,19 @@ FAULT_AROUND_BYTES = 64 * 2**10
 @dataclass
 class Split:
     name: str
-    tokens: np.memmap
+    tokens: np.memmap | shards.ShardedTokens
 
     def __post_init__(self):
         self._mapped = 0  # an estimate of what the windows read since the last release have mapped
+        self._advise(mmap.MADV_RANDOM)  # random windows: no read-ahead of pages that nobody reads
+
+    def _advise(self, advice: int):
+        if isinstance(self.tokens, shards.ShardedTokens):
+            self.tokens.advise(advice)
+            return
         mm = getattr(self.tokens, "_mmap", None)  # numpy's mmap.mmap behind the array
-        self._mmap = mm if mm is not None and hasattr(mm, "madvise") else None
-        if self._mmap is not None:  # random windows: no read-ahead of pages that nobody reads
-            self._mmap.madvise(mmap.MADV_RANDOM)
+        if mm is not None and hasattr(mm, "madvise"):
+            mm.madvise(advice)
 
     def __len__(self):
         return len(self.tokens)
@@ -81,8 +110,7 @@ class Split:
         """Unmap the pages read so far. They stay in the page cache: reading them again costs a
         minor fault, not I/O. Safe while another thread reads: its pages fault back in."""
         self._mapped = 0
-        if self._mmap is not None:
-            self._mmap.madvise(mmap.MADV_DONTNEED)
+        self._advise(mmap.MADV_DONTNEED)
 
 
 class TokenDataset:
@@ -91,16 +119,31 @@ class TokenDataset:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.meta = read_meta(self.path)
+        if self.meta.get("format", "flat") == shards.FORMAT:
+            self.splits = {split: Split(split, self._open_shards(split)) for split in ("train", "val")}
+            return
         dtype = np.dtype(self.meta.get("dtype", "uint16"))
         self.splits = {}
         for split in ("train", "val"):
             file = self.path / f"{split}.bin"
             if not file.exists():
                 raise UserError(f"{file} is missing: prepare the data again with "
-                                f"`python prepare/{self.path.name}.py`")
+                                f"`{prepare_command(self.path.name)}`")
             if file.stat().st_size == 0:
                 raise UserError(f"{file} is empty: prepare the data again")
             self.splits[split] = Split(split, np.memmap(file, dtype=dtype, mode="r"))
+
+    def _open_shards(self, split: str) -> shards.ShardedTokens:
+        names = self.meta.get("shards", {}).get(split) or []
+        paths = [self.path / name for name in names]
+        missing = [p.name for p in paths if not p.is_file()]
+        if not paths or missing:
+            raise UserError(f"{self.path} lacks {split} shards ({', '.join(missing) or 'none listed'}): "
+                            f"prepare the data again with `{prepare_command(self.path.name)}`")
+        counts = [shards.read_header(p) for p in paths]
+        if sum(counts) == 0:
+            raise UserError(f"the {split} shards of {self.path} hold no tokens: prepare the data again")
+        return shards.ShardedTokens(paths, counts)
 
     @property
     def vocab_size(self) -> int:
