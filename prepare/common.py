@@ -108,13 +108,20 @@ def storage_error(e: OSError, path, what: str = "writing") -> PrepareError:
                         "there is unchanged")
 
 
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return ""
+
+
 def check_free_space(directory: Path, needed: int, what: str) -> None:
     """Refuses up front when `directory`'s filesystem has less than `needed` bytes free."""
     free = shutil.disk_usage(directory).free
     if needed > free:
-        raise PrepareError(f"{what} needs about {needed / 2**20:,.1f} MiB but {directory} has "
-                           f"{free / 2**20:,.1f} MiB free: free disk space, or choose another place "
-                           "with --out-dir")
+        raise PrepareError(f"{what} needs about {human_bytes(needed)} but {directory} has "
+                           f"{human_bytes(free)} free: free disk space, or choose another place with --out-dir")
 
 
 class DatasetWriter:
@@ -147,7 +154,7 @@ class DatasetWriter:
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.expected_tokens is not None:
-                check_free_space(self.out_dir, self.expected_tokens * self.dtype.itemsize + 2**20,
+                check_free_space(self.out_dir, self.expected_tokens * self.dtype.itemsize + 2**14,
                                  f"preparing {self.out_dir.name}")
             for split in self.splits:
                 self.files[split] = open(self.tmp[f"{split}.bin"], "wb")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import re
 import shutil
 import sys
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from prepare.common import PrepareError, sha256_file
+from prepare.common import PrepareError, check_free_space, sha256_file
 
 # The hub's automatic Parquet conversion names a split it could convert only in part "partial-<split>".
 PARTIAL_MARK = re.compile(r"(^|/)partial-[^/]+/")
@@ -125,6 +126,13 @@ def _is_local(path: str) -> bool:
     return "://" not in path
 
 
+def local_bytes(patterns: list[str]) -> int:
+    """The size of the local files these paths and globs match."""
+    import glob
+
+    return sum(os.path.getsize(f) for p in patterns for f in glob.glob(p, recursive=True) if os.path.isfile(f))
+
+
 def open_corpus(spec: HFSpec, *, num_proc: int | None = None, scratch_parent: Path | None = None) -> Corpus:
     """Resolves the files, refuses a partial conversion, loads (or streams) the text column."""
     scratch = None
@@ -136,6 +144,8 @@ def open_corpus(spec: HFSpec, *, num_proc: int | None = None, scratch_parent: Pa
             # local files: a transient Arrow copy beside the output, removed afterwards
             parent = Path(scratch_parent or tempfile.gettempdir())
             parent.mkdir(parents=True, exist_ok=True)
+            check_free_space(parent, local_bytes(spec.data_files), "an Arrow copy of --data-files "
+                             "(or read them with --streaming: no copy)")
             scratch = Path(tempfile.mkdtemp(prefix=".hf-cache.tmp.", dir=parent))
             kwargs["cache_dir"] = str(scratch)
     elif spec.dataset:
@@ -145,6 +155,7 @@ def open_corpus(spec: HFSpec, *, num_proc: int | None = None, scratch_parent: Pa
     try:
         builder = _call_datasets(spec, lambda: _load_builder(path, kwargs))
         files = _split_files(builder, spec)
+        _check_local_parquet(files)
         if not spec.allow_partial:
             _refuse_partial(spec, files)
         if spec.streaming:
@@ -165,19 +176,38 @@ def _load_builder(path: str, kwargs: dict):
 
     if not sys.stderr.isatty():  # progress bars for a person at a terminal, not for logs
         datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors reach the user through ours
 
     return datasets.load_dataset_builder(path, **{k: v for k, v in kwargs.items() if v is not None})
 
 
 def _split_files(builder, spec: HFSpec) -> list[str]:
     data_files = builder.config.data_files or {}
+    if spec.data_files and not any(data_files.values()):
+        raise PrepareError(f"--data-files {' '.join(spec.data_files)} matched no file: check the paths and globs")
     if spec.split not in data_files:
         have = ", ".join(data_files) or "none"
         raise PrepareError(f"{describe_spec(spec)} has no split {spec.split!r} (it has: {have}): choose one with --split")
     files = [str(f) for f in data_files[spec.split]]
     if not files:
-        raise PrepareError(f"no files for split {spec.split!r} of {describe_spec(spec)}: check --data-files")
+        raise PrepareError(f"no files for split {spec.split!r} of {describe_spec(spec)}: check the paths and globs")
     return files
+
+
+def _check_local_parquet(files: list[str]) -> None:
+    """An empty or unreadable local Parquet file, named before `datasets` fails on it obscurely."""
+    import pyarrow.parquet as pq
+
+    for f in files:
+        if _is_local(f) and f.endswith(".parquet"):
+            try:
+                rows = pq.ParquetFile(f).metadata.num_rows
+            except Exception as e:
+                raise PrepareError(f"{f} is not a readable Parquet file ({type(e).__name__}: {e}): download "
+                                   "it again, or leave it out of --data-files") from None
+            if rows == 0:
+                raise PrepareError(f"{f} holds no rows (an empty shard): download it again, or leave it out "
+                                   "of --data-files")
 
 
 def _refuse_partial(spec: HFSpec, files: list[str]) -> None:
@@ -247,6 +277,8 @@ def _call_datasets(spec: HFSpec, fn):
 
 
 def _explain(spec: HFSpec, e: Exception) -> PrepareError:
+    while e.__cause__ is not None and type(e).__name__ == "DatasetGenerationError":
+        e = e.__cause__  # "An error occurred while generating the dataset": the cause says which
     text, kind = str(e), type(e).__name__
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return PrepareError(f"{e.strerror} while `datasets` downloaded or converted {describe_spec(spec)} "

@@ -39,7 +39,7 @@ NAME = "owt"
 
 
 def prepare(out_dir: str | Path, *, spec: hf.HFSpec | None = None, files: list[str | Path] | None = None,
-            lines: bool = False, val_fraction: float = 0.0005, seed: int = 2357, num_proc: int | None = None,
+            lines: bool = False, streaming: bool = False, val_fraction: float = 0.0005, seed: int = 2357, num_proc: int | None = None,
             rank_file: str | Path | None = None, batch_size: int = 1024, name: str | None = None) -> dict:
     """Tokenizes `spec` (default: OpenWebText), or local text `files`, into out_dir; returns the meta."""
     if not 0 < val_fraction < 1:
@@ -48,7 +48,7 @@ def prepare(out_dir: str | Path, *, spec: hf.HFSpec | None = None, files: list[s
     num_proc = num_proc or max(1, (os.cpu_count() or 2) // 2)
     tokenizer = gpt2_tokenizer(rank_file)  # fail fast, before any download
     if files:
-        spec = files_spec(files, lines)
+        spec = files_spec(files, lines, streaming)
         name = name or out_dir.name
     spec = spec or hf.HFSpec(dataset=OWT_ID, revision=hf.KNOWN_PARQUET_REVISIONS[OWT_ID])
     name = name or (NAME if spec.dataset == OWT_ID else out_dir.name)
@@ -73,12 +73,12 @@ def prepare(out_dir: str | Path, *, spec: hf.HFSpec | None = None, files: list[s
             return writer.finish(dataset=name, source=source)
 
 
-def files_spec(files: list[str | Path], lines: bool) -> hf.HFSpec:
+def files_spec(files: list[str | Path], lines: bool, streaming: bool = False) -> hf.HFSpec:
     for f in files:
         if not Path(f).is_file():
             raise PrepareError(f"input file {f} does not exist (check the path)")
     return hf.HFSpec(dataset=None, data_files=[str(Path(f).resolve()) for f in files], builder="text",
-                     sample_by="line" if lines else "document")
+                     sample_by="line" if lines else "document", streaming=streaming)
 
 
 def write_split(corpus: hf.Corpus, writer: DatasetWriter, tokenizer, val_fraction: float, seed: int,
@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> None:
         args.out_dir = default_out_dir(NAME if args.dataset == OWT_ID else args.dataset.replace("/", "_"))
     spec = None if args.files else hf.spec_from_args(
         args, default_revision=hf.KNOWN_PARQUET_REVISIONS.get(args.dataset))
-    meta = prepare(args.out_dir, spec=spec, files=args.files, lines=args.lines, val_fraction=args.val_fraction,
+    meta = prepare(args.out_dir, spec=spec, files=args.files, lines=args.lines, streaming=args.streaming,
+                   val_fraction=args.val_fraction,
                    seed=args.seed, num_proc=args.num_proc, rank_file=args.rank_file)
     print(summary(meta, args.out_dir))
     print(source_line(meta))
