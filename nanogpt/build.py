@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 from nanogpt import checkpoint
-from nanogpt.data import TokenDataset, dataset_dir
+from nanogpt.data import PREPARE_COMMANDS, TokenDataset, dataset_dir, has_data, prepare_command
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig, padded_vocab_size
 
@@ -17,10 +17,11 @@ log = logging.getLogger("nanogpt")
 def open_dataset(name: str, root: str | None = None, auto_prepare: bool = False,
                  is_main: bool = True) -> TokenDataset:
     path = dataset_dir(name, root)
-    if not (path / "meta.json").exists():
+    if not has_data(path):
         if not auto_prepare:
             script = Path("prepare") / f"{name}.py"
-            hint = (f"run `python prepare/{name}.py`" if (Path(__file__).parent.parent / script).exists()
+            known = name in PREPARE_COMMANDS or (Path(__file__).parent.parent / script).exists()
+            hint = (f"run `{prepare_command(name)}`" if known
                     else f"no prepare script is named {name!r}: check data=... (known: "
                          f"{', '.join(known_datasets())})")
             raise UserError(f"no prepared data for {name!r} at {path}: {hint}")
@@ -32,7 +33,8 @@ def open_dataset(name: str, root: str | None = None, auto_prepare: bool = False,
 
 def known_datasets() -> list[str]:
     here = Path(__file__).parent.parent / "prepare"
-    return sorted(p.stem for p in here.glob("*.py") if not p.stem.startswith("_") and p.stem != "common")
+    scripts = {p.stem for p in here.glob("*.py") if not p.stem.startswith("_")} - {"common", "hf", "bpe", "fineweb"}
+    return sorted(scripts | set(PREPARE_COMMANDS))
 
 
 def model_args(mcfg, data_vocab: int | None) -> GPTConfig:

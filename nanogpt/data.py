@@ -47,6 +47,13 @@ def prepare_command(name: str) -> str:
     return PREPARE_COMMANDS.get(name, f"python prepare/{name}.py")
 
 
+def has_data(path: Path) -> bool:
+    """Something to open (or to explain): meta.json, llm.c shards, or an unfinished prepare."""
+    if (path / "meta.json").exists() or (path / shards.PREPARE_MARKER).exists():
+        return True
+    return path.is_dir() and bool(shards.find_shards(path))
+
+
 def read_meta(path: Path) -> dict:
     """meta.json of a prepared dataset; for a folder of llm.c shards without one, a meta that
     describes them (GPT-2 tokens, as llm.c's version-1 format holds)."""

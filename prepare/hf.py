@@ -247,7 +247,7 @@ def _size(ds, builder, spec: HFSpec) -> tuple[int | None, int | None]:
 def _provenance(spec: HFSpec, builder, files: list[str]) -> dict:
     commits = sorted({m.group(1) for f in files for m in [COMMIT_IN_PATH.search(f)] if m})
     local = [f for f in files if _is_local(f)]
-    out = {"kind": "file" if files and len(local) == len(files) else "hf", "dataset": spec.dataset, "config": spec.name or builder.config.name,
+    out = {"kind": "file" if files and len(local) == len(files) else "hf", "dataset": spec.dataset, "config": None if spec.data_files else spec.name or builder.config.name,
            "revision": spec.revision, "commit": commits[0] if len(commits) == 1 else (commits or None),
            "data_files": spec.data_files, "files": files, "split": spec.split, "column": spec.column,
            "streaming": spec.streaming}
