@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nanogpt.config import register_configs, register_resolvers
 from nanogpt.errors import UserError
-from nanogpt.rundir import LOCK_FILE, lock_run, restore_hydra_files
+from nanogpt.rundir import LOCK_FILE, created_here, lock_run, restore_run_record
 
 register_configs()
 register_resolvers()
@@ -52,18 +52,18 @@ def main(cfg: DictConfig):
         own_dir = Path(HydraConfig.get().runtime.output_dir)
         storage = isinstance(e, OSError) and e.errno in _STORAGE_ERRORS
         user_error = isinstance(e, UserError) or storage  # the user's to fix: a message, no traceback
+        if dist.is_main:  # whatever failed, a run keeps the record of what it last ran
+            restore_run_record()
+            _remove_if_untouched(own_dir)
         if dist.enabled:  # end every rank now, rather than leave the others waiting in a collective
-            if dist.is_main and user_error:
-                restore_hydra_files()
-                _remove_if_untouched(own_dir)
             distributed.abort(dist, UserError(_storage_message(e)) if storage else e)
         if not user_error or HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # a bug keeps its traceback; a sweep records this job as failed
         print(f"error: {_storage_message(e) if storage else e}", file=sys.stderr, flush=True)
-        restore_hydra_files()
-        _remove_if_untouched(own_dir)
         sys.exit(2)
     except KeyboardInterrupt:  # training's second Ctrl-C (its first saves), or eval/sample's first
+        if dist.is_main:
+            restore_run_record()
         print("error: interrupted, stopped at once without saving; checkpoints already written are "
               "intact and the same command resumes from the last one", file=sys.stderr, flush=True)
         sys.exit(130)
@@ -80,8 +80,10 @@ def _storage_message(e: OSError) -> str:
 
 def _remove_if_untouched(out: Path) -> None:
     """A command rejected before any work leaves no directory behind (Hydra made it up front,
-    with any missing parents such as runs/: those go too when empty)."""
-    if out.is_dir() and all(p.name in (".hydra", "launch.log", LOCK_FILE) for p in out.iterdir()):
+    with any missing parents such as runs/: those go too when empty). Only a directory this
+    process created: another process's new run (whose lock this one lost) is not ours to remove."""
+    leftovers = (".hydra", "launch.log", LOCK_FILE)
+    if created_here(out) and out.is_dir() and all(p.name in leftovers for p in out.iterdir()):
         shutil.rmtree(out, ignore_errors=True)
         cwd = Path.cwd().resolve()
         for parent in out.resolve().parents:

@@ -10,6 +10,7 @@ the run resumes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import random
@@ -56,26 +57,48 @@ def atomic_save(obj, path: Path) -> None:
         _fsync_dir(path.parent)
 
 
-def link_checkpoint(src: Path, dst: Path) -> None:
-    """Make dst the same checkpoint as src, atomically: a hard link (no second multi-GB write),
-    or a copy where the filesystem has no hard links."""
+def copy_checkpoint(src: Path, dst: Path) -> None:
+    """Make dst a copy of src, atomically (temporary file, fsync, rename). A copy, not a hard
+    link: best.pt and last.pt are two real files, so damage to one in place (a truncation, a
+    bad write) leaves the other to fall back to. It costs a second write of the checkpoint at an
+    improving evaluation, but no second serialisation (and none at all where the filesystem
+    clones files, as copy_file_range does on btrfs and XFS)."""
     src, dst = Path(src), Path(dst)
     with _write_errors(dst):
-        tmp = dst.parent / f".{dst.name}.{os.getpid()}.tmp"
-        _unlink_quietly(tmp)
+        tmp = dst.parent / f".{dst.name}.{os.getpid()}{secrets.token_hex(3)}.tmp"
         try:
-            try:
-                os.link(src, tmp)
-            except OSError:  # no hard links here (some network and FUSE filesystems)
-                with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                    shutil.copyfileobj(fin, fout, 16 << 20)
-                    fout.flush()
-                    os.fsync(fout.fileno())
+            with open(src, "rb") as fin, open(tmp, "xb") as fout:
+                _copy_file(fin, fout)
+                fout.flush()
+                os.fsync(fout.fileno())
             os.replace(tmp, dst)
         except BaseException:
             _unlink_quietly(tmp)
             raise
         _fsync_dir(dst.parent)
+
+
+def _copy_file(fin, fout) -> None:
+    """copy_file_range where the kernel has it (no trip through user space; a clone on
+    filesystems that share blocks copy-on-write), else a plain buffered copy."""
+    size = os.fstat(fin.fileno()).st_size
+    try:
+        copied = 0
+        while copied < size:
+            n = os.copy_file_range(fin.fileno(), fout.fileno(), size - copied)
+            if n == 0:
+                break
+            copied += n
+        if copied == size:
+            return
+    except (AttributeError, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
+                                                      errno.EOPNOTSUPP, errno.EBADF):
+            raise  # a full disk and the like: the caller reports it
+    fin.seek(0)
+    fout.seek(0)
+    fout.truncate()
+    shutil.copyfileobj(fin, fout, 16 << 20)
 
 
 @contextlib.contextmanager
@@ -192,11 +215,13 @@ def check_shape(ckpt: dict, model_args: dict, path: Path) -> None:
                         "Use the model settings it was trained with, or a new run directory")
 
 
-def load_latest(run_dir: Path) -> tuple[Path | None, dict | None]:
+def load_latest(run_dir: Path, repair: bool = False) -> tuple[Path | None, dict | None]:
     """The newest checkpoint of a run that loads, for resuming: the higher iteration of last.pt
-    and best.pt (a kill between writing best.pt and linking last.pt to it leaves best.pt ahead).
+    and best.pt (a kill between writing best.pt and copying it to last.pt leaves best.pt ahead).
     A file that does not load is skipped with a warning, so one bad file never stops a resume;
-    UserError when checkpoints exist but none of them loads. (None, None): no checkpoint."""
+    UserError when checkpoints exist but none of them loads. (None, None): no checkpoint.
+    repair (the process holding the run's lock): when best.pt is chosen, last.pt becomes a copy
+    of it, so last.pt is never left behind (a run stopped at max_iters would not rewrite it)."""
     ckpt_dir = Path(run_dir) / "ckpt"
     candidates, failures = [], []
     for rank, name in enumerate(RESUMABLE):
@@ -219,11 +244,23 @@ def load_latest(run_dir: Path) -> tuple[Path | None, dict | None]:
             continue
         for failure in failures:
             log.warning("%s; resuming from %s (iteration %d) instead", failure, path, -neg_it)
+        if repair and path.name == "best.pt":
+            log.info("%s is older than %s or does not load (a run stopped between writing them): "
+                     "replacing it with a copy of best.pt", ckpt_dir / "last.pt", path)
+            copy_checkpoint(path, ckpt_dir / "last.pt")
         return path, ckpt
     if failures:
         raise UserError(f"no checkpoint of {run_dir} loads: {' | '.join(failures)}. Move "
                         f"{ckpt_dir} aside to start over, or train in a new run directory")
     return None, None
+
+
+def eval_losses_at(ckpt: dict, it: int) -> dict | None:
+    """The evaluation losses a checkpoint recorded, if they are those of iteration `it`."""
+    losses = ckpt.get("eval_losses")
+    if isinstance(losses, dict) and losses.get("iter") == it and {"train", "val"} <= losses.keys():
+        return dict(losses)
+    return None
 
 
 def _resume_iter(ckpt: dict, path: Path) -> int:

@@ -52,7 +52,7 @@ class OptimConfig:
 @dataclass
 class HardwareConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast; float16 uses a GradScaler)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast; float16 uses a GradScaler) | float64 (checks)
     compile: bool = False
     micro_batch_size: int = 12
     eval_batch_size: Optional[int] = None  # None: 2 x micro_batch_size (no gradients to hold)

@@ -164,12 +164,36 @@ def hf_config(config: GPTConfig, dtype: torch.dtype, eos_token_id: int | None) -
     }
 
 
-def _check_target(out_dir: Path, force: bool) -> None:
+def _check_target(out_dir: Path, force: bool, run_dir: Path | None = None) -> None:
+    _refuse_run_dirs(Path(out_dir), run_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise UserError(f"{out_dir} is not empty: choose a new directory, or pass --force "
                         "(force=True) to replace its contents")
+
+
+def _is_run_dir(d: Path) -> bool:
+    """A training run's directory: what training writes into it."""
+    return (d / "ckpt").is_dir() or (d / "summary.json").is_file() or (d / "metrics.jsonl").is_file()
+
+
+def _refuse_run_dirs(out_dir: Path, run_dir: Path | None) -> None:
+    """An export never goes into, onto or above a training run: --force replaces the target
+    directory, which would delete the run (or its checkpoints)."""
+    out = out_dir.resolve()
+    source = Path(run_dir).resolve() if run_dir is not None else None
+    advice = (": an export goes outside every run (replacing its target would delete checkpoints): "
+              "choose another OUT_DIR, e.g. exports/NAME")
+    for d in (out, *out.parents):
+        if d == source or _is_run_dir(d):
+            where = "is the training run directory" if d == out else "is inside the training run directory"
+            raise UserError(f"{out_dir} {where} {d}{advice}")
+    if out.is_dir():
+        inside = ([source] if source is not None and out in source.parents else []) or \
+            [p.parent for p in out.rglob("*") if p.name in ("ckpt", "summary.json")][:1]
+        if inside:
+            raise UserError(f"{out_dir} holds the training run directory {inside[0]}{advice}")
 
 
 def _default_permissions(directory: Path) -> None:
@@ -267,7 +291,7 @@ def main(argv: list[str] | None = None) -> Path:
                         "$NANOGPT_GPT2_RANKS, tiktoken's cache, the shared data folder")
     args = p.parse_args(argv)
 
-    _check_target(Path(args.out_dir), args.force)  # before the (slow) checkpoint load
+    _check_target(Path(args.out_dir), args.force, Path(args.run_dir))  # before the (slow) load
     model, ckpt = load_run(args.run_dir, args.which)
     if not ckpt.get("tokenizer"):
         warnings.warn(f"{args.run_dir} records no tokenizer: exporting the model without tokenizer files",
@@ -288,4 +312,5 @@ if __name__ == "__main__":
     try:
         main()
     except UserError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

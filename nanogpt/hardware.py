@@ -14,7 +14,10 @@ from nanogpt.errors import UserError
 
 log = logging.getLogger("nanogpt")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# float64 holds the weights and computes in double precision: slow, for numerical checks (two
+# ways of computing the same step agree to ~1e-15 there, whatever the CPU's kernels)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) for MFU, from the vendors' data sheets. The first key
 # contained in the device's name wins, so more specific names come first ("H100 PCIe" before "H100").
@@ -28,14 +31,19 @@ GPU_PEAK_FLOPS = {
 @dataclass
 class Runtime:
     device: torch.device
-    dtype: torch.dtype  # the autocast dtype; float32 means no autocast
+    dtype: torch.dtype  # the autocast dtype; float32 (or float64) means no autocast
 
     @property
     def device_type(self) -> str:
         return self.device.type
 
+    @property
+    def param_dtype(self) -> torch.dtype:
+        """The dtype the weights are held in: float32, unless the whole run is in float64."""
+        return torch.float64 if self.dtype == torch.float64 else torch.float32
+
     def autocast(self):
-        if self.dtype == torch.float32:
+        if self.dtype in (torch.float32, torch.float64):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
@@ -87,6 +95,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.float32
     if name not in DTYPES:
         raise UserError(f"unknown hardware.dtype={name!r}: use one of auto, {', '.join(DTYPES)}")
+    if name == "float64" and device.type == "mps":
+        raise UserError("hardware.dtype=float64 is not supported on MPS: use float32")
     if name == "float16" and device.type == "cpu":
         raise UserError("hardware.dtype=float16 is not supported on the CPU: use bfloat16 or float32")
     return DTYPES[name]
@@ -153,6 +163,8 @@ def peak_flops_info(rt: Runtime) -> tuple[float | None, str]:
     dtype = str(rt.dtype).replace("torch.", "")
     if rt.device_type == "cuda":
         name = torch.cuda.get_device_name(rt.device)
+        if rt.dtype == torch.float64:
+            return None, f"{name}: float64 has no tensor-core peak in the table, no MFU"
         for key, flops in GPU_PEAK_FLOPS.items():
             if key in name:
                 if rt.dtype == torch.float32:  # TF32 tensor cores run at half the bf16 rate

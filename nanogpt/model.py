@@ -188,7 +188,9 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+            # the loss in at least float32 (bf16/fp16 logits are upcast; float64 stays float64)
+            logits_hi = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            loss = F.cross_entropy(logits_hi.view(-1, logits.size(-1)), targets.reshape(-1),
                                    ignore_index=-1)
             return logits, loss
         # inference: the last position's logits are all that generation needs

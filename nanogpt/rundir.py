@@ -2,14 +2,17 @@
 that is rejected.
 
 Hydra creates the run directory and writes .hydra/ (config, overrides) before the task starts.
-Two things can go wrong there: the directory is not writable (Hydra would fail with a
-traceback), or the command is rejected afterwards (a UserError), which would leave an existing
-run's .hydra/ describing a config it never ran. The `GuardRunDir` callback checks the directory
-first and remembers the .hydra/ files Hydra is about to replace; launch.py puts them back
-(`restore_hydra_files`) when it rejects the command.
+Three things can go wrong there: the directory is not writable (Hydra would fail with a
+traceback), another process is training in it (its files must not be touched, not even
+.hydra/), or the command is rejected afterwards (a UserError or a bug), which would leave an
+existing run's record describing a command that never ran. The `GuardRunDir` callback checks
+the directory, takes a training run's lock before Hydra writes anything into it, and remembers
+the record Hydra and the task may replace; launch.py puts it back (`restore_run_record`) when the
+command fails before it trained, and removes the directory only if this process created it.
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -23,19 +26,27 @@ from omegaconf import OmegaConf
 from nanogpt.errors import UserError
 
 LOCK_FILE = ".lock"
+RECORD_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "summary.json")
 
-# the .hydra/ files of the run directory before this command: path -> bytes (None: absent)
+# the run's record before this command: path -> bytes (None: absent)
 _before: dict[Path, bytes | None] = {}
+# run directories (resolved) this process created, and the lock files it holds
+_created: set[Path] = set()
+_locks: dict[Path, object] = {}
 
 
 def lock_run(run_dir: Path):
     """An exclusive lock on a run directory, held by the training process (rank 0) until it
     ends: two processes training into one directory would overwrite each other's checkpoints.
     The kernel drops the lock when its holder dies, however it dies, so it is never stale.
-    Returns the open lock file; closing it releases the lock."""
+    Returns the open lock file; closing it releases the lock. A process that already holds the
+    lock gets the same file again."""
     import fcntl
 
     run_dir = Path(run_dir)
+    held = _locks.get(run_dir.resolve())
+    if held is not None and not held.closed:
+        return held
     run_dir.mkdir(parents=True, exist_ok=True)
     f = open(run_dir / LOCK_FILE, "a+")
     try:
@@ -51,7 +62,34 @@ def lock_run(run_dir: Path):
     f.truncate(0)
     f.write(f"{socket.gethostname()} pid {os.getpid()}\n")
     f.flush()
+    _locks[run_dir.resolve()] = f
     return f
+
+
+def created_here(run_dir: Path) -> bool:
+    """Whether this process created run_dir (so it may remove it again)."""
+    return Path(run_dir).resolve() in _created
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    """Create run_dir and note whether this process did: mkdir is atomic, so of two processes
+    racing for a new directory exactly one is its creator."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()
+        _created.add(run_dir.resolve())
+    except FileExistsError:
+        if not run_dir.is_dir():
+            raise
+
+
+def _trains_and_leads(config) -> bool:
+    """A training command's rank 0 (or single process): the one that holds the run's lock."""
+    if OmegaConf.select(config, "task.name") != "train":
+        return False
+    from nanogpt.distributed import detect
+
+    return detect().is_main
 
 
 class GuardRunDir(Callback):
@@ -59,23 +97,85 @@ class GuardRunDir(Callback):
         HydraConfig.instance().set_config(config)  # as run_job does next: resolves ${hydra:...}
         run_dir = Path(OmegaConf.select(config, "hydra.run.dir"))
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            _make_run_dir(run_dir)
             with tempfile.TemporaryFile(dir=run_dir):
                 pass
         except OSError as e:
-            print(f"error: cannot write to the run directory {run_dir}: {e.strerror or e}. Run from "
-                  "a writable directory, or choose one with run=DIR", file=sys.stderr, flush=True)
-            sys.exit(2)
+            _fail(f"cannot write to the run directory {run_dir}: {e.strerror or e}. Run from "
+                  "a writable directory, or choose one with run=DIR")
+        if _trains_and_leads(config):
+            try:  # before Hydra writes .hydra/: a run another process trains is never touched
+                lock_run(run_dir)
+            except UserError as e:
+                _fail(str(e))
         if config.hydra.output_subdir is not None:
-            for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
-                path = run_dir / config.hydra.output_subdir / name
-                _before[path] = path.read_bytes() if path.exists() else None
+            remember_run_record(run_dir, config.hydra.output_subdir)
 
 
-def restore_hydra_files() -> None:
-    """Put the run directory's .hydra/ files back as they were before this command."""
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def remember_run_record(run_dir: Path, output_subdir: str = ".hydra") -> None:
+    """Keep the run's record (.hydra/ files, summary.json) as it is before this command."""
+    for name in RECORD_FILES:
+        path = Path(run_dir) / name.replace(".hydra", output_subdir, 1)
+        try:
+            _before[path] = path.read_bytes() if path.is_file() else None
+        except OSError:
+            pass  # unreadable: leave it alone
+
+
+def restore_run_record() -> None:
+    """Put the run's record back as it was before this command, unless the command trained (its
+    summary then counts more iterations than before): a command that failed after it trained is
+    part of the run's history, one that failed before is not."""
+    summary = next((p for p in _before if p.name == "summary.json"), None)
+    if summary is not None and _iters(_read(summary)) > _iters(_before[summary]):
+        return
     for path, data in _before.items():
-        if data is None:
-            path.unlink(missing_ok=True)
-        else:
-            path.write_bytes(data)
+        try:
+            if data is None:
+                path.unlink(missing_ok=True)
+            elif _read(path) != data:
+                tmp = path.with_name(f".{path.name}.restore.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+        except OSError:
+            pass  # a full disk: the error being reported says so already
+
+
+# the former name (launch.py's distributed path and older callers)
+restore_hydra_files = restore_run_record
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _iters(summary: bytes | None) -> int:
+    try:
+        iters = json.loads(summary)["iters"]
+        return iters if isinstance(iters, int) else -1
+    except (TypeError, ValueError, KeyError):
+        return -1
+
+
+def read_summary(run_dir: Path) -> dict | None:
+    """An existing run's summary.json, or None; a garbled one is a clear error."""
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+        return summary
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not a valid summary ({e}). Move it aside (the checkpoints in "
+                        f"{Path(run_dir) / 'ckpt'} are what resumes the run) and run the same "
+                        "command again") from e

@@ -18,6 +18,8 @@ from typing import Iterable, Sequence
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
+from nanogpt.errors import UserError
+
 # GPT-2's pre-tokenization regex, as tiktoken_ext.openai_public.r50k_pat_str defines it.
 R50K_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 # sha256 of r50k_base.tiktoken, the hash tiktoken itself checks after downloading it.
@@ -29,7 +31,7 @@ RANKS_ENV = "NANOGPT_GPT2_RANKS"
 SHARED_RANK_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gpt2_bpe" / "gpt2.tiktoken"
 
 
-class TokenizerError(RuntimeError):
+class TokenizerError(UserError, RuntimeError):
     """A tokenizer could not be built (missing or corrupt rank file, unknown kind)."""
 
 

@@ -85,6 +85,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     if not dist.is_main:
         dataset = open_dataset(cfg.data.name, cfg.data.root, False)
     tokenizer_meta = dataset.meta["tokenizer"]
+    # the end-of-run samples' tokenizer, loaded now: a missing BPE rank file fails before training
+    tokenizer = load_tokenizer(tokenizer_meta) if tcfg.num_samples > 0 and dist.is_main else None
 
     # ---- what to start from: a checkpoint of this run, OpenAI's weights, or scratch
     if cfg.init_from not in ("scratch", "resume", "pretrained"):
@@ -104,7 +106,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             return done
     if dist.is_main:  # launch.py holds the run's lock: no other process is writing these
         checkpoint.remove_stale_temps(run_dir / "ckpt")
-    resume_path, ckpt = checkpoint.load_latest(run_dir)
+    resume_path, ckpt = checkpoint.load_latest(run_dir, repair=dist.is_main)
     if distributed.broadcast_object(ckpt is not None) != (ckpt is not None):
         raise UserError(f"ranks 0 and {dist.rank} disagree on whether {run_dir / 'ckpt'} holds a "
                         "checkpoint: the run directory must be on a filesystem that every node shares")
@@ -134,7 +136,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         gpt_config = model_args(mcfg, dataset.vocab_size)
         model = GPT(gpt_config)
     dataset.check_block_size(gpt_config.block_size)
-    model.to(rt.device)
+    model.to(rt.device, rt.param_dtype)
 
     micro, block = hw.micro_batch_size, gpt_config.block_size
     flops_per_token = model.flops_per_token(block)
@@ -145,12 +147,13 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     optimizer = make_adamw(model, ocfg.lr, ocfg.weight_decay, (ocfg.beta1, ocfg.beta2), ocfg.eps,
                            rt.device_type, ocfg.fused)
     scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.needs_grad_scaler)
-    start_iter, best_val = 0, float("inf")
+    start_iter, best_val, resumed_losses = 0, float("inf"), None
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         start_iter, best_val = ckpt["iter"], ckpt.get("best_val_loss", float("inf"))
+        resumed_losses = checkpoint.eval_losses_at(ckpt, start_iter)  # a run stopped after its final eval
         if ckpt.get("rng") and dist.rank < len(ckpt["rng"]):
             checkpoint.set_rng_state(ckpt["rng"][dist.rank])
     else:
@@ -176,8 +179,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             log.info("resuming from %s at iteration %d", resume_path, start_iter)
 
     def save(it: int, name: str = "last.pt", link: str | None = None):
-        """All ranks call this (to gather RNG states); rank 0 writes `name`, and makes `link` the
-        same file. A non-finite loss or weight is never written: the good checkpoints stay."""
+        """All ranks call this (to gather RNG states); rank 0 writes `name`, and `link` as a copy
+        of it (a second real file: damage to one leaves the other). A non-finite loss or weight is never written: the good checkpoints stay."""
         nonlocal saved_at
         guard_ok = tcfg.on_nan != "stop" or guard.finite(it)  # skip mode skipped its bad steps
         if _agree(not (guard_ok and _params_finite(model)), dist):
@@ -191,10 +194,11 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                      "model_args": dataclasses.asdict(gpt_config), "optimizer": optimizer.state_dict(),
                      "scaler": scaler.state_dict() if scaler.is_enabled() else None, "iter": it,
                      "best_val_loss": best_val, "rng": rng, "config": config_dict,
-                     "tokenizer": tokenizer_meta, "dataset": dataset.meta.get("dataset")}
+                     "tokenizer": tokenizer_meta, "dataset": dataset.meta.get("dataset"),
+                     "eval_losses": losses}
             checkpoint.atomic_save(state, run_dir / "ckpt" / name)
             if link:
-                checkpoint.link_checkpoint(run_dir / "ckpt" / name, run_dir / "ckpt" / link)
+                checkpoint.copy_checkpoint(run_dir / "ckpt" / name, run_dir / "ckpt" / link)
         distributed.barrier()
         saved_at = it
 
@@ -219,7 +223,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     stop = StopRequest((signal.SIGTERM, signal.SIGINT, *requeue))
     prefetch = Prefetcher(batches, start_iter, accum)
     t_start = t_last = time.perf_counter()
-    it, losses, status, tok_s, bad_steps, last_loss = start_iter, None, "running", None, 0, None
+    it, losses, status, tok_s, bad_steps, last_loss = start_iter, resumed_losses, "running", None, 0, None
     iters_since_log = 0
     try:
         while True:
@@ -232,6 +236,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                 losses = estimate_loss(eval_model, eval_batches, tcfg.eval_iters, rt, dist)
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise UserError(_nan_message(guard.checked_at, it, last_loss, "evaluation"))
+                losses["iter"] = it  # saved with the checkpoint: the final losses survive a kill
                 improved = losses["val"] < best_val
                 best_val = min(best_val, losses["val"])
                 if dist.is_main:
@@ -240,7 +245,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                                  "train_loss": losses["train"], "val_loss": losses["val"],
                                  "time_s": time.perf_counter() - t_start})
                 if it > 0:
-                    if improved:  # best.pt first: a kill before the link leaves it the newest
+                    if improved:  # best.pt first: a kill before the copy leaves it the newest
                         save(it, "best.pt", link="last.pt")
                     elif tcfg.always_save_checkpoint or it == max_iters:
                         save(it, "last.pt")
@@ -259,7 +264,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                 break
 
             # one optimizer step: accum micro-batches, gradients synced on the last one only
-            step_loss = torch.zeros((), device=rt.device)  # the mean over micro-batches (and ranks, below)
+            step_loss = torch.zeros((), device=rt.device, dtype=rt.param_dtype)  # the mean over micro-batches (and ranks, below)
             for m in range(accum):
                 x, y = prefetch.get(it, m)
                 sync = nullcontext() if (not dist.enabled or m == accum - 1) else train_model.no_sync()
@@ -335,7 +340,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         if losses:
             log.info("val loss %.4f nats/token vs the corpus's unigram entropy %.4f: what a model "
                      "that ignores context scores", losses["val"], dataset.unigram_entropy())
-        _finish(model, run_dir, tcfg, tokenizer_meta, metrics, rt, cfg.seed)
+        _finish(model, run_dir, tcfg, tokenizer, tokenizer_meta, metrics, rt, cfg.seed)
     metrics.close()
     if status == "interrupted":  # a SLURM job leaves here, to be requeued (or cancelled)
         distributed.end_interrupted_slurm_job(dist, stop.signum)
@@ -379,10 +384,9 @@ def _plot(run_dir: Path) -> bool:
         return False
 
 
-def _finish(model, run_dir, tcfg, tokenizer_meta, metrics, rt, seed):
+def _finish(model, run_dir, tcfg, tok, tokenizer_meta, metrics, rt, seed):
     """Samples at the end of a finished run."""
     if tcfg.num_samples > 0:
-        tok = load_tokenizer(tokenizer_meta)
         start = tok.encode("\n") if tokenizer_meta.get("kind") == "char" else [tok.eot_token]
         x = torch.tensor([start] * tcfg.num_samples, dtype=torch.long, device=rt.device)
         gen = torch.Generator(device=rt.device).manual_seed(seed)

@@ -86,20 +86,37 @@ def test_checkpoints_are_readable_by_the_group_as_the_umask_says(tmp_path):
     assert stat.S_IMODE((tmp_path / "last.pt").stat().st_mode) == 0o644
 
 
-def test_best_and_last_share_one_file_and_copy_where_links_fail(tmp_path, monkeypatch):
+def test_best_and_last_are_two_real_files(tmp_path, monkeypatch):
     best, last = tmp_path / "best.pt", tmp_path / "last.pt"
     checkpoint.atomic_save(training_state(5), best)
-    checkpoint.link_checkpoint(best, last)
-    assert os.path.samefile(best, last)  # no second write of a multi-GB file
-
-    def no_links(*args):
-        raise OSError(errno.EPERM, "Operation not permitted")
-
-    monkeypatch.setattr(os, "link", no_links)
-    checkpoint.atomic_save(training_state(6), best)
-    checkpoint.link_checkpoint(best, last)
-    assert not os.path.samefile(best, last)
+    checkpoint.copy_checkpoint(best, last)
+    assert not os.path.samefile(best, last)  # damage to one in place leaves the other
     assert last.read_bytes() == best.read_bytes()
+
+    def no_copy_file_range(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", no_copy_file_range)
+    checkpoint.atomic_save(training_state(6), best)
+    checkpoint.copy_checkpoint(best, last)
+    assert last.read_bytes() == best.read_bytes()
+    assert checkpoint.load(last)["iter"] == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_a_full_disk_while_copying_best_to_last_keeps_last(tmp_path, monkeypatch):
+    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
+    checkpoint.atomic_save(training_state(5), last)
+    checkpoint.atomic_save(training_state(6), best)
+    before = last.read_bytes()
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "copy_file_range", full)
+    with pytest.raises(UserError, match="could not write checkpoint .*last.pt: No space left"):
+        checkpoint.copy_checkpoint(best, last)
+    assert last.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
 
 
@@ -127,7 +144,7 @@ def test_resume_falls_back_to_best_when_last_is_corrupt(tmp_path, caplog):
 
 
 def test_resume_takes_the_newer_of_best_and_last(tmp_path):
-    # a kill between writing best.pt and linking last.pt to it leaves best.pt ahead
+    # a kill between writing best.pt and copying it to last.pt leaves best.pt ahead
     write_run(tmp_path, last_iter=20, best_iter=30)
     path, state = checkpoint.load_latest(tmp_path)
     assert path.name == "best.pt" and state["iter"] == 30
