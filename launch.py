@@ -139,7 +139,11 @@ def _dispatch(config, run_dir: Path, dist):
         from nanogpt.bench import bench
 
         return bench(config, run_dir)
-    raise UserError(f"unknown task {task!r}: use task=train, eval, sample or bench")
+    if task == "hellaswag":
+        from nanogpt.hellaswag import hellaswag
+
+        return hellaswag(config, run_dir)["acc_norm"]
+    raise UserError(f"unknown task {task!r}: use task=train, eval, sample, bench or hellaswag")
 
 
 if __name__ == "__main__":

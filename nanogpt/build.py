@@ -83,3 +83,25 @@ def load_run(run: str | None, which: str = "best", device="cpu") -> tuple[GPT, d
     model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device), ckpt, path
+
+
+def load_model_and_tokenizer(run: str | None, which: str, pretrained: str | None, path: str | None, device):
+    """(model in eval mode, tokenizer, what it is) for a task that only reads a model: a run's
+    checkpoint with the tokenizer it was trained with, or OpenAI's GPT-2 weights (model.pretrained,
+    or a local Hugging Face directory in model.path) with GPT-2's BPE."""
+    from nanogpt.tokenizer import GPT2Tokenizer, TokenizerError, load_tokenizer
+
+    try:
+        if run:
+            model, ckpt, ckpt_path = load_run(run, which, device)
+            return model.eval(), load_tokenizer(ckpt["tokenizer"]), f"{ckpt_path} (iteration {ckpt['iter']})"
+        if pretrained or path:
+            from nanogpt.pretrained import load_pretrained
+
+            model = load_pretrained(pretrained, path=path).to(device)
+            return model, GPT2Tokenizer(), str(path or pretrained)
+    except TokenizerError as e:
+        raise UserError(str(e)) from e
+    raise UserError("no model given: pass run=RUN_DIR (a training run), or OpenAI's weights with "
+                    "model=pretrained/gpt2 (gpt2_medium, gpt2_large, gpt2_xl) or model.path=DIR (a local "
+                    "Hugging Face GPT-2 directory)")

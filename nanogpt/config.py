@@ -77,6 +77,9 @@ class TrainTask:
     always_save_checkpoint: bool = True  # save last.pt at each eval even when val did not improve
     on_nan: str = "stop"  # stop | skip (skip the update of a non-finite step; stop after 10 in a row)
     num_samples: int = 1  # samples printed when training ends (0: none)
+    hellaswag_interval: int = 0  # score HellaSwag every N iterations (0: never); acc_norm is logged
+    hellaswag_limit: Optional[int] = None  # its first N examples (None: all 10,042)
+    hellaswag_file: Optional[str] = None  # a local hellaswag_val.jsonl (None: Rowan/hellaswag from the hub)
     sample_tokens: int = 300
     plot: bool = True  # loss.png in the run directory
 
@@ -99,6 +102,16 @@ class SampleTask:
     top_k: Optional[int] = 200
     use_cache: bool = True
     which: str = "best"  # best | last checkpoint
+
+
+@dataclass
+class HellaSwagTask:
+    name: str = "hellaswag"
+    file: Optional[str] = None  # a local jsonl in the original format; None: Rowan/hellaswag from the hub
+    limit: Optional[int] = None  # score the first N examples only (a quick look)
+    batch_size: int = 16  # examples per forward pass (4 rows each)
+    which: str = "best"  # best | last checkpoint of run=
+    out: Optional[str] = None  # JSON output; None: <run>/hellaswag.json, or the Hydra output dir
 
 
 @dataclass
@@ -137,7 +150,8 @@ class Config:
     sweep_name: Optional[str] = None
 
 
-TASKS = {"train": TrainTask, "eval": EvalTask, "sample": SampleTask, "bench": BenchTask}
+TASKS = {"train": TrainTask, "eval": EvalTask, "sample": SampleTask, "bench": BenchTask,
+         "hellaswag": HellaSwagTask}
 GROUPS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "hardware": HardwareConfig,
           "logger": LoggerConfig}
 

@@ -24,6 +24,7 @@ from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher, eval_batch
 from nanogpt.errors import UserError
 from nanogpt.guards import NanGuard, StopRequest
+from nanogpt.hellaswag import DuringTraining as HellaSwagDuringTraining
 from nanogpt.hardware import compile_model, make_runtime, peak_flops
 from nanogpt.metrics import MetricsLogger, mfu, progress
 from nanogpt.model import GPT
@@ -85,6 +86,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     if not dist.is_main:
         dataset = open_dataset(cfg.data.name, cfg.data.root, False)
     tokenizer_meta = dataset.meta["tokenizer"]
+    hellaswag = HellaSwagDuringTraining.setup(tcfg, tokenizer_meta, dist)  # None unless task.hellaswag_interval
     # the end-of-run samples' tokenizer, loaded now: a missing BPE rank file fails before training
     tokenizer = load_tokenizer(tokenizer_meta) if tcfg.num_samples > 0 and dist.is_main else None
 
@@ -231,6 +233,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
+            if hellaswag and (it > start_iter or start_iter == 0):  # before the plot below draws it
+                hellaswag.maybe_log(it, model, rt, dist, metrics, it * tokens_per_step)
             # evaluate and checkpoint (not again at the iteration we resumed at)
             if (it % tcfg.eval_interval == 0 or it == max_iters) and (it > start_iter or start_iter == 0):
                 losses = estimate_loss(eval_model, eval_batches, tcfg.eval_iters, rt, dist)
