@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from nanogpt.errors import UserError
+from nanogpt.scoring import continuation_logprobs
 
 log = logging.getLogger("nanogpt")
 
@@ -121,25 +121,11 @@ def encode(examples: list[Example], tokenizer) -> list[list[tuple[list[int], int
 # ----------------------------------------------------------------------------------------------
 # scoring
 
-@torch.inference_mode()
-def ending_losses(model, rows: list[tuple[list[int], int]], rt, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed, mean) loss of each row's ending tokens, for rows padded into one batch. A row
-    longer than the model's context keeps its last block_size + 1 tokens."""
-    rows = [(toks[-(block_size + 1):], min(n_end, len(toks[-(block_size + 1):]) - 1)) for toks, n_end in rows]
-    length = max(len(toks) for toks, _ in rows) - 1
-    x = torch.zeros((len(rows), length), dtype=torch.long)
-    y = torch.full((len(rows), length), -1, dtype=torch.long)  # -1: not an ending token, no loss
-    for i, (toks, n_end) in enumerate(rows):
-        n = len(toks) - 1
-        x[i, :n] = torch.tensor(toks[:-1])
-        y[i, n - n_end:n] = torch.tensor(toks[n + 1 - n_end:])
-    x, y = x.to(rt.device), y.to(rt.device)
-    with rt.autocast():
-        logits, _ = model(x, y)  # right padding: causal attention never looks at it
-    scored = y != -1
-    token_loss = F.cross_entropy(logits[scored].float(), y[scored], reduction="none")
-    sums = torch.zeros(len(rows), device=rt.device).index_add_(0, scored.nonzero()[:, 0], token_loss)
-    return sums.cpu(), (sums / scored.sum(1).clamp(min=1)).cpu()
+def ending_losses(model, rows: list[tuple[list[int], int]], rt) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed, mean) loss of each row's ending tokens."""
+    logprob, n, _ = continuation_logprobs(model, rows, rt)
+    sums = (-logprob).float()
+    return sums, sums / n.clamp(min=1)
 
 
 def score(model, encoded, labels: list[int], rt, batch_size: int = 16, progress=None) -> dict:
@@ -148,13 +134,12 @@ def score(model, encoded, labels: list[int], rt, batch_size: int = 16, progress=
         raise UserError(f"task.batch_size must be at least 1, got {batch_size}")
     was_training = model.training
     model.eval()
-    block = model.config.block_size
     order = np.argsort([max(len(t) for t, _ in rows) for rows in encoded], kind="stable")
     sums = torch.zeros(len(encoded), 4)
     means = torch.zeros(len(encoded), 4)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        s, m = ending_losses(model, [row for i in idx for row in encoded[i]], rt, block)
+        s, m = ending_losses(model, [row for i in idx for row in encoded[i]], rt)
         sums[idx], means[idx] = s.view(-1, 4), m.view(-1, 4)
         if progress is not None:
             progress.update(len(idx))

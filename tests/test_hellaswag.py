@@ -128,7 +128,7 @@ def test_rows_longer_than_the_context_keep_their_end():
     model = GPT(GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=2, n_embd=16)).eval()
     rt = make_runtime("cpu", "float32")
     long_row = (list(range(1, 15)), 3)  # 14 tokens, 3 of them the ending
-    sums, means = hellaswag.ending_losses(model, [long_row, (list(range(6, 15)), 3)], rt, block_size=8)
+    sums, means = hellaswag.ending_losses(model, [long_row, (list(range(6, 15)), 3)], rt)
     assert torch.allclose(sums[0], sums[1]) and torch.allclose(means, sums / 3)
 
 
