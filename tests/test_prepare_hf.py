@@ -246,3 +246,14 @@ def test_every_document_ends_with_the_separator(tmp_path):
     assert after[-1] == EOT and before[0] == EOT and la.tolist() == lb.tolist() == [2, 3]
     assert after.tolist() == tok.encode("ab") + [EOT] + tok.encode("c d") + [EOT]
     assert before.tolist() == [EOT] + tok.encode("ab") + [EOT] + tok.encode("c d") and after.dtype == np.uint16
+
+
+def test_a_config_the_dataset_lacks_lists_its_configs(tmp_path):
+    """A local folder in the hub's layout, with the configs its README declares (as FineWeb's does)."""
+    write_parquet_layout(tmp_path / "fw", make_docs(5), n_files=1, folder="sample/10BT")
+    (tmp_path / "fw" / "README.md").write_text("---\nconfigs:\n- config_name: sample-10BT\n  data_files:\n"
+                                               "  - split: train\n    path: sample/10BT/*.parquet\n---\n")
+    with pytest.raises(PrepareError, match=r"there is no config 'sample-1BT'; choose --name from \['sample-10BT'\]"):
+        hf.open_corpus(hf.HFSpec(dataset=str(tmp_path / "fw"), name="sample-1BT", streaming=True))
+    corpus = hf.open_corpus(hf.HFSpec(dataset=str(tmp_path / "fw"), name="sample-10BT", streaming=True))
+    assert corpus.provenance["config"] == "sample-10BT" and len(corpus.provenance["files"]) == 1
