@@ -1,7 +1,7 @@
 """Token memmaps and deterministic batches.
 
 A prepared dataset is a directory with train.bin / val.bin (flat uint16 or uint32 token ids) and
-meta.json (see prepare/). The bins stay memory-mapped: resident memory does not grow with the
+meta.json (see prepare/), or llm.c's token shards (nanogpt/shards.py). The tokens stay memory-mapped: resident memory does not grow with the
 corpus. A batch is a pure function of (seed, split, iteration, micro-step, rank), so resuming at
 iteration k needs no replay and every rank of a DDP job reads different data; a background
 thread builds the next batches while the model computes.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import mmap
-import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -21,19 +20,12 @@ import torch
 
 from nanogpt import shards
 from nanogpt.errors import UserError
+from nanogpt.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SPLIT_IDS = {"train": 0, "val": 1}
 
 
-def data_root(root: str | None = None) -> Path:
-    if root:
-        return Path(root)
-    return Path(os.environ.get("NANOGPT_DATA_ROOT", REPO_ROOT / "data"))
-
-
-def dataset_dir(name: str, root: str | None = None) -> Path:
-    return data_root(root) / name
+TOKEN_DTYPES = ("uint16", "uint32")
 
 
 # Datasets whose prepare command is not simply `python prepare/<name>.py`.
@@ -47,6 +39,14 @@ def prepare_command(name: str) -> str:
     return PREPARE_COMMANDS.get(name, f"python prepare/{name}.py")
 
 
+def _again(path: Path) -> str:
+    """What to do about a broken dataset: prepare it again."""
+    script = REPO_ROOT / "prepare" / f"{path.name}.py"
+    known = path.name in PREPARE_COMMANDS or script.exists()
+    how = f"`{prepare_command(path.name)}`" if known else "its prepare script (see prepare/)"
+    return f"prepare the data again with {how}"
+
+
 def has_data(path: Path) -> bool:
     """Something to open (or to explain): meta.json, llm.c shards, or an unfinished prepare."""
     if (path / "meta.json").exists() or (path / shards.PREPARE_MARKER).exists():
@@ -55,7 +55,8 @@ def has_data(path: Path) -> bool:
 
 
 def read_meta(path: Path) -> dict:
-    """meta.json of a prepared dataset; for a folder of llm.c shards without one, a meta that
+    """meta.json of a prepared dataset, checked: an object with a positive integer vocab_size, a
+    tokenizer description and a token dtype. For a folder of llm.c shards without one, a meta that
     describes them (GPT-2 tokens, as llm.c's version-1 format holds)."""
     meta_file = path / "meta.json"
     if not meta_file.exists():
@@ -65,17 +66,33 @@ def read_meta(path: Path) -> dict:
         found = shards.find_shards(path) if path.is_dir() else {}
         if found.get("train") and found.get("val"):
             return shards.llmc_meta(path, found)
-        raise UserError(f"no prepared data in {path} (meta.json missing): run "
-                        f"`{prepare_command(path.name)}` first")
+        raise UserError(f"no prepared data in {path} (train.bin / meta.json missing): "
+                        f"run `{prepare_command(path.name)}` first")
     try:
         meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{meta_file} is not valid JSON ({e}): prepare the data again with "
-                        f"`{prepare_command(path.name)}`") from e
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{meta_file} is not valid JSON ({e}): {_again(path)}") from e
+    problem = _meta_problem(meta)
+    if problem:
+        raise UserError(f"{meta_file} {problem}: {_again(path)}")
     if meta.get("format", "flat") == "flat" and not (path / "train.bin").exists():
         raise UserError(f"no prepared data in {path} (train.bin / meta.json missing): "
                         f"run `{prepare_command(path.name)}` first")
     return meta
+
+
+def _meta_problem(meta) -> str | None:
+    if not isinstance(meta, dict):
+        return f"holds a JSON {type(meta).__name__}, not an object"
+    vocab = meta.get("vocab_size")
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+        return f"needs vocab_size, a positive integer (it has {vocab!r})"
+    tokenizer = meta.get("tokenizer")
+    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("kind"), str):
+        return f"needs tokenizer, an object with a kind such as char or gpt2 (it has {tokenizer!r})"
+    if meta.get("dtype", "uint16") not in TOKEN_DTYPES:
+        return f"has dtype {meta.get('dtype')!r}: token ids are stored as uint16 or uint32"
+    return None
 
 
 # Pages a process has touched in a memmap count in its RSS until unmapped, and the kernel maps up
@@ -126,31 +143,58 @@ class TokenDataset:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.meta = read_meta(self.path)
-        if self.meta.get("format", "flat") == shards.FORMAT:
-            self.splits = {split: Split(split, self._open_shards(split)) for split in ("train", "val")}
-            return
         dtype = np.dtype(self.meta.get("dtype", "uint16"))
-        self.splits = {}
-        for split in ("train", "val"):
-            file = self.path / f"{split}.bin"
-            if not file.exists():
-                raise UserError(f"{file} is missing: prepare the data again with "
-                                f"`{prepare_command(self.path.name)}`")
-            if file.stat().st_size == 0:
-                raise UserError(f"{file} is empty: prepare the data again")
-            self.splits[split] = Split(split, np.memmap(file, dtype=dtype, mode="r"))
+        opener = self._open_shards if self.meta.get("format") == shards.FORMAT else self._open
+        self.splits = {split: Split(split, opener(split, dtype)) for split in ("train", "val")}
 
-    def _open_shards(self, split: str) -> shards.ShardedTokens:
-        names = self.meta.get("shards", {}).get(split) or []
+    def _open_shards(self, split: str, dtype: np.dtype) -> shards.ShardedTokens:
+        """A split's llm.c shards, each header checked against its file, ids checked on a sample."""
+        names = (self.meta.get("shards") or {}).get(split) or []
         paths = [self.path / name for name in names]
         missing = [p.name for p in paths if not p.is_file()]
         if not paths or missing:
             raise UserError(f"{self.path} lacks {split} shards ({', '.join(missing) or 'none listed'}): "
-                            f"prepare the data again with `{prepare_command(self.path.name)}`")
+                            f"{_again(self.path)}")
         counts = [shards.read_header(p) for p in paths]
         if sum(counts) == 0:
-            raise UserError(f"the {split} shards of {self.path} hold no tokens: prepare the data again")
-        return shards.ShardedTokens(paths, counts)
+            raise UserError(f"the {split} shards of {self.path} hold no tokens: {_again(self.path)}")
+        tokens = shards.ShardedTokens(paths, counts)
+        self._check_ids(tokens, f"the {split} shards of {self.path}")
+        return tokens
+
+    def _check_ids(self, tokens, what) -> None:
+        top = _sample_max(tokens)
+        if top >= self.vocab_size:
+            raise UserError(f"{what} hold token id {top}, but meta.json's vocab_size is {self.vocab_size}: "
+                            f"the files and meta.json do not belong together; {_again(self.path)}")
+
+    def _open(self, split: str, dtype: np.dtype) -> np.memmap:
+        """A split's tokens, checked once: a file of whole tokens, as many as meta.json says,
+        and (on a sample) no id outside the vocabulary, which would fail deep in the model."""
+        file, again = self.path / f"{split}.bin", _again(self.path)
+        if not file.exists():
+            raise UserError(f"{file} is missing: {again}")
+        if not file.is_file():
+            raise UserError(f"{file} is not a file: {again}")
+        size = file.stat().st_size
+        if size == 0:
+            raise UserError(f"{file} is empty: {again}")
+        if size % dtype.itemsize:
+            raise UserError(f"{file} is {size:,} bytes, not a multiple of {dtype.itemsize} (one "
+                            f"{dtype.name} token id, the dtype in meta.json): the file is truncated or "
+                            f"was written with another dtype; {again}")
+        tokens = np.memmap(file, dtype=dtype, mode="r")
+        top = _sample_max(tokens)
+        if top >= self.vocab_size:
+            raise UserError(f"{file} holds token id {top}, but meta.json's vocab_size is {self.vocab_size} "
+                            f"(dtype {dtype.name}): the file and meta.json do not belong together "
+                            f"(written with another dtype or tokenizer?); {again}")
+        counts = self.meta.get("tokens")
+        expected = counts.get(split) if isinstance(counts, dict) else None
+        if isinstance(expected, int) and expected != len(tokens):
+            raise UserError(f"{file} holds {len(tokens):,} tokens but meta.json says {expected:,}: the "
+                            f"file was cut short or replaced; {again}")
+        return tokens
 
     @property
     def vocab_size(self) -> int:
@@ -169,6 +213,14 @@ class TokenDataset:
                 raise UserError(
                     f"block_size {block_size} is larger than the {split.name} split of "
                     f"{self.path.name} ({len(split)} tokens): use a smaller model.block_size")
+
+
+def _sample_max(tokens: np.ndarray, chunk: int = 1 << 16, chunks: int = 32) -> int:
+    """The largest id in the first and last `chunk` tokens and in `chunks` chunks spread over
+    the file: a few MB read whatever its size."""
+    n = len(tokens)
+    starts = np.unique(np.linspace(0, max(n - chunk, 0), chunks + 2).astype(np.int64))
+    return int(max(tokens[s:s + chunk].max() for s in starts))
 
 
 class Batches:

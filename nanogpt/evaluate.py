@@ -11,7 +11,7 @@ import torch
 from nanogpt.build import load_run, open_dataset
 from nanogpt.data import Batches, eval_batch
 from nanogpt.errors import UserError
-from nanogpt.hardware import make_runtime
+from nanogpt.hardware import runtime
 from nanogpt.metrics import progress, write_json_atomic
 
 log = logging.getLogger("nanogpt")
@@ -22,29 +22,44 @@ GPT2_BASELINES = {"gpt2": (3.11, 3.12), "gpt2-medium": (2.85, 2.84),
 
 
 @torch.inference_mode()
-def split_losses(model, dataset, block_size: int, batch_size: int, eval_iters: int, seed: int,
-                 rt, splits=("train", "val")) -> dict:
+def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist=None, splits=("train", "val"),
+                  leave: bool = False) -> dict[str, float]:
+    """Mean loss over the same fixed eval_iters batches of each split (the training loop's
+    evaluation, and the eval task's). With several ranks (dist), each scores its share of the
+    batches and the sums are all-reduced; the model's train/eval mode is restored after."""
+    was_training = model.training
     model.eval()
-    batches = Batches(dataset, block_size, batch_size, seed, rt.device)
+    rank, world, is_main = (dist.rank, dist.world_size, dist.is_main) if dist else (0, 1, True)
     out = {}
     for split in splits:
-        if split not in dataset.splits:
-            raise UserError(f"unknown split {split!r}: use train and/or val")
-        total = torch.zeros((), device=rt.device, dtype=torch.float64)  # summed on the device: no sync per batch
-        for k in progress(range(eval_iters), desc=f"eval {split}", unit="batch"):
+        # loss sum and batch count, summed on the device: no host sync per batch
+        total = torch.zeros(2, device=rt.device, dtype=torch.float64)
+        ks = range(rank, eval_iters, world)
+        for k in progress(ks, desc=f"eval {split}", is_main=is_main, leave=leave, unit="batch"):
             x, y = eval_batch(batches, split, k)
             with rt.autocast():
                 _, loss = model(x, y)
-            total += loss.double()
-        mean = total.item() / eval_iters
-        out[split] = {"loss": mean, "perplexity": math.exp(mean), "tokens": eval_iters * batch_size * block_size}
+            total += torch.stack([loss.double(), torch.ones((), device=rt.device, dtype=torch.float64)])
+        if world > 1:
+            torch.distributed.all_reduce(total)
+        out[split] = (total[0] / total[1]).item()
+    model.train(was_training)
     return out
+
+
+def split_losses(model, dataset, block_size: int, batch_size: int, eval_iters: int, seed: int,
+                 rt, splits=("train", "val")) -> dict:
+    """Loss, perplexity and tokens scored of each split, for the eval task's table."""
+    batches = Batches(dataset, block_size, batch_size, seed, rt.device)
+    losses = estimate_loss(model, batches, eval_iters, rt, splits=splits, leave=True)
+    return {split: {"loss": loss, "perplexity": math.exp(loss), "tokens": eval_iters * batch_size * block_size}
+            for split, loss in losses.items()}
 
 
 def evaluate(cfg, out_dir: Path, data_chosen: bool = False) -> dict:
     """data_chosen: the command named data=...; otherwise a run is scored on its own data."""
     hw, t = cfg.hardware, cfg.task
-    rt = make_runtime(hw.device, hw.dtype, 0, hw.tf32, hw.num_threads)
+    rt = runtime(hw)
     if cfg.run:
         model, ckpt, path = load_run(cfg.run, "best", rt.device)
         source = str(path)
@@ -83,3 +98,17 @@ def evaluate(cfg, out_dir: Path, data_chosen: bool = False) -> dict:
     write_json_atomic(out, record)
     log.info("wrote %s", out)
     return record
+
+
+def run(cfg, run_dir: Path, dist) -> float:
+    """task=eval: the val loss. A run is scored on the data it trained on, unless the command
+    named other data (data=... or data.name=...)."""
+    return evaluate(cfg, run_dir, data_chosen=_command_chose_data())["val"]["loss"]
+
+
+def _command_chose_data() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return any(o.split("=")[0] in ("data", "data.name") for o in HydraConfig.get().overrides.task)

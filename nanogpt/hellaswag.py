@@ -158,12 +158,12 @@ def score(model, encoded, labels: list[int], rt, batch_size: int = 16, progress=
 
 def hellaswag(cfg, out_dir: Path) -> dict:
     from nanogpt.build import load_model_and_tokenizer
-    from nanogpt.hardware import make_runtime
+    from nanogpt.hardware import runtime
     from nanogpt.metrics import progress, write_json_atomic
 
-    t, hw = cfg.task, cfg.hardware
+    t = cfg.task
     examples = load_examples(t.file, t.limit)  # a bad file fails before any model is loaded
-    rt = make_runtime(hw.device, hw.dtype, 0, hw.tf32, hw.num_threads)
+    rt = runtime(cfg.hardware)
     model, tokenizer, source = load_model_and_tokenizer(cfg.run, t.which, cfg.model.pretrained, cfg.model.path,
                                                         rt.device)
     encoded = encode(examples, tokenizer)
@@ -185,6 +185,11 @@ def hellaswag(cfg, out_dir: Path) -> dict:
     write_json_atomic(out, record)
     log.info("wrote %s", out)
     return record
+
+
+def run(cfg, run_dir: Path, dist) -> float:
+    """task=hellaswag: acc_norm (what a sweep would compare)."""
+    return hellaswag(cfg, Path(run_dir))["acc_norm"]
 
 
 def table(record: dict, source: str) -> str:

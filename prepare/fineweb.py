@@ -41,9 +41,10 @@ if not __package__:  # run as `python prepare/fineweb.py`: make `prepare` import
 from tqdm import tqdm
 
 from nanogpt import shards
+from nanogpt.paths import dataset_dir
 from prepare import hf
 from prepare.bpe import encode_batches
-from prepare.common import (PrepareError, check_free_space, default_out_dir, gpt2_tokenizer, human_bytes,
+from prepare.common import (PrepareError, check_free_space, gpt2_tokenizer, human_bytes,
                             run_cli, storage_error)
 
 FINEWEB = "HuggingFaceFW/fineweb"
@@ -445,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
                         "many 100M-token train shards (default: all %(default)s)")
     args = parser.parse_args(argv)
     if args.pretokenized:
-        out_dir = args.out_dir or default_out_dir("fineweb10B")
+        out_dir = args.out_dir or dataset_dir("fineweb10B")
         meta = fetch_pretokenized(out_dir, shards_wanted=args.shards, revision=args.revision)
     else:
         if args.shards != PRETOKENIZED_TRAIN_SHARDS:
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.data_files:  # local or hf:// files have no config: --name then only names the output
             args.name = None
         spec = hf.spec_from_args(args)
-        out_dir = args.out_dir or default_out_dir(label)
+        out_dir = args.out_dir or dataset_dir(label)
         meta = prepare(out_dir, spec=spec, shard_tokens=args.shard_tokens, val_tokens=args.val_tokens,
                        num_proc=args.num_proc, rank_file=args.rank_file)
     print(summary(meta, out_dir))

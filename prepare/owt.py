@@ -29,9 +29,10 @@ if not __package__:  # run as `python prepare/owt.py`: make `prepare` importable
 import numpy as np
 from tqdm import tqdm
 
+from nanogpt.paths import dataset_dir
 from prepare import hf
 from prepare.bpe import encode_batches
-from prepare.common import DatasetWriter, PrepareError, default_out_dir, gpt2_tokenizer, run_cli, summary
+from prepare.common import DatasetWriter, PrepareError, gpt2_tokenizer, run_cli, summary
 
 OWT_ID = "Skylion007/openwebtext"
 OWT_DOCUMENTS = 8_013_769  # nanoGPT's count, and the original loading script's
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out_dir is None:
         if args.files:
             parser.error("--files needs --out-dir (so a local corpus never replaces data/owt)")
-        args.out_dir = default_out_dir(NAME if args.dataset == OWT_ID else args.dataset.replace("/", "_"))
+        args.out_dir = dataset_dir(NAME if args.dataset == OWT_ID else args.dataset.replace("/", "_"))
     spec = None if args.files else hf.spec_from_args(
         args, default_revision=hf.KNOWN_PARQUET_REVISIONS.get(args.dataset))
     meta = prepare(args.out_dir, spec=spec, files=args.files, lines=args.lines, streaming=args.streaming,
