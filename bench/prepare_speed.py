@@ -65,8 +65,9 @@ def tree_memory(proc: psutil.Process) -> tuple[int, int]:
     return rss, pss
 
 
-def as_parquet(corpus: Path, folder: Path, rows_per_file: int = 200_000) -> str:
-    """The corpus's lines as Parquet files named as the hub names them; returns their glob."""
+def as_parquet(corpus: Path, folder: Path, rows_per_file: int = 100_000, rows_per_group: int = 2_000) -> str:
+    """The corpus's lines as Parquet files named as the hub names them, in row groups of ~10 MB as
+    the hub's files are (a reader holds a whole row group in memory); returns their glob."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -76,10 +77,11 @@ def as_parquet(corpus: Path, folder: Path, rows_per_file: int = 200_000) -> str:
         for line in f:
             batch.append(line.rstrip("\n"))
             if len(batch) == rows_per_file:
-                pq.write_table(pa.table({"text": batch}), folder / f"train-{n:05d}.parquet")
+                pq.write_table(pa.table({"text": batch}), folder / f"train-{n:05d}.parquet",
+                               row_group_size=rows_per_group)
                 batch, n = [], n + 1
     if batch:
-        pq.write_table(pa.table({"text": batch}), folder / f"train-{n:05d}.parquet")
+        pq.write_table(pa.table({"text": batch}), folder / f"train-{n:05d}.parquet", row_group_size=rows_per_group)
     return str(folder / "*.parquet")
 
 

@@ -159,6 +159,8 @@ def open_corpus(spec: HFSpec, *, num_proc: int | None = None, scratch_parent: Pa
         if not spec.allow_partial:
             _refuse_partial(spec, files)
         if spec.streaming:
+            if type(builder).__name__ == "Parquet":
+                builder = _lean_parquet_builder(spec, path, kwargs, files)
             ds = _call_datasets(spec, lambda: builder.as_streaming_dataset(split=spec.split))
         else:
             _call_datasets(spec, lambda: builder.download_and_prepare(num_proc=num_proc))
@@ -179,6 +181,26 @@ def _load_builder(path: str, kwargs: dict):
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors reach the user through ours
 
     return datasets.load_dataset_builder(path, **{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _lean_parquet_builder(spec: HFSpec, path: str, kwargs: dict, files: list[str]):
+    """The Parquet builder again, reading the text column only, without pyarrow's pre-buffering
+    (which holds a whole file's column chunks in memory: FineWeb's files are 2 GB each), so that a
+    stream holds one row group at a time. The column is checked first, on the first file's schema."""
+    import fsspec
+    import pyarrow.dataset as pds
+    import pyarrow.parquet as pq
+
+    try:
+        with fsspec.open(files[0], "rb") as f:
+            columns = pq.read_schema(f).names
+    except Exception as e:
+        raise _explain(spec, e) from None
+    if spec.column not in columns:
+        raise PrepareError(f"{describe_spec(spec)} has no column {spec.column!r}; pick one of {columns} with --column")
+    lean = {**kwargs, "columns": [spec.column],
+            "fragment_scan_options": pds.ParquetFragmentScanOptions(pre_buffer=False)}
+    return _call_datasets(spec, lambda: _load_builder(path, lean))
 
 
 def _split_files(builder, spec: HFSpec) -> list[str]:
@@ -223,7 +245,9 @@ def _refuse_partial(spec: HFSpec, files: list[str]) -> None:
 def _text_column(ds, spec: HFSpec):
     columns = ds.column_names
     if columns is None:  # a stream whose schema is unknown until read
-        columns = list(next(iter(ds)).keys())
+        rows = iter(ds)
+        columns = list(next(rows).keys())
+        del rows  # closes the reader now, with what it buffered
     if spec.column not in columns:
         raise PrepareError(f"{describe_spec(spec)} has no column {spec.column!r}; pick one of {columns} with --column")
     ds = ds.select_columns([spec.column])
