@@ -7,9 +7,10 @@
 `NanoGPTLM` is an lm_eval LM (lm-eval 0.4.x: `pip install -e ".[eval]"`): log-likelihoods of
 continuations (multiple choice: ARC, PIQA, HellaSwag ...), rolling log-likelihoods of whole
 documents (perplexity: WikiText, PTB, LAMBADA ...) and greedy generation, scored by our GPT with
-the tokenizer the run was trained with (GPT-2's BPE for OpenAI's weights). Registered as model
-"nanogpt", so `lm_eval --model nanogpt --model_args run=RUN` works too. Results print as lm-eval's
-table and are written to RUN/lm_eval.json (or --out).
+the tokenizer the run was trained with (GPT-2's BPE for OpenAI's weights). Importing this module
+registers it as lm-eval model "nanogpt" (`lm_eval.simple_evaluate(model="nanogpt",
+model_args="run=RUN", ...)`). Results print as lm-eval's table and are written to RUN/lm_eval.json
+(or --out).
 """
 from __future__ import annotations
 

@@ -137,3 +137,17 @@ def test_bad_input(tmp_path):
         main([str(tmp_path), "--model", "gpt2", "--tasks", "x"])
     with pytest.raises(UserError, match="run directory .*nowhere does not exist"):
         main([str(tmp_path / "nowhere"), "--tasks", "x"])
+
+
+@needs_gpt2_ranks
+def test_registered_as_an_lm_eval_model(setup, monkeypatch):
+    monkeypatch.setenv("NANOGPT_GPT2_RANKS", str(GPT2_RANKS))
+    from lm_eval.api.registry import get_model
+
+    from nanogpt.lm_eval import NanoGPTLM
+
+    assert get_model("nanogpt") is NanoGPTLM
+    lm = NanoGPTLM.create_from_arg_string(f"path={setup / 'hf'},device=cpu,dtype=float32",
+                                          {"batch_size": 3, "device": None})
+    assert (lm.batch_size, lm.max_length, lm.eot_token_id) == (3, 64, 50256)
+    assert lm.tok_decode(lm.tok_encode("Hello world")) == "Hello world"
