@@ -158,9 +158,10 @@ def open_corpus(spec: HFSpec, *, num_proc: int | None = None, scratch_parent: Pa
         _check_local_parquet(files)
         if not spec.allow_partial:
             _refuse_partial(spec, files)
+        if spec.streaming and type(builder).__name__ == "Parquet":
+            stream = ParquetStream(files, spec.column, spec)
+            return Corpus(stream, spec, _provenance(spec, builder, files), stream.num_rows, stream.text_bytes)
         if spec.streaming:
-            if type(builder).__name__ == "Parquet":
-                builder = _lean_parquet_builder(spec, path, kwargs, files)
             ds = _call_datasets(spec, lambda: builder.as_streaming_dataset(split=spec.split))
         else:
             _call_datasets(spec, lambda: builder.download_and_prepare(num_proc=num_proc))
@@ -183,24 +184,77 @@ def _load_builder(path: str, kwargs: dict):
     return datasets.load_dataset_builder(path, **{k: v for k, v in kwargs.items() if v is not None})
 
 
-def _lean_parquet_builder(spec: HFSpec, path: str, kwargs: dict, files: list[str]):
-    """The Parquet builder again, reading the text column only, without pyarrow's pre-buffering
-    (which holds a whole file's column chunks in memory: FineWeb's files are 2 GB each), so that a
-    stream holds one row group at a time. The column is checked first, on the first file's schema."""
-    import fsspec
-    import pyarrow.dataset as pds
-    import pyarrow.parquet as pq
+class ParquetStream:
+    """The text column of Parquet files (local or hf://), in order, read one row group at a time:
+    memory holds a row group, whatever the size of the files (datasets' stream reads a whole file
+    ahead of a slow consumer: gigabytes for FineWeb's 2 GB files). It offers what a prepare uses
+    of datasets' IterableDataset: iteration over {column: text} rows, iter(batch_size), and
+    state_dict()/load_state_dict() for a position {"file", "row"}, which a resumed prepare jumps
+    to directly through the files' row-group metadata."""
 
-    try:
-        with fsspec.open(files[0], "rb") as f:
-            columns = pq.read_schema(f).names
-    except Exception as e:
-        raise _explain(spec, e) from None
-    if spec.column not in columns:
-        raise PrepareError(f"{describe_spec(spec)} has no column {spec.column!r}; pick one of {columns} with --column")
-    lean = {**kwargs, "columns": [spec.column],
-            "fragment_scan_options": pds.ParquetFragmentScanOptions(pre_buffer=False)}
-    return _call_datasets(spec, lambda: _load_builder(path, lean))
+    def __init__(self, files: list[str], column: str, spec: HFSpec):
+        self.files, self.column, self.spec = files, column, spec
+        self.position = {"file": 0, "row": 0}  # of the next row to yield
+        metas = [self._open(f).metadata for f in files]
+        names = metas[0].schema.to_arrow_schema().names
+        if column not in names:
+            raise PrepareError(f"{describe_spec(spec)} has no column {column!r}; pick one of {names} with --column")
+        self.num_rows = sum(m.num_rows for m in metas)
+        index = names.index(column)
+        self.text_bytes = sum(m.row_group(g).column(index).total_uncompressed_size
+                              for m in metas for g in range(m.num_row_groups))
+
+    @property
+    def column_names(self) -> list[str]:
+        return [self.column]
+
+    def _open(self, file: str):
+        import fsspec
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(fsspec.open(file, "rb").open())
+        except Exception as e:
+            raise _explain(self.spec, e) from None
+
+    def state_dict(self) -> dict:
+        return dict(self.position)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = {"file": int(state["file"]), "row": int(state["row"])}
+
+    def __iter__(self):
+        for batch in self._batches(1024):
+            for text in batch:
+                self.position["row"] += 1  # before the yield: state_dict() is then the next row's
+                yield {self.column: text}
+
+    def iter(self, batch_size: int):
+        for batch in self._batches(batch_size):
+            self.position["row"] += len(batch)
+            yield {self.column: batch}
+
+    def _batches(self, batch_size: int):
+        """Lists of texts from the current position on; the position advances as they are used."""
+        start = dict(self.position)
+        for i in range(start["file"], len(self.files)):
+            self.position = {"file": i, "row": start["row"] if i == start["file"] else 0}
+            pf = self._open(self.files[i])
+            first, skip = 0, self.position["row"]  # the row group holding the position, and rows into it
+            while first < pf.metadata.num_row_groups and skip >= pf.metadata.row_group(first).num_rows:
+                skip -= pf.metadata.row_group(first).num_rows
+                first += 1
+            groups = list(range(first, pf.metadata.num_row_groups))
+            if not groups:
+                continue
+            for record in pf.iter_batches(batch_size=batch_size, row_groups=groups, columns=[self.column],
+                                          use_threads=False):
+                texts = record.column(0).to_pylist()
+                if skip:
+                    texts, skip = texts[skip:], max(0, skip - len(texts))
+                if texts:
+                    yield texts
+        self.position = {"file": len(self.files), "row": 0}
 
 
 def _split_files(builder, spec: HFSpec) -> list[str]:
