@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from nanogpt.config import register_configs, register_resolvers
 from nanogpt.errors import UserError
-from nanogpt.rundir import LOCK_FILE, created_here, lock_run, restore_run_record
+from nanogpt.rundir import (LOCK_FILE, created_here, lock_run, refuse_scratch_over_checkpoints,
+                            restore_run_record)
 
 register_configs()
 register_resolvers()
@@ -116,6 +117,7 @@ def _dispatch(config, run_dir: Path, dist):
     if task == "train":
         from nanogpt.train import train
 
+        refuse_scratch_over_checkpoints(run_dir, HydraConfig.get().overrides.task)
         # one training process per run directory (rank 0 holds the lock while it trains)
         with lock_run(run_dir) if dist.is_main else contextlib.nullcontext():
             summary = train(config, run_dir, dist)

@@ -165,6 +165,20 @@ def _iters(summary: bytes | None) -> int:
         return -1
 
 
+def refuse_scratch_over_checkpoints(run_dir: Path, overrides) -> None:
+    """`init_from=scratch` typed on the command line, on a run that has checkpoints: training
+    from scratch there would replace them. (The default init_from is also scratch, and re-running
+    a command resumes its run: only the explicit choice is refused.)"""
+    if not any(str(o).lstrip("+") == "init_from=scratch" for o in overrides):
+        return
+    found = [f"ckpt/{n}" for n in ("last.pt", "best.pt") if (Path(run_dir) / "ckpt" / n).exists()]
+    if found:
+        raise UserError(f"init_from=scratch but {run_dir} already has checkpoints ({', '.join(found)}): "
+                        "training from scratch there would replace them. To start fresh, train in a "
+                        f"new run directory (run=NEW_DIR) or move {run_dir} aside; to continue this "
+                        "run, leave out init_from=scratch (or pass init_from=resume)")
+
+
 def read_summary(run_dir: Path) -> dict | None:
     """An existing run's summary.json, or None; a garbled one is a clear error."""
     path = Path(run_dir) / "summary.json"
