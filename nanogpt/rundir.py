@@ -26,7 +26,9 @@ from omegaconf import OmegaConf
 from nanogpt.errors import UserError
 
 LOCK_FILE = ".lock"
-RECORD_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "summary.json")
+RECORD_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "summary.json",
+                "metrics.jsonl")
+_RECORD_LIMIT = 256 << 20  # a record file larger than this (metrics of a very long run) is not kept
 
 # the run's record before this command: path -> bytes (None: absent)
 _before: dict[Path, bytes | None] = {}
@@ -118,11 +120,15 @@ def _fail(message: str) -> None:
 
 
 def remember_run_record(run_dir: Path, output_subdir: str = ".hydra") -> None:
-    """Keep the run's record (.hydra/ files, summary.json) as it is before this command."""
+    """Keep the run's record (.hydra/ files, summary.json, metrics.jsonl) as it is before this
+    command."""
     for name in RECORD_FILES:
         path = Path(run_dir) / name.replace(".hydra", output_subdir, 1)
         try:
-            _before[path] = path.read_bytes() if path.is_file() else None
+            if not path.is_file():
+                _before[path] = None
+            elif path.stat().st_size <= _RECORD_LIMIT:
+                _before[path] = path.read_bytes()
         except OSError:
             pass  # unreadable: leave it alone
 
