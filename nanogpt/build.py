@@ -1,6 +1,7 @@
 """Turning configs into plain objects: the dataset, the model's GPTConfig, a run's model."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import re
@@ -8,9 +9,11 @@ from pathlib import Path
 
 
 from nanogpt import checkpoint
-from nanogpt.data import TokenDataset, dataset_dir
+from nanogpt.data import TokenDataset
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig, padded_vocab_size
+from nanogpt.paths import dataset_dir
+from nanogpt.pretrained import model_from_state_dict
 
 log = logging.getLogger("nanogpt")
 
@@ -52,7 +55,8 @@ def known_datasets() -> list[str]:
 
 
 def model_args(mcfg, data_vocab: int | None) -> GPTConfig:
-    """GPTConfig from the model config group and the data's vocabulary."""
+    """The model's GPTConfig: the model group's architecture fields, with the vocabulary filled in
+    from the data (model.vocab_size=null) and padded if asked."""
     vocab = mcfg.vocab_size or data_vocab
     if vocab is None:
         raise UserError("model.vocab_size is not set and the data has no vocabulary size")
@@ -62,14 +66,18 @@ def model_args(mcfg, data_vocab: int | None) -> GPTConfig:
     if mcfg.pad_vocab:
         vocab = padded_vocab_size(vocab)
     try:
-        return GPTConfig(block_size=mcfg.block_size, vocab_size=vocab, n_layer=mcfg.n_layer,
-                         n_head=mcfg.n_head, n_embd=mcfg.n_embd, dropout=mcfg.dropout, bias=mcfg.bias)
+        return GPTConfig.from_dict({**dataclasses.asdict(mcfg), "vocab_size": vocab})
     except ValueError as e:
         raise UserError(f"invalid model config: {e}") from e
 
 
-def load_run(run: str | None, which: str = "best", device="cpu") -> tuple[GPT, dict, Path]:
-    """The model of a finished or running run directory (for sampling / evaluation)."""
+def load_run(run, which: str = "best", device="cpu", fallback: bool = True) -> tuple[GPT, dict, Path]:
+    """(model in eval mode on `device`, checkpoint dict, its path) of a training run directory:
+    the one loader of a run's model (sample, eval, export, perplexity).
+
+    which: best or last. With `fallback` (the tasks), a missing or corrupt preferred checkpoint
+    falls back to the other one with a warning; without (export and perplexity, whose --which
+    names a file), only that file is used and a missing one names the files the run has."""
     if not run:
         raise UserError("no run given: pass run=RUN_DIR (a training run's directory)")
     run_dir = Path(run)
@@ -78,22 +86,36 @@ def load_run(run: str | None, which: str = "best", device="cpu") -> tuple[GPT, d
     order = {"best": ("best.pt", "last.pt"), "last": ("last.pt", "best.pt")}.get(which)
     if order is None:
         raise UserError(f"unknown checkpoint {which!r}: use best or last")
-    paths = [run_dir / "ckpt" / n for n in order if (run_dir / "ckpt" / n).exists()]
+    paths = [run_dir / "ckpt" / n for n in order[:None if fallback else 1] if (run_dir / "ckpt" / n).is_file()]
     if not paths:
-        raise UserError(f"{run_dir} has no checkpoint (ckpt/best.pt or ckpt/last.pt): train it "
-                        "first, or wait for its first evaluation to write one")
+        raise UserError(_no_checkpoint(run_dir, which, fallback))
     failures = []
     for path in paths:  # a corrupt preferred checkpoint falls back to the other one
         try:
             ckpt = checkpoint.load(path, map_location="cpu")
             break
         except checkpoint.BadCheckpoint as e:
+            if not fallback:
+                raise
             failures.append(e.problem)
     else:
         raise UserError(f"no checkpoint of {run_dir} loads: {' | '.join(failures)}. Train it again "
                         "in a new run directory")
     for failure in failures:
         log.warning("%s; using %s instead", failure, path)
-    model = GPT(GPTConfig(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device), ckpt, path
+    try:  # the model takes over the checkpoint's tensors: no random init, no second copy
+        model = model_from_state_dict(GPTConfig.from_dict(ckpt["model_args"]), ckpt["model"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: the weights do not match its model_args {ckpt['model_args']}: {e}") from e
+    return model.to(device).eval(), ckpt, path
+
+
+def _no_checkpoint(run_dir: Path, which: str, fallback: bool) -> str:
+    if fallback:
+        return (f"{run_dir} has no checkpoint (ckpt/best.pt or ckpt/last.pt): train it first, or "
+                "wait for its first evaluation to write one")
+    path = run_dir / "ckpt" / f"{which}.pt"
+    have = sorted(p.name for p in path.parent.glob("*.pt")) if path.parent.is_dir() else []
+    hint = (f"it has {', '.join(have)}: pass --which {Path(have[0]).stem}" if have else
+            "is RUN_DIR a training run's output directory (with ckpt/)?")
+    return f"no checkpoint {path}; {hint}"

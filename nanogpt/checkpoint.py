@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from nanogpt.errors import UserError
+from nanogpt.model import GPTConfig
 
 log = logging.getLogger("nanogpt")
 
@@ -306,18 +307,13 @@ def _schema_problem(ckpt: dict) -> str | None:
     return None
 
 
-def model_config(model_args: dict):
+def model_config(model_args: dict) -> GPTConfig:
     """The GPTConfig a checkpoint's model_args describe (fields a newer version added are ignored)."""
-    import dataclasses
-
-    from nanogpt.model import GPTConfig
-
-    fields = {f.name: f.type for f in dataclasses.fields(GPTConfig)}
     ints = [k for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd") if k in model_args]
     bad = [k for k in ints if isinstance(model_args[k], bool) or not isinstance(model_args[k], int)]
     if bad:
         raise TypeError(f"{', '.join(bad)} must be integers")
-    return GPTConfig(**{k: v for k, v in model_args.items() if k in fields})
+    return GPTConfig.from_dict(model_args)
 
 
 def _shape_problem(ckpt: dict) -> str | None:
@@ -336,11 +332,13 @@ def _shape_problem(ckpt: dict) -> str | None:
     return "; ".join(problems[:6]) + (f"; ... ({len(problems)} in all)" if len(problems) > 6 else "")
 
 
-def check_shape(ckpt: dict, model_args: dict, path: Path) -> None:
-    """A checkpoint only resumes into the same architecture; say which settings differ."""
-    keys = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
-    diff = [f"{k}: checkpoint {ckpt['model_args'].get(k)} vs config {model_args.get(k)}"
-            for k in keys if ckpt["model_args"].get(k) != model_args.get(k)]
+def check_shape(ckpt: dict, config: GPTConfig, path: Path) -> None:
+    """A checkpoint only resumes into the same architecture (every GPTConfig field but dropout;
+    a field its model_args lack has the default, what the model computed before the field
+    existed); say which settings differ."""
+    saved = GPTConfig.from_dict(ckpt["model_args"]).architecture()
+    wanted = config.architecture()
+    diff = [f"{k}: checkpoint {saved[k]} vs config {wanted[k]}" for k in wanted if saved[k] != wanted[k]]
     if diff:
         raise UserError(f"checkpoint {path} was made with another model shape ({'; '.join(diff)}). "
                         "Use the model settings it was trained with, or a new run directory")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import mmap
-import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -20,19 +19,9 @@ import numpy as np
 import torch
 
 from nanogpt.errors import UserError
+from nanogpt.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SPLIT_IDS = {"train": 0, "val": 1}
-
-
-def data_root(root: str | None = None) -> Path:
-    if root:
-        return Path(root)
-    return Path(os.environ.get("NANOGPT_DATA_ROOT", REPO_ROOT / "data"))
-
-
-def dataset_dir(name: str, root: str | None = None) -> Path:
-    return data_root(root) / name
 
 
 TOKEN_DTYPES = ("uint16", "uint32")

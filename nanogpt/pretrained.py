@@ -28,14 +28,15 @@ import torch
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
 
-GPT2_SIZES = {
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
-}
 GPT2_VOCAB_SIZE = 50257  # never padded for pretrained weights: the file has exactly these rows
 GPT2_BLOCK_SIZE = 1024
+# OpenAI's four GPT-2s: GPTConfig's defaults (GPT-2's block, vocabulary, biases) at four sizes
+GPT2_SIZES = {
+    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
 HUB_ORG = "openai-community"
 
 # The Conv1D weights, stored (in, out) by HF and (out, in) by nn.Linear.
@@ -147,8 +148,8 @@ def _gpt_config(hf_config: dict | None, name: str | None, dropout: float) -> GPT
         if key is None:
             raise UserError(f"no config.json next to the weights and {name!r} is not one of "
                             f"{', '.join(GPT2_SIZES)}: cannot tell the model's shape")
-        return GPTConfig(block_size=GPT2_BLOCK_SIZE, vocab_size=GPT2_VOCAB_SIZE, dropout=dropout,
-                         bias=True, **GPT2_SIZES[key])
+        return replace(GPT2_SIZES[key], block_size=GPT2_BLOCK_SIZE, vocab_size=GPT2_VOCAB_SIZE,
+                       dropout=dropout, bias=True)
     c = hf_config
     if c.get("model_type", "gpt2") != "gpt2":
         raise UserError(f"config.json has model_type {c['model_type']!r}: only GPT-2 checkpoints load")
