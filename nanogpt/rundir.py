@@ -1,5 +1,9 @@
-"""Guarding a run directory: one training process at a time, and nothing changed by a command
-that is rejected.
+"""The run directory's rules: its name, the lock of the process training in it, and nothing
+changed by a command that is rejected.
+
+The name: the same command always maps to the same directory (`run_dir`, from Hydra's
+override_dirname less the settings in NOT_IN_RUN_NAME), so re-running a stopped command resumes
+it; conf/config.yaml reaches these through the resolvers `register_resolvers` installs.
 
 Hydra creates the run directory and writes .hydra/ (config, overrides) before the task starts.
 Three things can go wrong there: the directory is not writable (Hydra would fail with a
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -33,6 +38,43 @@ _before: dict[Path, bytes | None] = {}
 # run directories (resolved) this process created, and the lock files it holds
 _created: set[Path] = set()
 _locks: dict[Path, object] = {}
+
+
+# settings that do not change what is trained stay out of a run's name (Hydra's exclude_keys)
+NOT_IN_RUN_NAME = [
+    "init_from", "run", "sweep_name", "hardware", "hardware.device", "hardware.compile",
+    "hardware.num_threads", "hardware.gpus_per_node", "hardware.strategy", "logger", "logger.wandb",
+    "logger.mode", "logger.project", "logger.entity", "logger.name", "logger.tags",
+    "task.num_samples", "task.temperature", "task.top_k", "task.plot", "hydra.launcher", "hydra/launcher",
+]
+
+
+def run_name(overrides: str) -> str:
+    """A run directory name from Hydra's override_dirname ("model.n_layer=4,optim.lr=0.001"):
+    the same command always maps to the same directory, so re-running it resumes the run."""
+    import hashlib
+
+    name = overrides.replace("/", "-").replace(" ", "") or "default"
+    if len(name) > 120:  # keep paths well under the file-name limit, still unique
+        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
+    return name
+
+
+def run_dir(task: str, run: str | None, overrides: str) -> str:
+    """Where a job writes. Training writes into the run (given, or named after the command);
+    eval/sample/bench write next to it, never into a training run's .hydra/."""
+    if task == "train":
+        return run if run else f"runs/{run_name(overrides)}"
+    return f"runs/_{task}/{run_name(overrides)}"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("nanogpt_run_dir"):
+        OmegaConf.register_new_resolver("nanogpt_run_dir", run_dir)
+        OmegaConf.register_new_resolver("nanogpt_run_name", run_name)
+        OmegaConf.register_new_resolver("nanogpt_not_in_run_name", lambda: list(NOT_IN_RUN_NAME))
+        # the SLURM launcher's tasks per node: one per GPU, or one on a CPU node
+        OmegaConf.register_new_resolver("nanogpt_tasks_per_node", lambda gpus: gpus or 1)
 
 
 def lock_run(run_dir: Path):
@@ -69,6 +111,23 @@ def lock_run(run_dir: Path):
 def created_here(run_dir: Path) -> bool:
     """Whether this process created run_dir (so it may remove it again)."""
     return Path(run_dir).resolve() in _created
+
+
+def remove_if_untouched(out: Path) -> None:
+    """A command rejected before any work leaves no directory behind (Hydra made it up front,
+    with any missing parents such as runs/: those go too when empty). Only a directory this
+    process created: another process's new run (whose lock this one lost) is not ours to remove."""
+    leftovers = (".hydra", "launch.log", LOCK_FILE)
+    if created_here(out) and out.is_dir() and all(p.name in leftovers for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
+        cwd = Path.cwd().resolve()
+        for parent in out.resolve().parents:
+            if parent == cwd or cwd not in parent.parents:
+                break
+            try:
+                parent.rmdir()  # only if empty
+            except OSError:
+                break
 
 
 def _make_run_dir(run_dir: Path) -> None:
