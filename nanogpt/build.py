@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import re
 from pathlib import Path
 
 
@@ -17,11 +18,18 @@ from nanogpt.pretrained import model_from_state_dict
 log = logging.getLogger("nanogpt")
 
 
+# Corpora prepared on first use (data.auto_prepare): they ship with Python, nothing to download.
+# Every other dataset is prepared by its script, run on purpose (OpenWebText is ~17 GB).
+EMBEDDED_DATASETS = ("pydoc_char",)
+_DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 def open_dataset(name: str, root: str | None = None, auto_prepare: bool = False,
                  is_main: bool = True) -> TokenDataset:
+    check_dataset_name(name)
     path = dataset_dir(name, root)
     if not (path / "meta.json").exists():
-        if not auto_prepare:
+        if not (auto_prepare and name in EMBEDDED_DATASETS):
             script = Path("prepare") / f"{name}.py"
             hint = (f"run `python prepare/{name}.py`" if (Path(__file__).parent.parent / script).exists()
                     else f"no prepare script is named {name!r}: check data=... (known: "
@@ -31,6 +39,14 @@ def open_dataset(name: str, root: str | None = None, auto_prepare: bool = False,
             log.info("preparing %s in %s (first use)", name, path)
             importlib.import_module(f"prepare.{name}").prepare(path)
     return TokenDataset(path)
+
+
+def check_dataset_name(name) -> None:
+    """A dataset name is one directory under the data root: it cannot lead elsewhere."""
+    if not isinstance(name, str) or not _DATASET_NAME.fullmatch(name) or ".." in name:
+        raise UserError(f"data.name={name!r} is not a dataset name: use the name of a directory under "
+                        "the data root (letters, digits, '_', '-', '.'), e.g. data=shakespeare_char; "
+                        "for data kept elsewhere, set data.root=DIR")
 
 
 def known_datasets() -> list[str]:

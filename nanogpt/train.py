@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import torch
-from nanogpt import checkpoint, distributed, parallel
+from nanogpt import checkpoint, distributed, parallel, rundir
 from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher
 from nanogpt.errors import UserError
 from nanogpt.evaluate import estimate_loss
 from nanogpt.guards import NanGuard, StopRequest
-from nanogpt.hardware import compile_model, peak_flops, runtime
+from nanogpt.hardware import compile_model, peak_flops_info, runtime, why_compile
 from nanogpt.metrics import MetricsLogger, mfu
 from nanogpt.model import GPT
 from nanogpt.optim import Schedule, make_optimizer, set_lr
@@ -89,9 +89,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         raise UserError("init_from=pretrained needs weights: model=pretrained/gpt2 (or gpt2_medium, "
                         "gpt2_large, gpt2_xl), or model.path=DIR for a local Hugging Face directory")
     has_ckpt = any((run_dir / "ckpt" / name).exists() for name in checkpoint.RESUMABLE)
-    summary_file = run_dir / "summary.json"
-    if has_ckpt and summary_file.exists():
-        done = json.loads(summary_file.read_text())
+    done = rundir.read_summary(run_dir)
+    if has_ckpt and done is not None:
         if done.get("status") == "finished" and cfg.init_from != "resume":
             log.info("%s already finished (best val loss %s); nothing to do. To train further: "
                      "init_from=resume run=%s task.max_iters=N", run_dir, done.get("best_val_loss"), run_dir)
@@ -157,8 +156,11 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     batches = Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size)
     eval_batches = Batches(dataset, block, hw.eval_batch_size or 2 * micro, cfg.seed, rt.device)
     metrics = MetricsLogger(run_dir, dist.is_main, cfg.logger, config_dict, start_iter)
-    peak = peak_flops(rt) if dist.is_main else None
+    peak, peak_source = peak_flops_info(rt) if dist.is_main else (None, "")
     if dist.is_main:
+        log.info("hardware: %s | %s | %s | %s | peak for MFU: %s", rt.why["device"], rt.why["dtype"],
+                 rt.why["threads"], why_compile(hw.compile, rt.device),
+                 f"{peak / 1e9:,.0f} GFLOP/s ({peak_source})" if peak else peak_source)
         log.info("model %.2fM parameters (%.2fM non-embedding) | %d tokens/step = %d micro x %d "
                  "block x %d accum x %d ranks | %d iters, %s tokens | %s %s compile=%s | run dir %s",
                  model.num_params(False) / 1e6, _non_embedding(model) / 1e6, tokens_per_step, micro,
