@@ -17,6 +17,7 @@ command fails before it trained, and removes the directory only if this process 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -28,8 +29,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, open_dict
 
+from nanogpt import checkpoint
 from nanogpt.errors import UserError
+from nanogpt.results import read_summary
 
+log = logging.getLogger("nanogpt")
 LOCK_FILE = ".lock"
 RECORD_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "summary.json")
 
@@ -239,17 +243,27 @@ def _iters(summary: bytes | None) -> int:
         return -1
 
 
-def read_summary(run_dir: Path) -> dict | None:
-    """An existing run's summary.json, or None; a garbled one is a clear error."""
-    path = Path(run_dir) / "summary.json"
-    if not path.exists():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-        if not isinstance(summary, dict):
-            raise ValueError("not a JSON object")
+# ----------------------------------------------------------------------------------------------
+# a run about to train: is it done already, and what did a killed write leave behind
+
+def finished_summary(run_dir: Path) -> dict | None:
+    """The summary of a run that finished (it has a checkpoint and its summary says so), else
+    None. A garbled summary.json is a UserError: whether the run is done cannot be told."""
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir, strict=True)
+    has_ckpt = any((run_dir / "ckpt" / name).exists() for name in checkpoint.RESUMABLE)
+    if has_ckpt and summary is not None and summary.get("status") == "finished":
         return summary
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not a valid summary ({e}). Move it aside (the checkpoints in "
-                        f"{Path(run_dir) / 'ckpt'} are what resumes the run) and run the same "
-                        "command again") from e
+    return None
+
+
+def remove_stale_temps(ckpt_dir: Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that a kill interrupted (they can be
+    as large as a checkpoint). Only call this while holding the run's lock."""
+    stale = sorted(Path(ckpt_dir).glob(checkpoint.TEMP_GLOB))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d incomplete checkpoint file(s) left by an interrupted write: %s",
+                 len(stale), ", ".join(p.name for p in stale))
+    return stale

@@ -55,9 +55,7 @@ def plan_steps(tcfg, tokens_per_micro: int, world: int, micro: int, flops_per_to
 def run(cfg, run_dir: Path, dist: distributed.Dist) -> float | None:
     """task=train: one training process per run directory (rank 0 holds the run's lock while it
     trains). Returns the final val loss, what a sweeper optimises."""
-    from nanogpt.rundir import lock_run
-
-    with lock_run(run_dir) if dist.is_main else contextlib.nullcontext():
+    with rundir.lock_run(run_dir) if dist.is_main else contextlib.nullcontext():
         summary = train(cfg, run_dir, dist)
     if summary.get("status") == "interrupted":
         # checkpoint saved; exit as a signalled program does, so `&&` chains and job schedulers
@@ -88,15 +86,13 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     if cfg.init_from == "pretrained" and not (mcfg.pretrained or mcfg.path):
         raise UserError("init_from=pretrained needs weights: model=pretrained/gpt2 (or gpt2_medium, "
                         "gpt2_large, gpt2_xl), or model.path=DIR for a local Hugging Face directory")
-    has_ckpt = any((run_dir / "ckpt" / name).exists() for name in checkpoint.RESUMABLE)
-    done = rundir.read_summary(run_dir)
-    if has_ckpt and done is not None:
-        if done.get("status") == "finished" and cfg.init_from != "resume":
-            log.info("%s already finished (best val loss %s); nothing to do. To train further: "
-                     "init_from=resume run=%s task.max_iters=N", run_dir, done.get("best_val_loss"), run_dir)
-            return done
+    done = rundir.finished_summary(run_dir)
+    if done is not None and cfg.init_from != "resume":
+        log.info("%s already finished (best val loss %s); nothing to do. To train further: "
+                 "init_from=resume run=%s task.max_iters=N", run_dir, done.get("best_val_loss"), run_dir)
+        return done
     if dist.is_main:  # launch.py holds the run's lock: no other process is writing these
-        checkpoint.remove_stale_temps(run_dir / "ckpt")
+        rundir.remove_stale_temps(run_dir / "ckpt")
     resume_path, ckpt = checkpoint.load_latest(run_dir, repair=dist.is_main)
     if distributed.broadcast_object(ckpt is not None) != (ckpt is not None):
         raise UserError(f"ranks 0 and {dist.rank} disagree on whether {run_dir / 'ckpt'} holds a "
