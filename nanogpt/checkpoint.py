@@ -158,18 +158,6 @@ def _fsync_dir(directory: Path) -> None:
         pass
 
 
-def remove_stale_temps(ckpt_dir: Path) -> list[Path]:
-    """Delete the temporary files of checkpoint writes that a kill interrupted (they can be
-    as large as a checkpoint). Only call this while holding the run's lock."""
-    stale = sorted(Path(ckpt_dir).glob(TEMP_GLOB))
-    for p in stale:
-        _unlink_quietly(p)
-    if stale:
-        log.info("removed %d incomplete checkpoint file(s) left by an interrupted write: %s",
-                 len(stale), ", ".join(p.name for p in stale))
-    return stale
-
-
 def clean_state_dict(state_dict: dict) -> dict:
     """Drop the prefixes torch.compile ('_orig_mod.') and DDP ('module.') add to names."""
     out = {}

@@ -201,7 +201,11 @@ class TrainTask(TaskConfig):
     max_flops: Optional[float] = None  # a compute budget C ~ 6 N D: sets max_iters
     tokens_per_step: Optional[int] = None  # tokens per optimizer step; None: one micro-batch per rank
     eval_interval: int = 250
-    eval_iters: int = 50  # batches per split; eval batches are fixed, so 50 give a steady curve
+    # batches per split at each evaluation; None: as many as keep evaluation within eval_budget
+    # of the run's compute (the batches are fixed, so even a few give a steady curve)
+    eval_iters: Optional[int] = None
+    eval_budget: float = 0.05  # the share of the compute evaluation may take when eval_iters=null
+    final_eval_iters: Optional[int] = None  # the last evaluation's batches; None: 4 x eval_iters
     log_interval: int = 10
     save_interval: Optional[int] = None  # also save last.pt every N iterations (None: at evals only)
     always_save_checkpoint: bool = True  # save last.pt at each eval even when val did not improve
@@ -223,6 +227,9 @@ class TrainTask(TaskConfig):
         at_least("task.tokens_per_step", self.tokens_per_step, 1)
         at_least("task.eval_interval", self.eval_interval, 1)
         at_least("task.eval_iters", self.eval_iters, 1)
+        at_least("task.final_eval_iters", self.final_eval_iters, 1)
+        if not 0 < self.eval_budget < 1:
+            raise ConfigError(f"task.eval_budget={self.eval_budget} is out of range: it must be in (0, 1)")
         at_least("task.log_interval", self.log_interval, 1)
         at_least("task.save_interval", self.save_interval, 1)
         one_of("task.on_nan", self.on_nan, ON_NAN)
@@ -370,32 +377,3 @@ def validate(cfg) -> Any:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_object(cfg)
-
-
-def run_name(overrides: str) -> str:
-    """A run directory name from Hydra's override_dirname ("model.n_layer=4,optim.lr=0.001"):
-    the same command always maps to the same directory, so re-running it resumes the run."""
-    import hashlib
-
-    name = overrides.replace("/", "-").replace(" ", "") or "default"
-    if len(name) > 120:  # keep paths well under the file-name limit, still unique
-        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
-    return name
-
-
-def run_dir(task: str, run: Optional[str], overrides: str) -> str:
-    """Where a job writes. Training writes into the run (given, or named after the command);
-    eval/sample/bench write next to it, never into a training run's .hydra/."""
-    if task == "train":
-        return run if run else f"runs/{run_name(overrides)}"
-    return f"runs/_{task}/{run_name(overrides)}"
-
-
-def register_resolvers() -> None:
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("nanogpt_run_dir"):
-        OmegaConf.register_new_resolver("nanogpt_run_dir", run_dir)
-        OmegaConf.register_new_resolver("nanogpt_run_name", run_name)
-        # the SLURM launcher's tasks per node: one per GPU, or one on a CPU node
-        OmegaConf.register_new_resolver("nanogpt_tasks_per_node", lambda gpus: gpus or 1)
