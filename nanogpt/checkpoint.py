@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanogpt.errors import UserError
+from nanogpt.errors import UserError, run_cli
 from nanogpt.model import GPTConfig
 
 log = logging.getLogger("nanogpt")
@@ -448,10 +448,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -87,3 +87,14 @@ def read_config(run_dir, summary: dict | None = None) -> dict:
         import yaml
         return yaml.safe_load(path.read_text()) or {}
     return {}
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested config as dotted keys: {"optim": {"lr": 1}} -> {"optim.lr": 1}."""
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
