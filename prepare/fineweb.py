@@ -33,7 +33,6 @@ import sys
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 if not __package__:  # run as `python prepare/fineweb.py`: make `prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
