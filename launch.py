@@ -11,22 +11,20 @@ this file validates it, turns it into plain dataclasses and hands it to the task
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import shutil
-import signal
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from nanogpt.config import register_configs, register_resolvers
+from nanogpt.config import register_configs, register_resolvers, validate
 from nanogpt.errors import UserError
-from nanogpt.rundir import LOCK_FILE, created_here, lock_run, restore_run_record
+from nanogpt.rundir import LOCK_FILE, created_here, restore_run_record
 
 register_configs()
 register_resolvers()
@@ -42,12 +40,14 @@ def main(cfg: DictConfig):
     if not dist.is_main:  # other ranks stay quiet
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        config = OmegaConf.to_object(cfg)  # plain dataclasses from here on
+        config = validate(cfg)  # plain dataclasses from here on, every value checked
         if dist.enabled and config.task.name != "train":
             raise UserError(f"task={config.task.name} runs in one process: start it with python, "
                             "not torchrun or a SLURM job of several tasks")
         run_dir = _agree_on_run_dir(dist, config)
-        return _dispatch(config, run_dir, dist)
+        from nanogpt.tasks import TASKS
+
+        return TASKS[config.task.name](config, run_dir, dist)
     except Exception as e:
         own_dir = Path(HydraConfig.get().runtime.output_dir)
         storage = isinstance(e, OSError) and e.errno in _STORAGE_ERRORS
@@ -109,37 +109,6 @@ def _agree_on_run_dir(dist, config) -> Path:
     if chosen.resolve() != own.resolve():
         _remove_if_untouched(own)
     return chosen
-
-
-def _dispatch(config, run_dir: Path, dist):
-    task = config.task.name
-    if task == "train":
-        from nanogpt.train import train
-
-        # one training process per run directory (rank 0 holds the lock while it trains)
-        with lock_run(run_dir) if dist.is_main else contextlib.nullcontext():
-            summary = train(config, run_dir, dist)
-        if summary.get("status") == "interrupted":
-            # checkpoint saved; exit as a signalled program does, so `&&` chains and job
-            # schedulers see that the run did not finish, and a local sweep stops here instead
-            # of going on to its next point
-            sys.exit(128 + signal.Signals[summary["stop_signal"]].value)
-        return summary.get("final_val_loss")  # what a sweeper optimises
-    if task == "eval":
-        from nanogpt.evaluate import evaluate
-
-        chosen = any(o.split("=")[0] in ("data", "data.name") for o in HydraConfig.get().overrides.task)
-        return evaluate(config, run_dir, data_chosen=chosen)["val"]["loss"]
-    if task == "sample":
-        from nanogpt.sample import sample
-
-        sample(config, run_dir)
-        return None
-    if task == "bench":
-        from nanogpt.bench import bench
-
-        return bench(config, run_dir)
-    raise UserError(f"unknown task {task!r}: use task=train, eval, sample or bench")
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ import torch
 from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher
 from nanogpt.errors import UserError
-from nanogpt.hardware import compile_model, make_runtime, measured_cpu_matmul_flops, peak_flops_info
+from nanogpt.hardware import compile_model, measured_cpu_matmul_flops, peak_flops_info, runtime
 from nanogpt.metrics import write_json_atomic
 from nanogpt.model import GPT
-from nanogpt.optim import make_adamw
+from nanogpt.optim import make_optimizer
 
 log = logging.getLogger("nanogpt")
 GPT2_VOCAB = 50257  # synthetic data without model.vocab_size: GPT-2's vocabulary
@@ -38,7 +38,7 @@ def bench(cfg, out_dir: Path) -> float:
         raise UserError(f"task.iters must be >= 1 and task.warmup >= 0 (got {t.iters}, {t.warmup})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rt = make_runtime(hw.device, hw.dtype, 0, hw.tf32, hw.num_threads)
+    rt = runtime(hw)
 
     dataset = None if t.synthetic else open_dataset(cfg.data.name, cfg.data.root, cfg.data.auto_prepare)
     gpt_config = model_args(cfg.model, dataset.vocab_size if dataset else cfg.model.vocab_size or GPT2_VOCAB)
@@ -50,8 +50,7 @@ def bench(cfg, out_dir: Path) -> float:
         raise UserError(f"task.tokens_per_step={tokens_per_step} is not a multiple of micro_batch_size x "
                         f"block_size = {micro} x {block}: change one of them")
     accum = tokens_per_step // (micro * block)
-    optimizer = make_adamw(model, ocfg.lr, ocfg.weight_decay, (ocfg.beta1, ocfg.beta2), ocfg.eps,
-                           rt.device_type, ocfg.fused)
+    optimizer = make_optimizer(model, ocfg, rt.device_type)
     scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.needs_grad_scaler)
     train_model = compile_model(model) if hw.compile else model
 
@@ -170,3 +169,8 @@ def _profile(step, start_it: int, rt, out_dir: Path, steps: int = 5) -> None:
     key = "self_cuda_time_total" if rt.device_type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=15))
     print(f"profiler trace of {steps} steps: {trace} (open in chrome://tracing or ui.perfetto.dev)")
+
+
+def run(cfg, run_dir: Path, dist) -> float:
+    """task=bench: tokens/s."""
+    return bench(cfg, run_dir)

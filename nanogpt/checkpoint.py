@@ -2,7 +2,11 @@
 
 A checkpoint is one torch.save'd dict: model (without torch.compile's prefixes), model_args
 (GPTConfig fields), optimizer, scaler, iter (optimizer steps done), best_val_loss, RNG states,
-the resolved config and the tokenizer meta. It is written to a temporary file in the same
+the resolved config, the tokenizer meta and the latest evaluation's losses. It holds tensors and
+plain data only (dicts, lists, numbers, strings; RNG states as tensors), and is loaded with
+torch.load(weights_only=True): a checkpoint someone shares cannot run code. A file that carries
+other objects is refused (UnsafeCheckpoint); one of an older nanogpt that the user trusts is
+converted once with `python -m nanogpt.checkpoint upgrade FILE`. It is written to a temporary file in the same
 directory, fsync'ed, then renamed over the old one: a crash at any moment leaves either the old
 file or the new one, never a torn one. A temporary file left by a killed write is removed when
 the run resumes.
@@ -22,12 +26,18 @@ import numpy as np
 import torch
 
 from nanogpt.errors import UserError
+from nanogpt.model import GPTConfig
 
 log = logging.getLogger("nanogpt")
 
 # names of checkpoints that resume a run, and the temporary files their writes go through
 RESUMABLE = ("last.pt", "best.pt")
 TEMP_GLOB = ".*.pt.*.tmp"
+
+
+class UnsafeCheckpoint(UserError):
+    """A file whose pickle holds objects other than tensors and plain data: refused outright
+    (no fallback to another file), since loading it could run code."""
 
 
 class BadCheckpoint(UserError):
@@ -172,7 +182,12 @@ def clean_state_dict(state_dict: dict) -> dict:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state as tensors and plain numbers (numpy's key array as an int64 tensor)."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -180,10 +195,72 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    np.random.set_state(_numpy_state(state["numpy"]))
+    random.setstate(_python_state(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _numpy_state(n) -> tuple:
+    """numpy's get_state() tuple from what a checkpoint holds (a dict; numpy's own tuple in
+    checkpoints of the previous format)."""
+    if isinstance(n, dict):
+        keys = n["keys"].numpy() if isinstance(n["keys"], torch.Tensor) else np.asarray(n["keys"])
+        return ("MT19937", keys.astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    return tuple(n)
+
+
+def _python_state(p) -> tuple:
+    """random.setstate wants tuples; a checkpoint round trip may give lists."""
+    return (p[0], tuple(p[1]), p[2])
+
+
+# What checkpoints of the previous format hold besides plain data: numpy's RNG state. numpy
+# rebuilds an array from its raw bytes with its own reconstructor, which runs no other code.
+# Allowed only while nanogpt loads a checkpoint, never globally.
+_NP_CORE = getattr(np, "_core", None) or np.core
+_LEGACY_GLOBALS = [_NP_CORE.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def torch_load(path: Path, map_location="cpu", mmap: bool = False):
+    """torch.load with weights_only=True: tensors and plain data only. UnsafeCheckpoint (before
+    anything of the file ran) when it holds other objects; other failures propagate."""
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(_LEGACY_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL " not in str(e):  # garbage, or a pickle torch.save did not write
+            raise
+        raise UnsafeCheckpoint(
+            f"{path} refused: it holds Python objects that no checkpoint needs "
+            f"({_unsafe_names(path, e)}), and loading them could run code. nanogpt loads tensors "
+            "and plain data only; do not use files from sources you do not trust. If it is a "
+            "checkpoint of an older nanogpt that you trust, convert it once: "
+            f"python -m nanogpt.checkpoint upgrade {path}") from None
+
+
+def error_reason(e: Exception) -> str:
+    """The line of a load error that says what is wrong (torch's weights-only errors open with
+    advice to load the file unsafely, which is not for us to give)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _unsafe_names(path: Path, error: Exception) -> str:
+    import re
+
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # reads, runs nothing
+    except Exception:
+        names = []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _LEGACY_GLOBALS}
+    names = [n for n in names if n not in allowed] or re.findall(r"GLOBAL (\S+)", str(error))
+    return ", ".join(names[:5]) or "unsupported objects"
 
 
 def load(path: Path, map_location="cpu", mmap: bool = False) -> dict:
@@ -194,22 +271,74 @@ def load(path: Path, map_location="cpu", mmap: bool = False) -> dict:
     advice = ("Use the run's other checkpoint (ckpt/best.pt or ckpt/last.pt), or train in a new run "
               "directory")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
+        ckpt = torch_load(path, map_location=map_location, mmap=mmap)
+    except UnsafeCheckpoint:
+        raise
     except Exception as e:  # truncated zip, random bytes, pickle errors...
-        reason = str(e).splitlines()[0] if str(e) else ""
-        raise BadCheckpoint(f"checkpoint {path} is corrupt or incomplete ({type(e).__name__}: "
-                            f"{reason})", advice) from e
+        raise BadCheckpoint(f"checkpoint {path} is corrupt or incomplete ({error_reason(e)})", advice) from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise BadCheckpoint(f"{path} is not a nanogpt checkpoint (no model / model_args in it)", advice)
+    problem = _schema_problem(ckpt)
+    if problem:
+        raise BadCheckpoint(f"{path} is not a usable nanogpt checkpoint: {problem}", advice)
     ckpt["model"] = clean_state_dict(ckpt["model"])
+    problem = _shape_problem(ckpt)
+    if problem:
+        raise BadCheckpoint(f"{path}: the weights do not match its model_args ({problem})", advice)
     return ckpt
 
 
-def check_shape(ckpt: dict, model_args: dict, path: Path) -> None:
-    """A checkpoint only resumes into the same architecture; say which settings differ."""
-    keys = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias")
-    diff = [f"{k}: checkpoint {ckpt['model_args'].get(k)} vs config {model_args.get(k)}"
-            for k in keys if ckpt["model_args"].get(k) != model_args.get(k)]
+def _schema_problem(ckpt: dict) -> str | None:
+    model, args = ckpt["model"], ckpt["model_args"]
+    if not isinstance(model, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in model.items()):
+        return "its model is not a dict of named tensors"
+    if not isinstance(args, dict):
+        return "its model_args is not a dict"
+    for key in ("iter",):
+        if key in ckpt and (isinstance(ckpt[key], bool) or not isinstance(ckpt[key], int)):
+            return f"its {key} is {ckpt[key]!r}, not an integer"
+    if "optimizer" in ckpt and not isinstance(ckpt["optimizer"], dict):
+        return "its optimizer state is not a dict"
+    try:
+        model_config(args)
+    except (TypeError, ValueError) as e:
+        return f"its model_args {args} do not describe a model ({e})"
+    return None
+
+
+def model_config(model_args: dict) -> GPTConfig:
+    """The GPTConfig a checkpoint's model_args describe (fields a newer version added are ignored)."""
+    ints = [k for k in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd") if k in model_args]
+    bad = [k for k in ints if isinstance(model_args[k], bool) or not isinstance(model_args[k], int)]
+    if bad:
+        raise TypeError(f"{', '.join(bad)} must be integers")
+    return GPTConfig.from_dict(model_args)
+
+
+def _shape_problem(ckpt: dict) -> str | None:
+    """Missing, unexpected or misshapen tensors against a model built (on the meta device, no
+    memory) from model_args: caught here, not as a traceback in load_state_dict."""
+    from nanogpt.model import GPT
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in GPT(model_config(ckpt["model_args"])).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
+    problems = [f"{k}: {got[k]} vs {expected[k]}" for k in expected if k in got and got[k] != expected[k]]
+    problems += [f"missing {k}" for k in expected if k not in got]
+    problems += [f"unexpected {k}" for k in got if k not in expected]
+    if not problems:
+        return None
+    return "; ".join(problems[:6]) + (f"; ... ({len(problems)} in all)" if len(problems) > 6 else "")
+
+
+def check_shape(ckpt: dict, config: GPTConfig, path: Path) -> None:
+    """A checkpoint only resumes into the same architecture (every GPTConfig field but dropout;
+    a field its model_args lack has the default, what the model computed before the field
+    existed); say which settings differ."""
+    saved = GPTConfig.from_dict(ckpt["model_args"]).architecture()
+    wanted = config.architecture()
+    diff = [f"{k}: checkpoint {saved[k]} vs config {wanted[k]}" for k in wanted if saved[k] != wanted[k]]
     if diff:
         raise UserError(f"checkpoint {path} was made with another model shape ({'; '.join(diff)}). "
                         "Use the model settings it was trained with, or a new run directory")
@@ -269,3 +398,72 @@ def _resume_iter(ckpt: dict, path: Path) -> int:
                             "initialise a run (model.path) but not resume one",
                             "Put a training checkpoint in ckpt/, or train in a new run directory")
     return ckpt["iter"]
+
+
+# ----------------------------------------------------------------------------------------------
+# python -m nanogpt.checkpoint upgrade FILE...
+
+def upgrade(path: Path) -> bool:
+    """Rewrite a checkpoint of an older nanogpt as tensors and plain data. It is loaded with
+    torch.load(weights_only=False), which runs whatever the file holds: only for files the user
+    trusts, which is why this is a command they run themselves. False if it was plain already."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint file {path}")
+    try:
+        if not torch.serialization.get_unsafe_globals_in_checkpoint(path):
+            return False
+    except Exception as e:
+        raise UserError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    state = torch.load(path, map_location="cpu", weights_only=False)  # trusted: the user's choice
+    atomic_save(_plain(state), path)
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} was rewritten but still holds objects nanogpt does not convert "
+                        f"({str(e).strip().splitlines()[-1] if str(e) else type(e).__name__})") from e
+    return True
+
+
+def _plain(obj):
+    """obj with numpy's RNG tuple as rng_state()'s dict, numpy arrays as tensors, numpy scalars
+    as numbers and dataclasses as dicts."""
+    import dataclasses
+
+    if isinstance(obj, tuple) and len(obj) == 5 and obj[0] == "MT19937":
+        return {"keys": torch.from_numpy(np.asarray(obj[1]).astype(np.int64)), "pos": int(obj[2]),
+                "has_gauss": int(obj[3]), "cached_gaussian": float(obj[4])}
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _plain(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m nanogpt.checkpoint", description="Maintain checkpoints.")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("upgrade", help="rewrite checkpoints of an older nanogpt as tensors and plain "
+                        "data (loads them with weights_only=False: only files you trust)")
+    up.add_argument("files", nargs="+", type=Path)
+    args = p.parse_args(argv)
+    for f in args.files:
+        print(f"{f}: {'upgraded' if upgrade(f) else 'already tensors and plain data, unchanged'}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

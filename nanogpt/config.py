@@ -1,30 +1,80 @@
-"""Typed config schemas, registered in Hydra's ConfigStore.
+"""Typed config schemas, registered in Hydra's ConfigStore, and checked before any work.
 
-Every YAML file under conf/ extends one of these dataclasses, so a typo in an override or a value
-of the wrong type fails at composition time instead of being silently ignored. The core modules
-never see OmegaConf: launch.py turns these into plain objects (GPTConfig, ...) at the edge.
+Every YAML file under conf/ extends one of these dataclasses, so a typo in a key or a value of
+the wrong type fails at composition time instead of being silently ignored. Each schema also
+checks its values in `__post_init__` (an enumerated value against its choices, a number against
+its range): `OmegaConf.to_object` runs those checks, and the run-directory callback
+(nanogpt.rundir.GuardRunDir) calls it right after composition, before Hydra creates the run
+directory. The core modules never see OmegaConf: they get these plain dataclasses.
+
+Extension points (docs/contributing.md):
+  * a model option: a field of `nanogpt.model.GPTConfig` (ModelConfig extends it);
+  * an optimizer: a schema here (a subclass of OptimConfig) in OPTIM_SCHEMAS, its factory in
+    nanogpt.optim.OPTIMIZERS, and conf/optim/<name>.yaml;
+  * a task: a schema here (a subclass of TaskConfig) in TASK_SCHEMAS, its function in
+    nanogpt.tasks.TASKS, and conf/task/<name>.yaml.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from nanogpt.errors import UserError
+from nanogpt.model import GPTConfig
+
 MISSING = "???"  # OmegaConf's marker for a required value (kept Hydra-free at import time)
 
 
+class ConfigError(UserError):
+    """A config value outside what its key accepts: names the key, the value and the valid ones."""
+
+
+# ----------------------------------------------------------------------------------------------
+# value checks, called from the schemas' __post_init__
+
+def one_of(key: str, value, choices) -> None:
+    if value not in choices:
+        listed = [str(c) for c in choices]
+        raise ConfigError(f"unknown {key}={value!r}: use {', '.join(listed[:-1])} or {listed[-1]}"
+                          if len(listed) > 1 else f"unknown {key}={value!r}: use {listed[0]}")
+
+
+def at_least(key: str, value, low) -> None:
+    """value >= low; None (unset) passes."""
+    if value is not None and value < low:
+        raise ConfigError(f"{key}={value} is out of range: it must be >= {low}")
+
+
+def above(key: str, value, low) -> None:
+    """value > low; None (unset) passes."""
+    if value is not None and not value > low:
+        raise ConfigError(f"{key}={value} is out of range: it must be > {low}")
+
+
+def in_unit_interval(key: str, value) -> None:
+    """0 <= value < 1 (Adam's betas, dropout)."""
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{key}={value} is out of range: it must be in [0, 1)")
+
+
+# ----------------------------------------------------------------------------------------------
+# model, data
+
 @dataclass
-class ModelConfig:
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 128
+class ModelConfig(GPTConfig):
+    """The model group: the architecture (every GPTConfig field, declared there once), plus where
+    the vocabulary and the weights come from."""
     vocab_size: Optional[int] = None  # None: the prepared dataset's vocabulary
     pad_vocab: bool = False  # round the vocabulary up to a multiple of 64 (50257 -> 50304): faster
-    bias: bool = True
-    dropout: float = 0.0
     # initialise from OpenAI's GPT-2 weights: gpt2, gpt2-medium, gpt2-large, gpt2-xl
     pretrained: Optional[str] = None
     path: Optional[str] = None  # a local Hugging Face model directory (offline machines)
+
+    def __post_init__(self):
+        try:
+            super().__post_init__()
+        except ValueError as e:
+            raise ConfigError(f"invalid model config: {e}") from None
 
 
 @dataclass
@@ -34,19 +84,64 @@ class DataConfig:
     auto_prepare: bool = False  # prepare on first use (only for data that needs no download)
 
 
+# ----------------------------------------------------------------------------------------------
+# optimizers: the common schedule and clipping, then each optimizer's own keys
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
 @dataclass
 class OptimConfig:
+    """What every optimizer shares: the learning-rate schedule and gradient clipping. Each
+    parameter group of an optimizer gets lr x its own multiplier (nanogpt.optim)."""
+    name: str = MISSING  # the optimizer: a key of nanogpt.optim.OPTIMIZERS
     lr: float = 1e-3
     min_lr: Optional[float] = None  # None: lr / 10 (Chinchilla)
     warmup_iters: int = 100
     decay_iters: Optional[int] = None  # None: max_iters
     schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
+    grad_clip: float = 1.0  # 0 disables
+
+    def __post_init__(self):
+        from nanogpt.optim import OPTIMIZERS
+
+        one_of("optim", self.name, sorted(OPTIMIZERS))
+        if not isinstance(self, OPTIM_SCHEMAS[self.name]):
+            raise ConfigError(f"optim.name={self.name!r} does not match the optimizer's keys: "
+                              f"choose the optimizer with optim={self.name}")
+        at_least("optim.lr", self.lr, 0)
+        at_least("optim.min_lr", self.min_lr, 0)
+        at_least("optim.warmup_iters", self.warmup_iters, 0)
+        at_least("optim.decay_iters", self.decay_iters, 1)
+        one_of("optim.schedule", self.schedule, SCHEDULES)
+        at_least("optim.grad_clip", self.grad_clip, 0)
+
+
+@dataclass
+class AdamWConfig(OptimConfig):
+    name: str = "adamw"
     weight_decay: float = 0.1  # on >=2-D tensors only (matmul weights, embeddings)
     beta1: float = 0.9
     beta2: float = 0.99
     eps: float = 1e-8
-    grad_clip: float = 1.0  # 0 disables
     fused: Optional[bool] = None  # None: fused AdamW where the device supports it
+
+    def __post_init__(self):
+        super().__post_init__()
+        at_least("optim.weight_decay", self.weight_decay, 0)
+        in_unit_interval("optim.beta1", self.beta1)
+        in_unit_interval("optim.beta2", self.beta2)
+        above("optim.eps", self.eps, 0)
+
+
+OPTIM_SCHEMAS = {"adamw": AdamWConfig}  # the optim group's options: name -> schema
+
+
+# ----------------------------------------------------------------------------------------------
+# hardware
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+BACKENDS = ("auto", "nccl", "gloo")
 
 
 @dataclass
@@ -58,13 +153,48 @@ class HardwareConfig:
     eval_batch_size: Optional[int] = None  # None: 2 x micro_batch_size (no gradients to hold)
     tf32: bool = True  # TF32 matmuls on Ampere and later
     backend: str = "auto"  # DDP backend: auto (nccl on CUDA, gloo otherwise) | nccl | gloo
+    # how the model is spread over the ranks: a key of nanogpt.parallel.STRATEGIES
+    strategy: str = "ddp"
     # GPUs per node a SLURM job asks for, one task (DDP rank) each; None: a CPU job of one task
     gpus_per_node: Optional[int] = None
     num_threads: Optional[int] = None  # torch intra-op threads on the CPU; None: torch's default
 
+    def __post_init__(self):
+        from nanogpt.hardware import DTYPES
+        from nanogpt.parallel import STRATEGIES
+
+        device = self.device
+        if device.startswith("cuda:") and device[5:].isdigit():
+            device = "cuda:N"
+        one_of("hardware.device", device, DEVICES)
+        one_of("hardware.dtype", self.dtype, ("auto", *DTYPES))
+        one_of("hardware.backend", self.backend, BACKENDS)
+        one_of("hardware.strategy", self.strategy, sorted(STRATEGIES))
+        at_least("hardware.micro_batch_size", self.micro_batch_size, 1)
+        at_least("hardware.eval_batch_size", self.eval_batch_size, 1)
+        at_least("hardware.gpus_per_node", self.gpus_per_node, 1)
+        at_least("hardware.num_threads", self.num_threads, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# tasks: one schema per task, chosen by the task group
 
 @dataclass
-class TrainTask:
+class TaskConfig:
+    name: str = MISSING  # the task: a key of nanogpt.tasks.TASKS
+
+    def __post_init__(self):
+        one_of("task", self.name, sorted(TASK_SCHEMAS))
+        if not isinstance(self, TASK_SCHEMAS[self.name]):
+            raise ConfigError(f"task.name={self.name!r} does not match the task's keys: choose "
+                              f"the task with task={self.name}")
+
+
+ON_NAN = ("stop", "skip")
+
+
+@dataclass
+class TrainTask(TaskConfig):
     name: str = "train"
     max_iters: int = 2000
     max_tokens: Optional[int] = None  # a token budget: sets max_iters from tokens_per_step
@@ -78,19 +208,45 @@ class TrainTask:
     on_nan: str = "stop"  # stop | skip (skip the update of a non-finite step; stop after 10 in a row)
     num_samples: int = 1  # samples printed when training ends (0: none)
     sample_tokens: int = 300
+    temperature: float = 0.8  # of the samples printed when training ends
+    top_k: Optional[int] = 200
     plot: bool = True  # loss.png in the run directory
+
+    def __post_init__(self):
+        super().__post_init__()
+        at_least("task.max_iters", self.max_iters, 0)
+        at_least("task.max_tokens", self.max_tokens, 1)
+        above("task.max_flops", self.max_flops, 0)
+        at_least("task.tokens_per_step", self.tokens_per_step, 1)
+        at_least("task.eval_interval", self.eval_interval, 1)
+        at_least("task.eval_iters", self.eval_iters, 1)
+        at_least("task.log_interval", self.log_interval, 1)
+        at_least("task.save_interval", self.save_interval, 1)
+        one_of("task.on_nan", self.on_nan, ON_NAN)
+        at_least("task.num_samples", self.num_samples, 0)
+        at_least("task.sample_tokens", self.sample_tokens, 1)
+        at_least("task.temperature", self.temperature, 0)
+        at_least("task.top_k", self.top_k, 1)
 
 
 @dataclass
-class EvalTask:
+class EvalTask(TaskConfig):
     name: str = "eval"
     eval_iters: int = 200
     splits: list = field(default_factory=lambda: ["train", "val"])
     out: Optional[str] = None  # JSON output; None: <run>/eval.json, or the Hydra output dir
 
+    def __post_init__(self):
+        super().__post_init__()
+        at_least("task.eval_iters", self.eval_iters, 1)
+        if not self.splits:
+            raise ConfigError("task.splits=[] is empty: use [train, val], [train] or [val]")
+        for split in self.splits:
+            one_of("task.splits", split, ("train", "val"))
+
 
 @dataclass
-class SampleTask:
+class SampleTask(TaskConfig):
     name: str = "sample"
     prompt: str = "\n"  # text, or FILE:path
     num_samples: int = 3
@@ -100,9 +256,17 @@ class SampleTask:
     use_cache: bool = True
     which: str = "best"  # best | last checkpoint
 
+    def __post_init__(self):
+        super().__post_init__()
+        at_least("task.num_samples", self.num_samples, 1)
+        at_least("task.max_new_tokens", self.max_new_tokens, 1)
+        at_least("task.temperature", self.temperature, 0)
+        at_least("task.top_k", self.top_k, 1)
+        one_of("task.which", self.which, ("best", "last"))
+
 
 @dataclass
-class BenchTask:
+class BenchTask(TaskConfig):
     name: str = "bench"
     iters: int = 20  # timed training steps; the median is reported
     warmup: int = 5  # untimed steps first (torch.compile compiles in the first one)
@@ -111,6 +275,19 @@ class BenchTask:
     profile: bool = False  # a torch.profiler trace of a few more steps: trace.json in the output dir
     measure_peak: bool = True  # measure the CPU's matmul rate for MFU (GPUs: the data-sheet table)
 
+    def __post_init__(self):
+        super().__post_init__()
+        at_least("task.iters", self.iters, 1)
+        at_least("task.warmup", self.warmup, 0)
+        at_least("task.tokens_per_step", self.tokens_per_step, 1)
+
+
+# the task group's options: name -> schema (the function that runs each: nanogpt.tasks.TASKS)
+TASK_SCHEMAS = {"train": TrainTask, "eval": EvalTask, "sample": SampleTask, "bench": BenchTask}
+
+
+# ----------------------------------------------------------------------------------------------
+# logging, and the whole config
 
 @dataclass
 class LoggerConfig:
@@ -122,24 +299,35 @@ class LoggerConfig:
     name: Optional[str] = None  # None: the run directory's name
     tags: list = field(default_factory=list)
 
+    def __post_init__(self):
+        if self.mode is not None:
+            one_of("logger.mode", self.mode, ("online", "offline", "disabled"))
+
+
+INIT_FROM = ("scratch", "resume", "pretrained")
+
 
 @dataclass
 class Config:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
-    optim: OptimConfig = MISSING
+    optim: OptimConfig = MISSING  # one of OPTIM_SCHEMAS, chosen by the optim group
     hardware: HardwareConfig = MISSING
-    task: Any = MISSING  # one of the *Task schemas, chosen by the task group
+    task: TaskConfig = MISSING  # one of TASK_SCHEMAS, chosen by the task group
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 1337
     init_from: str = "scratch"  # scratch | resume | pretrained (model.pretrained / model.path)
     run: Optional[str] = None  # an existing run directory: resume, sample or evaluate it
     sweep_name: Optional[str] = None
 
+    def __post_init__(self):
+        at_least("seed", self.seed, 0)
+        one_of("init_from", self.init_from, INIT_FROM)
 
-TASKS = {"train": TrainTask, "eval": EvalTask, "sample": SampleTask, "bench": BenchTask}
-GROUPS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "hardware": HardwareConfig,
-          "logger": LoggerConfig}
+
+GROUPS = {"model": ModelConfig, "data": DataConfig, "hardware": HardwareConfig, "logger": LoggerConfig}
+# groups with one schema per option: the keys a command may set depend on the option chosen
+SCHEMA_GROUPS: dict[str, dict[str, type]] = {"optim": OPTIM_SCHEMAS, "task": TASK_SCHEMAS}
 
 
 def register_configs() -> None:
@@ -149,8 +337,17 @@ def register_configs() -> None:
     cs.store(name="base_config", node=Config)
     for group, schema in GROUPS.items():
         cs.store(group=group, name=f"base_{group}", node=schema)
-    for name, schema in TASKS.items():
-        cs.store(group="task", name=f"base_{name}", node=schema)
+    for group, schemas in SCHEMA_GROUPS.items():
+        for name, schema in schemas.items():
+            cs.store(group=group, name=f"base_{name}", node=schema)
+
+
+def validate(cfg) -> Any:
+    """The plain config of a composed one (an OmegaConf DictConfig without `hydra`): every
+    schema's __post_init__ checks its values on the way, so a bad value raises ConfigError."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(cfg)
 
 
 def run_name(overrides: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import mmap
-import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -20,31 +19,50 @@ import numpy as np
 import torch
 
 from nanogpt.errors import UserError
+from nanogpt.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SPLIT_IDS = {"train": 0, "val": 1}
 
 
-def data_root(root: str | None = None) -> Path:
-    if root:
-        return Path(root)
-    return Path(os.environ.get("NANOGPT_DATA_ROOT", REPO_ROOT / "data"))
+TOKEN_DTYPES = ("uint16", "uint32")
 
 
-def dataset_dir(name: str, root: str | None = None) -> Path:
-    return data_root(root) / name
+def _again(path: Path) -> str:
+    """What to do about a broken dataset: prepare it again."""
+    script = REPO_ROOT / "prepare" / f"{path.name}.py"
+    how = f"`python prepare/{path.name}.py`" if script.exists() else "its prepare script (see prepare/)"
+    return f"prepare the data again with {how}"
 
 
 def read_meta(path: Path) -> dict:
+    """meta.json of a prepared dataset, checked: an object with a positive integer vocab_size, a
+    tokenizer description and a token dtype."""
     meta_file = path / "meta.json"
     if not (path / "train.bin").exists() or not meta_file.exists():
         raise UserError(f"no prepared data in {path} (train.bin / meta.json missing): "
                         f"run `python prepare/{path.name}.py` first")
     try:
-        return json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{meta_file} is not valid JSON ({e}): prepare the data again with "
-                        f"`python prepare/{path.name}.py`") from e
+        meta = json.loads(meta_file.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{meta_file} is not valid JSON ({e}): {_again(path)}") from e
+    problem = _meta_problem(meta)
+    if problem:
+        raise UserError(f"{meta_file} {problem}: {_again(path)}")
+    return meta
+
+
+def _meta_problem(meta) -> str | None:
+    if not isinstance(meta, dict):
+        return f"holds a JSON {type(meta).__name__}, not an object"
+    vocab = meta.get("vocab_size")
+    if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 1:
+        return f"needs vocab_size, a positive integer (it has {vocab!r})"
+    tokenizer = meta.get("tokenizer")
+    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("kind"), str):
+        return f"needs tokenizer, an object with a kind such as char or gpt2 (it has {tokenizer!r})"
+    if meta.get("dtype", "uint16") not in TOKEN_DTYPES:
+        return f"has dtype {meta.get('dtype')!r}: token ids are stored as uint16 or uint32"
+    return None
 
 
 # Pages a process has touched in a memmap count in its RSS until unmapped, and the kernel maps up
@@ -92,15 +110,35 @@ class TokenDataset:
         self.path = Path(path)
         self.meta = read_meta(self.path)
         dtype = np.dtype(self.meta.get("dtype", "uint16"))
-        self.splits = {}
-        for split in ("train", "val"):
-            file = self.path / f"{split}.bin"
-            if not file.exists():
-                raise UserError(f"{file} is missing: prepare the data again with "
-                                f"`python prepare/{self.path.name}.py`")
-            if file.stat().st_size == 0:
-                raise UserError(f"{file} is empty: prepare the data again")
-            self.splits[split] = Split(split, np.memmap(file, dtype=dtype, mode="r"))
+        self.splits = {split: Split(split, self._open(split, dtype)) for split in ("train", "val")}
+
+    def _open(self, split: str, dtype: np.dtype) -> np.memmap:
+        """A split's tokens, checked once: a file of whole tokens, as many as meta.json says,
+        and (on a sample) no id outside the vocabulary, which would fail deep in the model."""
+        file, again = self.path / f"{split}.bin", _again(self.path)
+        if not file.exists():
+            raise UserError(f"{file} is missing: {again}")
+        if not file.is_file():
+            raise UserError(f"{file} is not a file: {again}")
+        size = file.stat().st_size
+        if size == 0:
+            raise UserError(f"{file} is empty: {again}")
+        if size % dtype.itemsize:
+            raise UserError(f"{file} is {size:,} bytes, not a multiple of {dtype.itemsize} (one "
+                            f"{dtype.name} token id, the dtype in meta.json): the file is truncated or "
+                            f"was written with another dtype; {again}")
+        tokens = np.memmap(file, dtype=dtype, mode="r")
+        top = _sample_max(tokens)
+        if top >= self.vocab_size:
+            raise UserError(f"{file} holds token id {top}, but meta.json's vocab_size is {self.vocab_size} "
+                            f"(dtype {dtype.name}): the file and meta.json do not belong together "
+                            f"(written with another dtype or tokenizer?); {again}")
+        counts = self.meta.get("tokens")
+        expected = counts.get(split) if isinstance(counts, dict) else None
+        if isinstance(expected, int) and expected != len(tokens):
+            raise UserError(f"{file} holds {len(tokens):,} tokens but meta.json says {expected:,}: the "
+                            f"file was cut short or replaced; {again}")
+        return tokens
 
     @property
     def vocab_size(self) -> int:
@@ -119,6 +157,14 @@ class TokenDataset:
                 raise UserError(
                     f"block_size {block_size} is larger than the {split.name} split of "
                     f"{self.path.name} ({len(split)} tokens): use a smaller model.block_size")
+
+
+def _sample_max(tokens: np.ndarray, chunk: int = 1 << 16, chunks: int = 32) -> int:
+    """The largest id in the first and last `chunk` tokens and in `chunks` chunks spread over
+    the file: a few MB read whatever its size."""
+    n = len(tokens)
+    starts = np.unique(np.linspace(0, max(n - chunk, 0), chunks + 2).astype(np.int64))
+    return int(max(tokens[s:s + chunk].max() for s in starts))
 
 
 class Batches:

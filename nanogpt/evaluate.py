@@ -11,7 +11,7 @@ import torch
 from nanogpt.build import load_run, open_dataset
 from nanogpt.data import Batches, eval_batch
 from nanogpt.errors import UserError
-from nanogpt.hardware import make_runtime
+from nanogpt.hardware import runtime
 from nanogpt.metrics import progress, write_json_atomic
 
 log = logging.getLogger("nanogpt")
@@ -44,7 +44,7 @@ def split_losses(model, dataset, block_size: int, batch_size: int, eval_iters: i
 def evaluate(cfg, out_dir: Path, data_chosen: bool = False) -> dict:
     """data_chosen: the command named data=...; otherwise a run is scored on its own data."""
     hw, t = cfg.hardware, cfg.task
-    rt = make_runtime(hw.device, hw.dtype, 0, hw.tf32, hw.num_threads)
+    rt = runtime(hw)
     if cfg.run:
         model, ckpt, path = load_run(cfg.run, "best", rt.device)
         source = str(path)
@@ -83,3 +83,17 @@ def evaluate(cfg, out_dir: Path, data_chosen: bool = False) -> dict:
     write_json_atomic(out, record)
     log.info("wrote %s", out)
     return record
+
+
+def run(cfg, run_dir: Path, dist) -> float:
+    """task=eval: the val loss. A run is scored on the data it trained on, unless the command
+    named other data (data=... or data.name=...)."""
+    return evaluate(cfg, run_dir, data_chosen=_command_chose_data())["val"]["loss"]
+
+
+def _command_chose_data() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return any(o.split("=")[0] in ("data", "data.name") for o in HydraConfig.get().overrides.task)

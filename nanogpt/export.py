@@ -24,10 +24,10 @@ import torch
 
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.pretrained import hf_state_dict, model_from_state_dict
+from nanogpt.build import load_run
+from nanogpt.pretrained import hf_state_dict
+from nanogpt.tokenizer import EOT, EOT_ID
 
-EOT = "<|endoftext|>"
-EOT_ID = 50256
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,6 +135,21 @@ def _tokenizer_files(tokenizer_meta: dict | None, rank_file, block_size: int) ->
 # ----------------------------------------------------------------------------------------------
 # the model directory
 
+# the GPTConfig fields a Hugging Face GPT-2 config.json holds (bias=False is exported as zero biases)
+HF_GPT2_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
+
+
+def check_exportable(config: GPTConfig) -> None:
+    """Refuse a model option that GPT-2's format cannot hold: every other GPTConfig field must
+    have its default (GPT-2's choice)."""
+    default = GPTConfig()
+    other = [f"{f.name}={getattr(config, f.name)!r}" for f in dataclasses.fields(GPTConfig)
+             if f.name not in HF_GPT2_FIELDS and getattr(config, f.name) != getattr(default, f.name)]
+    if other:
+        raise UserError(f"the model uses {', '.join(other)}, which a Hugging Face GPT-2 cannot "
+                        "hold: only GPT-2 architectures export")
+
+
 def hf_config(config: GPTConfig, dtype: torch.dtype, eos_token_id: int | None) -> dict:
     """config.json of a transformers GPT2LMHeadModel with our model's shape."""
     return {
@@ -216,6 +231,7 @@ def export_hf(model: GPT, out_dir, tokenizer_meta: dict | None = None, rank_file
     out_dir = Path(out_dir)
     _check_target(out_dir, force)
     config = getattr(model, "_orig_mod", model).config
+    check_exportable(config)
     tokenizer_files = _tokenizer_files(tokenizer_meta, rank_file, config.block_size)
     from safetensors.torch import save_file
 
@@ -257,28 +273,6 @@ def export_hf(model: GPT, out_dir, tokenizer_meta: dict | None = None, rank_file
 # ----------------------------------------------------------------------------------------------
 # training runs
 
-def load_run(run_dir, which: str = "best", device="cpu") -> tuple[GPT, dict]:
-    """(model in eval mode, checkpoint dict) from RUN_DIR/ckpt/{which}.pt."""
-    from nanogpt import checkpoint
-
-    if which not in ("best", "last"):
-        raise UserError(f"--which must be best or last, got {which!r}")
-    path = Path(run_dir) / "ckpt" / f"{which}.pt"
-    if not path.is_file():
-        have = sorted(p.name for p in path.parent.glob("*.pt")) if path.parent.is_dir() else []
-        hint = (f"it has {', '.join(have)}: pass --which {Path(have[0]).stem}" if have else
-                "is RUN_DIR a training run's output directory (with ckpt/)?")
-        raise UserError(f"no checkpoint {path}; {hint}")
-    ckpt = checkpoint.load(path, map_location=device)  # validated, compile/DDP prefixes removed
-    fields = {f.name for f in dataclasses.fields(GPTConfig)}
-    config = GPTConfig(**{k: v for k, v in ckpt["model_args"].items() if k in fields})
-    try:
-        model = model_from_state_dict(config, ckpt["model"])
-    except RuntimeError as e:
-        raise UserError(f"{path}: the weights do not match its model_args {ckpt['model_args']}: {e}") from e
-    return model.eval(), ckpt
-
-
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(prog="python -m nanogpt.export",
                                 description="Export a run's checkpoint as a Hugging Face GPT-2 model directory.")
@@ -292,7 +286,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = p.parse_args(argv)
 
     _check_target(Path(args.out_dir), args.force, Path(args.run_dir))  # before the (slow) load
-    model, ckpt = load_run(args.run_dir, args.which)
+    model, ckpt, _ = load_run(args.run_dir, args.which, fallback=False)
     if not ckpt.get("tokenizer"):
         warnings.warn(f"{args.run_dir} records no tokenizer: exporting the model without tokenizer files",
                       stacklevel=2)

@@ -116,6 +116,12 @@ def make_runtime(device: str, dtype: str, local_rank: int = 0, tf32: bool = True
     return Runtime(dev, resolve_dtype(dtype, dev))
 
 
+def runtime(hw, local_rank: int = 0, cpus: int | None = None) -> Runtime:
+    """The Runtime of a hardware config (the hardware group); `cpus`: the thread count when
+    hardware.num_threads is not set (the CPUs a SLURM task was given)."""
+    return make_runtime(hw.device, hw.dtype, local_rank, hw.tf32, hw.num_threads or cpus)
+
+
 def warn_if_cpus_busy() -> None:
     """torch's threads meet at a barrier after every parallel op: when other processes keep the
     cores busy, each op waits for a descheduled thread, and a step can run 10x slower than on

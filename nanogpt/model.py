@@ -9,7 +9,7 @@ position of compute instead of the whole context.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,9 @@ from torch.nn import functional as F
 
 @dataclass
 class GPTConfig:
+    """The model's architecture: every field is a `model.<field>` key of the config (nanogpt.config
+    extends this class with where the weights and vocabulary come from), and a checkpoint's
+    `model_args`. A new model option is one field here, read by the modules below."""
     block_size: int = 1024
     vocab_size: int = 50257
     n_layer: int = 12
@@ -26,14 +29,30 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is a bit faster and better
 
+    # fields that do not change the weights' shapes or meaning: a checkpoint resumes with another value
+    NOT_ARCHITECTURE = ("dropout",)
+
     def __post_init__(self):
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:  # None: the vocabulary is not known yet
+                raise ValueError(f"{name} must be positive, got {value}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_dict(cls, args: dict) -> "GPTConfig":
+        """The config of a checkpoint's model_args (or any dict holding the fields): keys this
+        version does not know are left out, fields the dict lacks (options added since it was
+        written) keep their defaults, which are what the model computed before they existed."""
+        names = {f.name for f in fields(GPTConfig)}
+        return GPTConfig(**{k: v for k, v in args.items() if k in names})
+
+    def architecture(self) -> dict:
+        """The fields a checkpoint must agree on to load into this model."""
+        return {f.name: getattr(self, f.name) for f in fields(GPTConfig) if f.name not in self.NOT_ARCHITECTURE}
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:

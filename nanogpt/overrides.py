@@ -9,16 +9,35 @@ import difflib
 import sys
 from pathlib import Path
 
-from nanogpt.config import GROUPS, TASKS, Config
+from nanogpt.config import GROUPS, SCHEMA_GROUPS, Config
 
 
 def _fields(schema) -> list[str]:
     return [f.name for f in dataclasses.fields(schema)]
 
 
+def _chosen_keys(group: str, args: list[str], conf_dir: Path) -> list[str]:
+    """The keys of a group whose options have schemas of their own (optim, task): those of the
+    option the command chose (or the default one); with an experiment, which may choose
+    another, those of any option."""
+    chosen = next((a.split("=", 1)[1] for a in args if a.startswith(f"{group}=")), None)
+    if chosen is None and not any(a.startswith("experiment=") for a in args):
+        chosen = _default_option(group, conf_dir)
+    schemas = SCHEMA_GROUPS[group]
+    if chosen in schemas:
+        return _fields(schemas[chosen])
+    return sorted({k for schema in schemas.values() for k in _fields(schema)})
+
+
+def _default_option(group: str, conf_dir: Path) -> str | None:
+    import yaml
+
+    defaults = yaml.safe_load((conf_dir / "config.yaml").read_text()).get("defaults", [])
+    return next((d[group] for d in defaults if isinstance(d, dict) and group in d), None)
+
+
 def problems(args: list[str], conf_dir: Path) -> list[str]:
     errors = []
-    task_keys = sorted({k for schema in TASKS.values() for k in _fields(schema)})
     top_keys = _fields(Config)
     for arg in args:
         if arg.startswith("-") or "=" not in arg or arg[0] in "+~":
@@ -33,12 +52,12 @@ def problems(args: list[str], conf_dir: Path) -> list[str]:
             if head not in top_keys and head not in groups:
                 errors.append(_unknown(key, "top-level keys and groups", sorted(set(top_keys) | set(groups))))
             continue
-        if head == "task":
-            valid = task_keys
+        if head in SCHEMA_GROUPS:
+            valid = _chosen_keys(head, args, conf_dir)
         elif head in GROUPS:
             valid = _fields(GROUPS[head])
         else:
-            errors.append(_unknown(key, "sections", sorted(GROUPS) + ["task"]))
+            errors.append(_unknown(key, "sections", sorted([*GROUPS, *SCHEMA_GROUPS])))
             continue
         if len(parts) == 2 and parts[1] not in valid:
             errors.append(_unknown(key, f"keys of {head}", valid))

@@ -9,12 +9,11 @@ fixed-length models" guide; here a window holds block_size inputs and their bloc
 targets, so every token after the first is scored exactly once, none is skipped at window edges.
 
     python -m nanogpt.perplexity --model gpt2 --dataset Salesforce/wikitext --config wikitext-2-raw-v1
-    python -m nanogpt.perplexity --run outputs/RUN --file some.txt --stride 128
+    python -m nanogpt.perplexity --run runs/RUN --file some.txt --stride 128
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from nanogpt.errors import UserError
+from nanogpt.hardware import DTYPES, Runtime, resolve_device
 
 
 def _windows(n: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
@@ -115,16 +115,6 @@ def _read_text(args) -> tuple[str, str]:
     return "\n\n".join(ds[args.column]), desc
 
 
-def _pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m nanogpt.perplexity",
                                 description="Zero-shot sliding-window perplexity of GPT-2 or a training run.")
@@ -152,12 +142,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     from nanogpt.tokenizer import TokenizerError, load_tokenizer
 
-    device = _pick_device(args.device)
+    rt = Runtime(resolve_device(args.device), DTYPES[args.dtype])
+    device = rt.device
     text, text_desc = _read_text(args)  # before loading a model: a bad source fails fast
     if args.run:
-        from nanogpt.export import load_run
+        from nanogpt.build import load_run
 
-        model, ckpt = load_run(args.run, args.which, device=device)
+        model, ckpt, _ = load_run(args.run, args.which, device=device, fallback=False)
         tokenizer_meta = ckpt.get("tokenizer")
         if not tokenizer_meta:
             raise UserError(f"{args.run}/ckpt/{args.which}.pt records no tokenizer: cannot encode the text")
@@ -177,10 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     block_size = model.config.block_size if args.block_size is None else args.block_size
     stride = max(block_size // 2, 1) if args.stride is None else args.stride
 
-    autocast = (torch.autocast(device_type=device.type, dtype=getattr(torch, args.dtype))
-                if args.dtype != "float32" else contextlib.nullcontext())
     try:
-        with autocast:
+        with rt.autocast():
             result = sliding_window_loss(model, ids, block_size=block_size, stride=stride,
                                          batch_size=args.batch_size, device=device, progress=True)
     except ValueError as e:  # block size / stride out of range, ids outside the vocabulary
@@ -195,4 +184,5 @@ if __name__ == "__main__":
     try:
         main()
     except UserError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

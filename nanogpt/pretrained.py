@@ -28,14 +28,15 @@ import torch
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
 
-GPT2_SIZES = {
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
-    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
-    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
-}
 GPT2_VOCAB_SIZE = 50257  # never padded for pretrained weights: the file has exactly these rows
 GPT2_BLOCK_SIZE = 1024
+# OpenAI's four GPT-2s: GPTConfig's defaults (GPT-2's block, vocabulary, biases) at four sizes
+GPT2_SIZES = {
+    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
 HUB_ORG = "openai-community"
 
 # The Conv1D weights, stored (in, out) by HF and (out, in) by nn.Linear.
@@ -74,7 +75,10 @@ def _weight_files(directory: Path) -> list[Path]:
         return [single]
     index = directory / "model.safetensors.index.json"
     if index.is_file():  # save_pretrained shards big models: the index maps tensors to shards
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise UserError(f"{index} has no weight_map of tensor names to files: download the "
+                            "model again")
         return [directory / f for f in sorted(set(weight_map.values()))]
     legacy = directory / "pytorch_model.bin"
     if legacy.is_file():
@@ -119,8 +123,19 @@ def _locate(name: str | None, path: str | os.PathLike | None) -> tuple[list[Path
     else:
         raise UserError("load_pretrained needs a model name (gpt2, gpt2-medium, gpt2-large, "
                         "gpt2-xl) or a local directory (model.path=DIR)")
-    hf_config = json.loads(config_file.read_text()) if config_file is not None else None
+    hf_config = _read_json(config_file) if config_file is not None else None
     return files, hf_config
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object from a model directory; anything else is a clear error."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}): download the model again, or fix the file") from e
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} holds a JSON {type(obj).__name__}, not an object: download the model again")
+    return obj
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,8 +148,8 @@ def _gpt_config(hf_config: dict | None, name: str | None, dropout: float) -> GPT
         if key is None:
             raise UserError(f"no config.json next to the weights and {name!r} is not one of "
                             f"{', '.join(GPT2_SIZES)}: cannot tell the model's shape")
-        return GPTConfig(block_size=GPT2_BLOCK_SIZE, vocab_size=GPT2_VOCAB_SIZE, dropout=dropout,
-                         bias=True, **GPT2_SIZES[key])
+        return replace(GPT2_SIZES[key], block_size=GPT2_BLOCK_SIZE, vocab_size=GPT2_VOCAB_SIZE,
+                       dropout=dropout, bias=True)
     c = hf_config
     if c.get("model_type", "gpt2") != "gpt2":
         raise UserError(f"config.json has model_type {c['model_type']!r}: only GPT-2 checkpoints load")
@@ -171,30 +186,57 @@ def _reference_shapes(config: GPTConfig) -> dict[str, torch.Size]:
 @contextmanager
 def _open_tensors(files: list[Path]) -> Iterator[dict[str, tuple[tuple, Callable[[], torch.Tensor]]]]:
     """Name -> (shape, loader of that one tensor) for every tensor in `files`; nothing read yet."""
-    from safetensors import safe_open
-
     tensors: dict[str, tuple[tuple, Callable[[], torch.Tensor]]] = {}
     with ExitStack() as stack:
         for f in files:
-            if f.suffix == ".safetensors":
-                try:  # pread: each tensor is read into its own memory, nothing stays mapped
-                    handle = stack.enter_context(safe_open(str(f), framework="pt", backend="pread"))
-                    owned = True
-                except TypeError:  # safetensors < 0.8 only maps the file; its pages count as RSS
-                    handle = stack.enter_context(safe_open(str(f), framework="pt"))
-                    owned = False
-                for k in handle.keys():
-                    load = ((lambda h=handle, k=k: h.get_tensor(k)) if owned else
-                            (lambda h=handle, k=k: h.get_tensor(k).clone()))
-                    tensors[k] = (tuple(handle.get_slice(k).get_shape()), load)
-            else:
-                try:  # mmap: tensors are paged in as they are copied, not all at once
-                    sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
-                except RuntimeError:  # files from torch < 1.6 (not zip) cannot be mmapped
-                    sd = torch.load(f, map_location="cpu", weights_only=True)
-                for k, v in sd.items():
-                    tensors[k] = (tuple(v.shape), lambda v=v: v.clone())
+            with _unreadable_weights(f):
+                _open_file(f, stack, tensors)
         yield tensors
+
+
+@contextmanager
+def _unreadable_weights(f: Path):
+    """A weight file that does not open (garbage, truncated, missing shard) is a clear error; one
+    that would run code (a pickle with a payload) is refused by checkpoint.torch_load."""
+    from nanogpt.checkpoint import UnsafeCheckpoint
+
+    try:
+        yield
+    except (UserError, UnsafeCheckpoint):
+        raise
+    except Exception as e:
+        from nanogpt.checkpoint import error_reason
+
+        raise UserError(f"cannot read the weights in {f} ({error_reason(e)}): the file is "
+                        "missing, truncated or not a model; download the model again") from e
+
+
+def _open_file(f: Path, stack: ExitStack, tensors: dict) -> None:
+    """Add f's tensors to `tensors` (name -> (shape, loader)), reading none of them yet."""
+    from nanogpt.checkpoint import torch_load
+
+    if f.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:  # pread: each tensor is read into its own memory, nothing stays mapped
+            handle = stack.enter_context(safe_open(str(f), framework="pt", backend="pread"))
+            owned = True
+        except TypeError:  # safetensors < 0.8 only maps the file; its pages count as RSS
+            handle = stack.enter_context(safe_open(str(f), framework="pt"))
+            owned = False
+        for k in handle.keys():
+            load = ((lambda h=handle, k=k: h.get_tensor(k)) if owned else
+                    (lambda h=handle, k=k: h.get_tensor(k).clone()))
+            tensors[k] = (tuple(handle.get_slice(k).get_shape()), load)
+    else:
+        try:  # mmap: tensors are paged in as they are copied, not all at once
+            sd = torch_load(f, map_location="cpu", mmap=True)
+        except RuntimeError:  # files from torch < 1.6 (not zip) cannot be mmapped
+            sd = torch_load(f, map_location="cpu")
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise UserError(f"{f} is not a state dict of tensors: download the model again")
+        for k, v in sd.items():
+            tensors[k] = (tuple(v.shape), lambda v=v: v.clone())
 
 
 def _match_keys(hf_keys, expected: dict[str, torch.Size]) -> dict[str, str]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from nanogpt.errors import UserError
 
@@ -95,6 +95,7 @@ def _trains_and_leads(config) -> bool:
 class GuardRunDir(Callback):
     def on_run_start(self, config, **kwargs) -> None:
         HydraConfig.instance().set_config(config)  # as run_job does next: resolves ${hydra:...}
+        _validate_or_exit(config)  # every value checked before the run directory exists
         run_dir = Path(OmegaConf.select(config, "hydra.run.dir"))
         try:
             _make_run_dir(run_dir)
@@ -110,6 +111,20 @@ class GuardRunDir(Callback):
                 _fail(str(e))
         if config.hydra.output_subdir is not None:
             remember_run_record(run_dir, config.hydra.output_subdir)
+
+
+def _validate_or_exit(config) -> None:
+    """The composed config's values against their schemas (nanogpt.config): a bad one is one
+    error line and exit 2, before anything is written."""
+    from nanogpt.config import validate
+
+    job = config.copy()
+    with open_dict(job):
+        del job["hydra"]
+    try:
+        validate(job)
+    except UserError as e:
+        _fail(str(e))
 
 
 def _fail(message: str) -> None:

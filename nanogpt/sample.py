@@ -8,7 +8,7 @@ import torch
 
 from nanogpt.build import load_run
 from nanogpt.errors import UserError
-from nanogpt.hardware import make_runtime
+from nanogpt.hardware import runtime
 from nanogpt.metrics import progress
 from nanogpt.tokenizer import load_tokenizer
 
@@ -25,7 +25,9 @@ def read_prompt(prompt: str) -> str:
 
 
 def generate_texts(model, tokenizer, prompt: str, num_samples: int, max_new_tokens: int,
-                   temperature: float, top_k, seed: int, rt, use_cache: bool = True) -> list[str]:
+                   temperature: float, top_k, seed: int, rt, use_cache: bool = True,
+                   with_prompt: bool = True) -> list[str]:
+    """num_samples continuations of prompt, decoded (after the prompt, unless with_prompt)."""
     ids = tokenizer.encode(prompt) if prompt else []
     if not ids:  # an empty prompt starts from the end-of-text token (or a newline)
         ids = [tokenizer.eot_token] if tokenizer.eot_token is not None else tokenizer.encode("\n")
@@ -40,12 +42,12 @@ def generate_texts(model, tokenizer, prompt: str, num_samples: int, max_new_toke
                                      use_cache=use_cache, generator=gen)
         finally:
             hook.remove()
-    return [tokenizer.decode(row) for row in out.tolist()]
+    return [tokenizer.decode(row if with_prompt else row[len(ids):]) for row in out.tolist()]
 
 
 def sample(cfg, out_dir: Path) -> list[str]:
     t = cfg.task
-    rt = make_runtime(cfg.hardware.device, cfg.hardware.dtype, 0, cfg.hardware.tf32, cfg.hardware.num_threads)
+    rt = runtime(cfg.hardware)
     model, ckpt, path = load_run(cfg.run, t.which, rt.device)
     tokenizer = load_tokenizer(ckpt["tokenizer"])
     prompt = read_prompt(t.prompt)
@@ -61,3 +63,8 @@ def sample(cfg, out_dir: Path) -> list[str]:
             print(f"{text}\n---------------", flush=True)
             f.write(text + "\n---------------\n")
     return texts
+
+
+def run(cfg, run_dir: Path, dist) -> None:
+    """task=sample."""
+    sample(cfg, Path(run_dir))

@@ -18,6 +18,8 @@ from typing import Iterable, Sequence
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
+from nanogpt.paths import SHARED_DATA
+
 from nanogpt.errors import UserError
 
 # GPT-2's pre-tokenization regex, as tiktoken_ext.openai_public.r50k_pat_str defines it.
@@ -27,8 +29,7 @@ R50K_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 EOT = "<|endoftext|>"
 EOT_ID = 50256
 RANKS_ENV = "NANOGPT_GPT2_RANKS"
-# The repo root is the parent of this package; the shared data folder sits next to it.
-SHARED_RANK_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gpt2_bpe" / "gpt2.tiktoken"
+SHARED_RANK_FILE = SHARED_DATA / "gpt2_bpe" / "gpt2.tiktoken"
 
 
 class TokenizerError(UserError, RuntimeError):

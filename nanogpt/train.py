@@ -7,27 +7,27 @@ one that never stopped.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import signal
+import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
-
-from nanogpt import checkpoint, distributed
+from nanogpt import checkpoint, distributed, parallel, rundir
 from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher, eval_batch
 from nanogpt.errors import UserError
 from nanogpt.guards import NanGuard, StopRequest
-from nanogpt.hardware import compile_model, make_runtime, peak_flops
+from nanogpt.hardware import compile_model, peak_flops, runtime
 from nanogpt.metrics import MetricsLogger, mfu, progress
 from nanogpt.model import GPT
-from nanogpt.optim import lr_at, make_adamw
+from nanogpt.optim import Schedule, make_optimizer, set_lr
+from nanogpt.sample import generate_texts
 from nanogpt.tokenizer import load_tokenizer
 
 log = logging.getLogger("nanogpt")
@@ -71,10 +71,25 @@ def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist) -> dict[st
     return out
 
 
+def run(cfg, run_dir: Path, dist: distributed.Dist) -> float | None:
+    """task=train: one training process per run directory (rank 0 holds the run's lock while it
+    trains). Returns the final val loss, what a sweeper optimises."""
+    from nanogpt.rundir import lock_run
+
+    with lock_run(run_dir) if dist.is_main else contextlib.nullcontext():
+        summary = train(cfg, run_dir, dist)
+    if summary.get("status") == "interrupted":
+        # checkpoint saved; exit as a signalled program does, so `&&` chains and job schedulers
+        # see that the run did not finish, and a local sweep stops here instead of going on to
+        # its next point
+        sys.exit(128 + signal.Signals[summary["stop_signal"]].value)
+    return summary.get("final_val_loss")
+
+
 def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     tcfg, mcfg, ocfg, hw = cfg.task, cfg.model, cfg.optim, cfg.hardware
     run_dir = Path(run_dir)
-    rt = make_runtime(hw.device, hw.dtype, dist.local_rank, hw.tf32, hw.num_threads or dist.cpus)
+    rt = runtime(hw, dist.local_rank, dist.cpus)
     distributed.setup(dist, hw.backend, rt.device)
     config_dict = dataclasses.asdict(cfg)
 
@@ -89,17 +104,12 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     tokenizer = load_tokenizer(tokenizer_meta) if tcfg.num_samples > 0 and dist.is_main else None
 
     # ---- what to start from: a checkpoint of this run, OpenAI's weights, or scratch
-    if cfg.init_from not in ("scratch", "resume", "pretrained"):
-        raise UserError(f"unknown init_from={cfg.init_from!r}: use scratch, resume or pretrained")
     if cfg.init_from == "pretrained" and not (mcfg.pretrained or mcfg.path):
         raise UserError("init_from=pretrained needs weights: model=pretrained/gpt2 (or gpt2_medium, "
                         "gpt2_large, gpt2_xl), or model.path=DIR for a local Hugging Face directory")
-    if tcfg.on_nan not in ("stop", "skip"):
-        raise UserError(f"unknown task.on_nan={tcfg.on_nan}: use stop or skip")
     has_ckpt = any((run_dir / "ckpt" / name).exists() for name in checkpoint.RESUMABLE)
-    summary_file = run_dir / "summary.json"
-    if has_ckpt and summary_file.exists():
-        done = json.loads(summary_file.read_text())
+    done = rundir.read_summary(run_dir)
+    if has_ckpt and done is not None:
         if done.get("status") == "finished" and cfg.init_from != "resume":
             log.info("%s already finished (best val loss %s); nothing to do. To train further: "
                      "init_from=resume run=%s task.max_iters=N", run_dir, done.get("best_val_loss"), run_dir)
@@ -118,7 +128,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         gpt_config = model_args(mcfg, dataset.vocab_size)
         if mcfg.pretrained or mcfg.path:  # finetuning may crop the block: the checkpoint knows
             gpt_config.vocab_size = ckpt["model_args"]["vocab_size"]
-        checkpoint.check_shape(ckpt, dataclasses.asdict(gpt_config), resume_path)
+        checkpoint.check_shape(ckpt, gpt_config, resume_path)
         model = GPT(gpt_config)
         model.load_state_dict(ckpt["model"])
     elif mcfg.pretrained or mcfg.path:
@@ -141,11 +151,9 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     micro, block = hw.micro_batch_size, gpt_config.block_size
     flops_per_token = model.flops_per_token(block)
     tokens_per_step, accum, max_iters = plan_steps(tcfg, micro * block, dist.world_size, micro, flops_per_token)
-    decay_iters = ocfg.decay_iters or max_iters
-    min_lr = ocfg.min_lr if ocfg.min_lr is not None else ocfg.lr / 10
+    schedule = Schedule(ocfg, max_iters)
 
-    optimizer = make_adamw(model, ocfg.lr, ocfg.weight_decay, (ocfg.beta1, ocfg.beta2), ocfg.eps,
-                           rt.device_type, ocfg.fused)
+    optimizer = make_optimizer(model, ocfg, rt.device_type)
     scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.needs_grad_scaler)
     start_iter, best_val, resumed_losses = 0, float("inf"), None
     if ckpt is not None:
@@ -161,9 +169,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     del ckpt
 
     eval_model = compile_model(model) if hw.compile else model
-    train_model = eval_model
-    if dist.enabled:  # evaluation bypasses DDP: ranks score different numbers of batches
-        train_model = DDP(eval_model, device_ids=[rt.device.index] if rt.device_type == "cuda" else None)
+    # evaluation bypasses the wrapper: ranks score different numbers of batches
+    train_model = parallel.wrap(eval_model, hw.strategy, dist, rt)
 
     batches = Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size)
     eval_batches = Batches(dataset, block, hw.eval_batch_size or 2 * micro, cfg.seed, rt.device)
@@ -227,9 +234,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     iters_since_log = 0
     try:
         while True:
-            lr = lr_at(it, ocfg.lr, min_lr, ocfg.warmup_iters, decay_iters, ocfg.schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = schedule(it)
+            set_lr(optimizer, lr)
 
             # evaluate and checkpoint (not again at the iteration we resumed at)
             if (it % tcfg.eval_interval == 0 or it == max_iters) and (it > start_iter or start_iter == 0):
@@ -267,8 +273,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             step_loss = torch.zeros((), device=rt.device, dtype=rt.param_dtype)  # the mean over micro-batches (and ranks, below)
             for m in range(accum):
                 x, y = prefetch.get(it, m)
-                sync = nullcontext() if (not dist.enabled or m == accum - 1) else train_model.no_sync()
-                with sync:
+                with parallel.accumulating(train_model, sync=m == accum - 1):
                     with rt.autocast():
                         _, loss = train_model(x, y)
                         loss = loss / accum
@@ -340,7 +345,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         if losses:
             log.info("val loss %.4f nats/token vs the corpus's unigram entropy %.4f: what a model "
                      "that ignores context scores", losses["val"], dataset.unigram_entropy())
-        _finish(model, run_dir, tcfg, tokenizer, tokenizer_meta, metrics, rt, cfg.seed)
+        _finish(model, run_dir, tcfg, tokenizer, metrics, rt, cfg.seed)
     metrics.close()
     if status == "interrupted":  # a SLURM job leaves here, to be requeued (or cancelled)
         distributed.end_interrupted_slurm_job(dist, stop.signum)
@@ -384,15 +389,11 @@ def _plot(run_dir: Path) -> bool:
         return False
 
 
-def _finish(model, run_dir, tcfg, tok, tokenizer_meta, metrics, rt, seed):
-    """Samples at the end of a finished run."""
+def _finish(model, run_dir, tcfg, tok, metrics, rt, seed):
+    """Samples at the end of a finished run, with the task's sampling settings."""
     if tcfg.num_samples > 0:
-        start = tok.encode("\n") if tokenizer_meta.get("kind") == "char" else [tok.eot_token]
-        x = torch.tensor([start] * tcfg.num_samples, dtype=torch.long, device=rt.device)
-        gen = torch.Generator(device=rt.device).manual_seed(seed)
-        with rt.autocast():
-            out = model.generate(x, tcfg.sample_tokens, temperature=0.8, top_k=200, generator=gen)
-        for row in out.tolist():
-            text = tok.decode(row[len(start):])
+        texts = generate_texts(model, tok, "", tcfg.num_samples, tcfg.sample_tokens, tcfg.temperature,
+                               tcfg.top_k, seed, rt, with_prompt=False)
+        for text in texts:
             print(f"---------- sample ----------\n{text}", flush=True)
             metrics.samples(text)

@@ -21,9 +21,6 @@ import numpy as np
 
 from nanogpt.tokenizer import GPT2Tokenizer, TokenizerError, sha256_file
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# Read-only corpora next to the repo (see shared/data/README.md): an offline fallback for downloads.
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 SPLITS = ("train", "val")
 
 
@@ -33,12 +30,6 @@ class PrepareError(Exception):
 
 class DownloadError(PrepareError):
     """The server could not be reached or the transfer failed (as opposed to a wrong file)."""
-
-
-def default_out_dir(name: str) -> Path:
-    """data/<name> under $NANOGPT_DATA_ROOT, else under the repo root."""
-    root = os.environ.get("NANOGPT_DATA_ROOT")
-    return (Path(root).expanduser() if root else REPO_ROOT / "data") / name
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

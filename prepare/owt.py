@@ -23,10 +23,10 @@ if not __package__:  # run as `python prepare/owt.py`: make `prepare` importable
 import numpy as np
 from tqdm import tqdm
 
+from nanogpt.paths import dataset_dir
 from nanogpt.tokenizer import GPT2Tokenizer
 from prepare.common import (
     PrepareError,
-    default_out_dir,
     gpt2_tokenizer,
     read_text,
     run_cli,
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.files:
             parser.error("--files needs --out-dir (so a local corpus never replaces data/owt)")
         name = NAME if args.dataset == DEFAULT_DATASET else args.dataset.replace("/", "_")
-        args.out_dir = default_out_dir(name)
+        args.out_dir = dataset_dir(name)
     meta = prepare(args.out_dir, dataset=args.dataset, column=args.column, split=args.split, files=args.files,
                    lines=args.lines, val_fraction=args.val_fraction, seed=args.seed, num_proc=args.num_proc,
                    rank_file=args.rank_file)

@@ -17,8 +17,9 @@ if not __package__:  # run as `python prepare/pydoc_char.py`: make `prepare` imp
 
 import numpy as np
 
+from nanogpt.paths import dataset_dir
 from nanogpt.tokenizer import CharTokenizer
-from prepare.common import default_out_dir, run_cli, split_text, summary, write_arrays
+from prepare.common import run_cli, split_text, summary, write_arrays
 
 NAME = "pydoc_char"
 
@@ -45,7 +46,7 @@ def prepare(out_dir: str | Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=default_out_dir(NAME), help="default: %(default)s")
+    parser.add_argument("--out-dir", type=Path, default=dataset_dir(NAME), help="default: %(default)s")
     args = parser.parse_args(argv)
     print(summary(prepare(args.out_dir), args.out_dir))
 

@@ -15,13 +15,12 @@ if not __package__:  # run as `python prepare/shakespeare_char.py`: make `prepar
 
 import numpy as np
 
+from nanogpt.paths import SHARED_DATA, dataset_dir
 from nanogpt.tokenizer import CharTokenizer
 from prepare.common import (
-    SHARED_DATA,
     DownloadError,
     PrepareError,
     check_sha256,
-    default_out_dir,
     download,
     read_text,
     run_cli,
@@ -74,7 +73,7 @@ def prepare(out_dir: str | Path, input_path: str | Path | None = None, verify: b
 def parse_args(argv: list[str] | None, name: str, doc: str) -> argparse.Namespace:
     """The command line both Shakespeare scripts share."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=default_out_dir(name), help="default: %(default)s")
+    parser.add_argument("--out-dir", type=Path, default=dataset_dir(name), help="default: %(default)s")
     parser.add_argument("--input", type=Path, help="a local copy of the corpus instead of downloading it")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="accept an --input whose sha256 is not tiny Shakespeare's (another text)")

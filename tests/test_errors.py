@@ -215,10 +215,11 @@ def test_an_unwritable_run_directory_is_refused_before_anything_starts(tmp_path,
 
 @pytest.mark.slow
 def test_a_full_disk_keeps_the_last_checkpoint_and_resumes_once_there_is_room(tmp_path, env, trained_run, mounts):
-    # room for one checkpoint and the run's small files, not for the temp file of a second one
+    # room for best.pt and last.pt (two real files) and the run's small files, not for the temp
+    # file of the next checkpoint
     size = (trained_run / "ckpt" / "last.pt").stat().st_size
     disk = tmp_path / "disk"
-    mounts(disk, f"size={int(size * 1.5) // 4096 * 4096 + 64 * 1024}")
+    mounts(disk, f"size={int(size * 2.5) // 4096 * 4096 + 64 * 1024}")
     run = disk / "run"
     args = [*QUICK, "task.max_iters=20", "task.eval_interval=5", "task.always_save_checkpoint=true"]
     err = rejected([*args, f"run={run}"], tmp_path, env)

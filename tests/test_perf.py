@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import TINY, launch
 from nanogpt import data as data_mod
 from nanogpt.bench import bench
-from nanogpt.config import BenchTask, Config, DataConfig, HardwareConfig, ModelConfig, OptimConfig
+from nanogpt.config import AdamWConfig, BenchTask, Config, DataConfig, HardwareConfig, ModelConfig
 from nanogpt.data import Batches, Prefetcher, TokenDataset
 from nanogpt.hardware import Runtime
 from nanogpt.model import GPT, GPTConfig, causal_attention
@@ -47,7 +47,7 @@ def test_flops_and_mfu_in_summary_match_hand_count(tmp_path, data_root):
 
 def tiny_bench_config(**task) -> Config:
     return Config(model=ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=50),
-                  data=DataConfig(name="tiny_char"), optim=OptimConfig(),
+                  data=DataConfig(name="tiny_char"), optim=AdamWConfig(),
                   hardware=HardwareConfig(device="cpu", dtype="float32", micro_batch_size=4),
                   task=BenchTask(**{"iters": 2, "warmup": 1, **task}))
 
@@ -95,7 +95,7 @@ def train_losses(dataset: TokenDataset, dtype: torch.dtype, steps: int) -> np.nd
     """The training step as the loop takes it (AdamW, clipping, autocast), on the real data path."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=dataset.vocab_size))
-    opt = make_adamw(model, 3e-3, 0.1, (0.9, 0.99), device_type="cpu")
+    opt = make_adamw(model, AdamWConfig(lr=3e-3, weight_decay=0.1, beta1=0.9, beta2=0.99), device_type="cpu")
     rt = Runtime(torch.device("cpu"), dtype)
     batches = Batches(dataset, 32, 8, seed=0, device=torch.device("cpu"))
     losses = []

@@ -89,7 +89,7 @@ def test_on_nan_skip_still_stops_after_ten_bad_steps_in_a_row(tmp_path, data_roo
 
 
 def test_an_unknown_on_nan_choice_is_rejected(tmp_path, data_root):
-    with pytest.raises(UserError, match="task.on_nan=ignore.*stop or skip"):
+    with pytest.raises(UserError, match="task.on_nan='ignore'.*stop or skip"):
         train_tiny(tmp_path / "run", "task.on_nan=ignore")
 
 

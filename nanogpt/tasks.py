@@ -1,0 +1,8 @@
+"""The tasks: `task=<name>` runs TASKS[name](cfg, run_dir, dist), which returns what a sweeper
+optimises (or None). Each task's keys have a schema in nanogpt.config.TASK_SCHEMAS and a
+conf/task/<name>.yaml; a new task is a module with a `run` function plus those two lines."""
+from __future__ import annotations
+
+from nanogpt import bench, evaluate, sample, train
+
+TASKS = {"train": train.run, "eval": evaluate.run, "sample": sample.run, "bench": bench.run}

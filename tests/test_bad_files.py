@@ -1,0 +1,190 @@
+"""Every bad data and checkpoint file is a clear error (issue 16, section 3): a dataset is
+opened and checked once (files, sizes, dtype, meta schema, token ids against the vocabulary on a
+sample), a checkpoint once (schema, tensor shapes against its model_args), and broken model
+directories, garbled run files too. Each: one `error:` line that says what to do, exit 2."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, launch, write_char_dataset
+from nanogpt import checkpoint
+from nanogpt.data import TokenDataset
+from nanogpt.errors import UserError
+
+QUICK = ["data.name=tiny_char", *TINY, "hardware.num_threads=1"]
+
+
+def meta_of(d: Path) -> dict:
+    return json.loads((d / "meta.json").read_text())
+
+
+def set_meta(d: Path, **changes) -> None:
+    (d / "meta.json").write_text(json.dumps({**meta_of(d), **changes}))
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return write_char_dataset(tmp_path / "data")
+
+
+def refused(d: Path, *needles: str) -> str:
+    with pytest.raises(UserError) as e:
+        TokenDataset(d)
+    msg = str(e.value)
+    for n in needles:
+        assert n in msg, msg
+    assert "prepare" in msg, msg  # and it says what to do
+    return msg
+
+
+def test_a_bin_of_odd_byte_length(data):
+    with open(data / "train.bin", "ab") as f:
+        f.write(b"\0")
+    refused(data, "train.bin", "not a multiple of 2", "uint16")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8", "nonsense", 16])
+def test_a_meta_dtype_that_is_not_a_token_dtype(data, dtype):
+    set_meta(data, dtype=dtype)
+    refused(data, "dtype", "uint16 or uint32")
+
+
+def test_a_meta_dtype_that_does_not_match_the_file(data):
+    set_meta(data, dtype="uint32")  # the file is uint16: pairs of ids read as one huge id
+    refused(data, "uint32")
+
+
+def test_token_ids_beyond_the_vocabulary(data):
+    ids = np.fromfile(data / "val.bin", dtype=np.uint16)
+    ids[len(ids) // 2] = meta_of(data)["vocab_size"] + 5
+    ids.tofile(data / "val.bin")
+    refused(data, "val.bin", f"token id {meta_of(data)['vocab_size'] + 5}", "vocab_size")
+
+
+@pytest.mark.parametrize("meta, needle", [
+    ([1, 2], "JSON list, not an object"),
+    ({"tokenizer": {"kind": "char", "chars": ["a"]}, "dtype": "uint16"}, "vocab_size"),
+    ({"vocab_size": "65", "tokenizer": {"kind": "char"}, "dtype": "uint16"}, "vocab_size"),
+    ({"vocab_size": 0, "tokenizer": {"kind": "char"}, "dtype": "uint16"}, "vocab_size"),
+    ({"vocab_size": 65, "dtype": "uint16"}, "tokenizer"),
+    ({"vocab_size": 65, "tokenizer": "gpt2", "dtype": "uint16"}, "tokenizer"),
+])
+def test_a_meta_json_of_the_wrong_shape(data, meta, needle):
+    (data / "meta.json").write_text(json.dumps(meta))
+    refused(data, "meta.json", needle)
+
+
+def test_a_train_bin_that_is_a_directory(data):
+    (data / "train.bin").unlink()
+    (data / "train.bin").mkdir()
+    refused(data, "train.bin", "not a file")
+
+
+def test_a_bin_whose_length_disagrees_with_meta(data):
+    ids = np.fromfile(data / "train.bin", dtype=np.uint16)
+    ids[: len(ids) // 2].tofile(data / "train.bin")
+    refused(data, "train.bin", "meta.json says")
+
+
+def test_a_bad_dataset_through_launch_is_one_line(tmp_path, data):
+    with open(data / "train.bin", "ab") as f:
+        f.write(b"\0")
+    proc = launch([*QUICK, f"data.root={data.parent}"], cwd=tmp_path, env={"HYDRA_FULL_ERROR": "0"}, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.startswith("error:") and "not a multiple of 2" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+# ---- checkpoints: schema and tensor shapes
+
+def tiny_ckpt(path: Path, **changes) -> Path:
+    from nanogpt.model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=1, n_head=2, n_embd=16))
+    state = {"model": model.state_dict(), "model_args": dict(vars(model.config)), "iter": 3,
+             "optimizer": {}, "best_val_loss": 3.0}
+    state.update(changes)
+    checkpoint.atomic_save(state, path)
+    return path
+
+
+def test_a_checkpoint_whose_tensors_disagree_with_its_model_args(tmp_path):
+    path = tiny_ckpt(tmp_path / "last.pt")
+    state = torch.load(path, weights_only=True)
+    state["model_args"]["n_embd"] = 32  # the tensors are 16 wide
+    torch.save(state, path)
+    with pytest.raises(checkpoint.BadCheckpoint, match=r"do not match its model_args.*transformer.wte.weight"):
+        checkpoint.load(path)
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"model": [1, 2]}, "model"),
+    ({"model_args": {"n_layer": "two"}}, "model_args"),
+    ({"iter": "3"}, "iter"),
+])
+def test_a_checkpoint_of_the_wrong_schema(tmp_path, changes, needle):
+    path = tiny_ckpt(tmp_path / "last.pt", **changes)
+    with pytest.raises(checkpoint.BadCheckpoint, match=needle):
+        checkpoint.load(path)
+
+
+def test_a_checkpoint_with_the_wrong_shapes_falls_back_to_the_other_file(tmp_path):
+    tiny_ckpt(tmp_path / "ckpt" / "best.pt")
+    path = tiny_ckpt(tmp_path / "ckpt" / "last.pt", iter=5)
+    state = torch.load(path, weights_only=True)
+    state["model"]["transformer.wte.weight"] = torch.zeros(7, 16)
+    torch.save(state, path)
+    got, state = checkpoint.load_latest(tmp_path)
+    assert got.name == "best.pt" and state["iter"] == 3
+
+
+# ---- a run's own files
+
+def test_a_garbled_summary_in_an_existing_run(tmp_path, data_root):
+    from inprocess import train_tiny
+
+    run = tmp_path / "run"
+    train_tiny(run, "task.max_iters=2", "task.eval_interval=2")
+    (run / "summary.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"summary.json is not a valid summary.*Move it aside"):
+        train_tiny(run, "task.max_iters=2", "task.eval_interval=2")
+
+
+# ---- model.path directories
+
+def hf_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "hf"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 16,
+                                               "n_positions": 16, "vocab_size": 32}))
+    return d
+
+
+@pytest.mark.parametrize("case", ["garbled config", "config a list", "garbage safetensors",
+                                  "garbage bin", "bin of a list", "garbled index"])
+def test_broken_model_directories(tmp_path, case):
+    from nanogpt.pretrained import load_pretrained
+
+    d = hf_dir(tmp_path)
+    if case == "garbled config":
+        (d / "config.json").write_text("{oops")
+        (d / "model.safetensors").write_bytes(b"x" * 100)
+    elif case == "config a list":
+        (d / "config.json").write_text("[]")
+        (d / "model.safetensors").write_bytes(b"x" * 100)
+    elif case == "garbage safetensors":
+        (d / "model.safetensors").write_bytes(b"\x08\0\0\0\0\0\0\0{garbage" + b"x" * 100)
+    elif case == "garbage bin":
+        (d / "pytorch_model.bin").write_bytes(b"not a pickle at all" * 10)
+    elif case == "bin of a list":
+        torch.save([torch.zeros(2)], d / "pytorch_model.bin")
+    else:
+        (d / "model.safetensors.index.json").write_text('{"weight_map": 3}')
+    with pytest.raises(UserError, match="download the model again|fix the file"):
+        load_pretrained(path=d)

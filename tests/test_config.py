@@ -1,0 +1,159 @@
+"""The config as the core's one source: values checked at composition, one model config, the
+optimizer / task / strategy registries and their schemas."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import REPO, TINY, launch
+from inprocess import make_config
+from nanogpt import optim, parallel
+from nanogpt.checkpoint import check_shape
+from nanogpt.config import (OPTIM_SCHEMAS, TASK_SCHEMAS, AdamWConfig, ConfigError, ModelConfig,
+                            validate)
+from nanogpt.errors import UserError
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.overrides import problems
+from nanogpt.tasks import TASKS
+
+# ---- every value checked when the config is composed, before any work
+
+BAD_VALUES = [
+    (["optim.schedule=cosin"], "unknown optim.schedule='cosin': use cosine, linear or constant"),
+    (["init_from=resum"], "unknown init_from='resum': use scratch, resume or pretrained"),
+    (["task.on_nan=ignore"], "unknown task.on_nan='ignore': use stop or skip"),
+    (["hardware.dtype=float8"], "unknown hardware.dtype='float8': use auto, float32, bfloat16, float16 or float64"),
+    (["hardware.device=gpu"], "unknown hardware.device='gpu': use auto, cpu, cuda, cuda:N or mps"),
+    (["hardware.backend=mpi"], "unknown hardware.backend='mpi': use auto, nccl or gloo"),
+    (["hardware.strategy=zero"], "unknown hardware.strategy='zero': use ddp"),
+    (["optim.lr=-0.1"], "optim.lr=-0.1 is out of range: it must be >= 0"),
+    (["optim.beta1=1.0"], "optim.beta1=1.0 is out of range: it must be in [0, 1)"),
+    (["optim.beta2=-0.5"], "optim.beta2=-0.5 is out of range: it must be in [0, 1)"),
+    (["optim.weight_decay=-1"], "optim.weight_decay=-1.0 is out of range: it must be >= 0"),
+    (["optim.eps=0"], "optim.eps=0.0 is out of range: it must be > 0"),
+    (["optim.warmup_iters=-1"], "optim.warmup_iters=-1 is out of range: it must be >= 0"),
+    (["task.eval_interval=0"], "task.eval_interval=0 is out of range: it must be >= 1"),
+    (["task.log_interval=0"], "task.log_interval=0 is out of range: it must be >= 1"),
+    (["task.eval_iters=0"], "task.eval_iters=0 is out of range: it must be >= 1"),
+    (["task.max_iters=-5"], "task.max_iters=-5 is out of range: it must be >= 0"),
+    (["task.temperature=-1"], "task.temperature=-1.0 is out of range: it must be >= 0"),
+    (["hardware.micro_batch_size=0"], "hardware.micro_batch_size=0 is out of range: it must be >= 1"),
+    (["hardware.micro_batch_size=-3"], "hardware.micro_batch_size=-3 is out of range: it must be >= 1"),
+    (["hardware.eval_batch_size=0"], "hardware.eval_batch_size=0 is out of range: it must be >= 1"),
+    (["hardware.num_threads=-1"], "hardware.num_threads=-1 is out of range: it must be >= 1"),
+    (["seed=-1"], "seed=-1 is out of range: it must be >= 0"),
+    (["model.n_head=3"], "invalid model config: n_embd (32) must be divisible by n_head (3)"),
+    (["model.dropout=1.5"], "invalid model config: dropout must be in [0, 1), got 1.5"),
+    (["task=eval", "task.eval_iters=0"], "task.eval_iters=0 is out of range: it must be >= 1"),
+    (["task=eval", "task.splits=[test]"], "unknown task.splits='test': use train or val"),
+    (["task=sample", "task.top_k=0"], "task.top_k=0 is out of range: it must be >= 1"),
+    (["task=sample", "task.top_k=-2"], "task.top_k=-2 is out of range: it must be >= 1"),
+    (["task=sample", "task.num_samples=0"], "task.num_samples=0 is out of range: it must be >= 1"),
+    (["task=sample", "task.which=newest"], "unknown task.which='newest': use best or last"),
+    (["task=bench", "task.iters=0"], "task.iters=0 is out of range: it must be >= 1"),
+    (["optim.name=sgd"], "unknown optim='sgd': use adamw"),
+    (["task.name=bench"], "task.name='bench' does not match the task's keys: choose the task with task=bench"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_VALUES, ids=[" ".join(o) for o, _ in BAD_VALUES])
+def test_a_value_out_of_range_is_refused_at_composition(overrides, message):
+    base = [] if overrides[0].startswith("task=") else TINY  # TINY sets training's task keys
+    with pytest.raises(ConfigError) as e:
+        make_config([*base, *overrides])
+    assert str(e.value) == message
+
+
+def test_the_shipped_configs_pass_their_own_checks():
+    for overrides in ([], ["experiment=train_gpt2"], ["experiment=shakespeare_char"], ["task=eval"],
+                      ["task=sample"], ["task=bench"], ["hardware=gpu_node"], ["hardware.device=cuda:3"]):
+        make_config(overrides)  # raises if a default is out of its own range
+
+
+def test_a_bad_value_on_the_command_line_exits_2_before_any_directory(tmp_path):
+    proc = launch(["optim.schedule=cosin", "hardware=cpu"], cwd=tmp_path, check=False,
+                  env={"HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == "error: unknown optim.schedule='cosin': use cosine, linear or constant"
+    assert list(tmp_path.iterdir()) == []  # no run directory, no runs/
+
+
+# ---- one model config
+
+def test_the_model_group_is_the_models_config():
+    """A field of GPTConfig is a model.* key, with no second declaration: the config builds the
+    model's GPTConfig field for field."""
+    assert issubclass(ModelConfig, GPTConfig)
+    cfg = make_config([*TINY, "model.bias=false", "model.dropout=0.1", "model.vocab_size=50"])
+    from nanogpt.build import model_args
+
+    built = model_args(cfg.model, data_vocab=40)
+    assert type(built) is GPTConfig
+    assert dataclasses.asdict(built) == {f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(GPTConfig)}
+
+
+def test_a_checkpoint_without_a_newer_field_reads_it_as_the_default():
+    """model_args written before a model option existed: the option is its default (what the
+    model computed then); checkpoints made with another value of it are refused by name."""
+    old_args = dataclasses.asdict(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10))
+    del old_args["bias"]  # as if bias had been added after this checkpoint was written
+    ckpt = {"model_args": {**old_args, "a_field_from_the_future": 1}}
+    check_shape(ckpt, GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10), "old.pt")
+    with pytest.raises(UserError, match=r"another model shape \(bias: checkpoint True vs config False\)"):
+        check_shape(ckpt, GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10, bias=False), "old.pt")
+    assert GPTConfig.from_dict(ckpt["model_args"]).bias is True
+
+
+# ---- registries
+
+def test_every_registry_entry_has_a_schema_and_a_yaml():
+    assert set(optim.OPTIMIZERS) == set(OPTIM_SCHEMAS) == {p.stem for p in (REPO / "conf" / "optim").glob("*.yaml")}
+    assert set(TASKS) == set(TASK_SCHEMAS) == {p.stem for p in (REPO / "conf" / "task").glob("*.yaml")}
+    for name in TASKS:
+        assert make_config([f"task={name}"]).task.name == name
+    assert set(parallel.STRATEGIES) == {"ddp"}
+
+
+def test_param_groups_keep_their_own_lr_multiplier_through_the_schedule_and_a_resume():
+    """An optimizer whose groups need different rates (Muon beside AdamW) gives each an lr_scale;
+    the schedule scales every group, and a resumed optimizer keeps the scales."""
+    def two_rates(model, ocfg, device_type):
+        groups = optim.decay_groups(model, ocfg.weight_decay)
+        groups[1]["lr_scale"] = 0.25
+        return torch.optim.AdamW(groups, lr=ocfg.lr)
+
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10))
+    ocfg = AdamWConfig(lr=1e-2, warmup_iters=2, schedule="cosine")
+    schedule = optim.Schedule(ocfg, max_iters=10)
+    opt = two_rates(model, ocfg, "cpu")
+    resumed = two_rates(model, ocfg, "cpu")
+    resumed.load_state_dict(opt.state_dict())
+    for o in (opt, resumed):
+        for it in (0, 5, 10):
+            optim.set_lr(o, schedule(it))
+            assert o.param_groups[0]["lr"] == schedule(it)
+            assert o.param_groups[1]["lr"] == schedule(it) * 0.25
+    assert schedule(0) < ocfg.lr and schedule(10) == pytest.approx(ocfg.lr / 10)
+
+
+def test_optimizer_keys_are_checked_against_the_chosen_optimizers_schema():
+    conf = REPO / "conf"
+    assert problems(["optim.beta1=0.8", "optim.weight_decay=0"], conf) == []
+    (err,) = problems(["optim.beta3=0.8"], conf)
+    assert "unknown config key 'optim.beta3'. Did you mean 'optim.beta2'?" in err and "weight_decay" in err
+    # a task's keys are those of the task chosen, not of any task
+    assert problems(["task=sample", "task.top_k=5"], conf) == []
+    (err,) = problems(["task=sample", "task.max_iters=5"], conf)
+    assert "unknown config key 'task.max_iters'" in err
+    # with an experiment (which may choose another option) any option's keys pass here
+    assert problems(["experiment=eval_gpt2", "task.max_iters=5"], conf) == []
+
+
+def test_validate_returns_plain_dataclasses():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = validate(compose("config", overrides=["task=sample"]))
+    assert type(cfg.optim) is AdamWConfig and cfg.task.name == "sample"

@@ -1,0 +1,213 @@
+"""No code runs from a file (issue 16, section 1): a checkpoint whose pickle carries a payload is
+refused, with a clear message, by every path that loads one; names that become paths stay
+where they belong; a training launch prepares no corpus but the embedded one."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TINY, launch, write_char_dataset
+from nanogpt import checkpoint
+from nanogpt.errors import UserError
+
+QUICK = ["data.name=tiny_char", *TINY, "hardware.num_threads=1"]
+USER_ENV = {"HYDRA_FULL_ERROR": "0"}
+
+
+class Payload:
+    """Unpickling this touches `marker`: what a hostile checkpoint would do with os.system."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def write_malicious(path: Path, marker: Path, like: Path | None = None) -> None:
+    """A checkpoint that looks right (model, model_args, iter, optimizer...) with a payload."""
+    state = torch.load(like, weights_only=True) if like else {"model": {}, "model_args": {}}
+    state["payload"] = Payload(marker)
+    path.unlink(missing_ok=True)
+    torch.save(state, path)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("data")
+    write_char_dataset(root)
+    return {**USER_ENV, "NANOGPT_DATA_ROOT": str(root)}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, env) -> Path:
+    run = tmp_path_factory.mktemp("trained") / "run"
+    launch([*QUICK, "task.max_iters=4", "task.eval_interval=2", f"run={run}"], cwd=run.parent, env=env)
+    return run
+
+
+@pytest.fixture
+def hostile_run(trained_run, tmp_path) -> tuple[Path, Path]:
+    """A copy of a trained run whose two checkpoints carry a payload, and the payload's marker."""
+    run, marker = tmp_path / "run", tmp_path / "PWNED"
+    shutil.copytree(trained_run, run)
+    for name in ("last.pt", "best.pt"):
+        write_malicious(run / "ckpt" / name, marker, like=trained_run / "ckpt" / name)
+    return run, marker
+
+
+def assert_refused(proc: subprocess.CompletedProcess, run: Path, marker: Path) -> None:
+    assert not marker.exists(), "the checkpoint's payload ran"
+    assert proc.returncode == 2, f"exit {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "refused" in proc.stderr and "could run code" in proc.stderr and "posix.system" in proc.stderr
+    assert "python -m nanogpt.checkpoint upgrade" in proc.stderr
+
+
+def module(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_resume_refuses_a_checkpoint_that_carries_code(hostile_run, tmp_path, env):
+    run, marker = hostile_run
+    proc = launch([*QUICK, "task.max_iters=8", "task.eval_interval=2", "init_from=resume", f"run={run}"],
+                  cwd=tmp_path, env=env, check=False)
+    assert_refused(proc, run, marker)
+
+
+def test_the_same_command_refuses_it_too(hostile_run, tmp_path, env):
+    run, marker = hostile_run
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    proc = launch([*QUICK, "task.max_iters=4", "task.eval_interval=2", f"run={run}"], cwd=tmp_path, env=env,
+                  check=False)
+    assert_refused(proc, run, marker)
+
+
+@pytest.mark.parametrize("task", ["sample", "eval"])
+def test_sample_and_eval_refuse_it(hostile_run, tmp_path, env, task):
+    run, marker = hostile_run
+    proc = launch([f"task={task}", f"run={run}", "hardware=cpu", "hardware.num_threads=1"], cwd=tmp_path, env=env,
+                  check=False)
+    assert_refused(proc, run, marker)
+
+
+def test_export_refuses_it(hostile_run, tmp_path, env):
+    run, marker = hostile_run
+    assert_refused(module(["-m", "nanogpt.export", str(run), str(tmp_path / "hf")], REPO, env), run, marker)
+    assert not (tmp_path / "hf").exists()
+
+
+def test_perplexity_refuses_it(hostile_run, tmp_path, env):
+    run, marker = hostile_run
+    (tmp_path / "t.txt").write_text("the cat sat on a mat\n" * 20)
+    proc = module(["-m", "nanogpt.perplexity", "--run", str(run), "--file", str(tmp_path / "t.txt"),
+                   "--device", "cpu"], REPO, env)
+    assert_refused(proc, run, marker)
+
+
+def test_a_payload_in_a_file_that_is_not_a_checkpoint_never_runs(tmp_path):
+    """Before, the payload ran and then the file was rejected as not a nanogpt checkpoint."""
+    marker = tmp_path / "PWNED"
+    torch.save([Payload(marker)], tmp_path / "x.pt")
+    with pytest.raises(checkpoint.UnsafeCheckpoint, match="posix.system"):
+        checkpoint.load(tmp_path / "x.pt")
+    assert not marker.exists()
+
+
+def test_a_hugging_face_pytorch_model_bin_with_a_payload_is_refused(tmp_path):
+    """model.path directories load pytorch_model.bin with weights_only=True too."""
+    from nanogpt.pretrained import load_pretrained
+
+    d, marker = tmp_path / "hf", tmp_path / "PWNED"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 16,
+                                               "n_positions": 16, "vocab_size": 32}))
+    torch.save({"wte.weight": torch.zeros(32, 16), "x": Payload(marker)}, d / "pytorch_model.bin")
+    with pytest.raises(UserError, match="refused.*could run code"):
+        load_pretrained(path=d)
+    assert not marker.exists()
+
+
+# ---- what checkpoints hold, and checkpoints of the previous format
+
+def test_a_training_checkpoint_loads_with_weights_only(trained_run):
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(trained_run / "ckpt" / name, weights_only=True)  # plain data only
+        assert isinstance(state["rng"][0]["numpy"]["keys"], torch.Tensor)
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(trained_run / "ckpt" / name) == []
+
+
+def previous_format(path: Path, out: Path) -> None:
+    """The checkpoint as the previous version wrote it: numpy's RNG state as numpy's tuple."""
+    import numpy as np
+
+    state = torch.load(path, weights_only=True)
+    for rng in state["rng"]:
+        n = rng["numpy"]
+        rng["numpy"] = ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                        n["cached_gaussian"])
+    torch.save(state, out)
+
+
+def test_a_checkpoint_of_the_previous_format_still_resumes(trained_run, tmp_path):
+    previous_format(trained_run / "ckpt" / "last.pt", tmp_path / "old.pt")
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "old.pt")  # numpy's
+    state = checkpoint.load(tmp_path / "old.pt")
+    checkpoint.set_rng_state(state["rng"][0])  # numpy's tuple is still understood
+
+
+def test_upgrade_rewrites_an_old_checkpoint_as_plain_data(trained_run, tmp_path):
+    previous_format(trained_run / "ckpt" / "last.pt", tmp_path / "old.pt")
+    proc = module(["-m", "nanogpt.checkpoint", "upgrade", str(tmp_path / "old.pt")], REPO, {})
+    assert proc.returncode == 0, proc.stderr
+    assert "upgraded" in proc.stdout
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "old.pt") == []
+    new, ref = torch.load(tmp_path / "old.pt", weights_only=True), torch.load(trained_run / "ckpt" / "last.pt",
+                                                                               weights_only=True)
+    assert torch.equal(new["rng"][0]["numpy"]["keys"], ref["rng"][0]["numpy"]["keys"])
+    assert all(torch.equal(new["model"][k], v) for k, v in ref["model"].items())
+
+
+def test_upgrade_of_a_missing_file_is_a_clear_error(tmp_path):
+    proc = module(["-m", "nanogpt.checkpoint", "upgrade", str(tmp_path / "nope.pt")], REPO, {})
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "nope.pt" in proc.stderr
+
+
+# ---- names that become paths, and what a training launch may prepare
+
+def test_a_data_name_that_leaves_the_data_root_is_refused(tmp_path, env):
+    proc = launch([*QUICK, "data.name=../../x"], cwd=tmp_path, env=env, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "data.name='../../x' is not a dataset name" in proc.stderr and "data.root" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_mistyped_data_name_with_auto_prepare_is_a_clear_error(tmp_path, env):
+    proc = launch([*[a for a in QUICK if not a.startswith("data.name")], "data.name=shakespeare_chr"],
+                  cwd=tmp_path, env=env, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "no prepare script is named 'shakespeare_chr'" in proc.stderr and "shakespeare_char" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_training_launch_never_prepares_a_downloaded_corpus(tmp_path, env, monkeypatch):
+    """data.name=owt under the default data group (auto_prepare: true) must not start preparing
+    OpenWebText: only the embedded corpus is prepared on first use."""
+    from nanogpt.build import open_dataset
+
+    called = []
+    import prepare.owt
+
+    monkeypatch.setattr(prepare.owt, "prepare", lambda *a, **k: called.append(a), raising=False)
+    with pytest.raises(UserError, match=r"python prepare/owt.py"):
+        open_dataset("owt", str(tmp_path / "data"), auto_prepare=True)
+    assert called == []
