@@ -25,11 +25,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from nanogpt.config import ACTIVATION_CHECKPOINTING
 from nanogpt.errors import UserError
 
 log = logging.getLogger("nanogpt")
-
-ACTIVATION_CHECKPOINTING = ("none", "block", "selective")
 
 
 # ---- activation checkpointing (any strategy, one process included)

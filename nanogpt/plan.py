@@ -30,12 +30,13 @@ from pathlib import Path
 
 import torch
 
+from nanogpt.config import ACTIVATION_CHECKPOINTING
 from nanogpt.model import GPT, GPTConfig
 
 log = logging.getLogger("nanogpt")
 
 STRATEGIES = ("ddp", "fsdp")
-CHECKPOINTING = ("none", "block", "selective")
+CHECKPOINTING = ACTIVATION_CHECKPOINTING
 RUNTIME_GB = 1.5  # CUDA context (~0.5 GB), NCCL buffers, cuBLAS / flash-attention workspace
 FRAGMENTATION = 1.10  # the caching allocator's blocks are never a perfect fit
 GB = 1e9
@@ -158,7 +159,8 @@ def plan(s: Setup) -> dict[str, float]:
         optim = s.optimizer_bytes_per_param * n.total
     elif s.strategy == "fsdp":
         whole = a * (n.root + 2 * n.per_block)  # gathered: the root, a block and the next one
-        grads_whole = (a + 4) * (n.root + 2 * n.per_block)  # their gradients, and fp32 for the reduce
+        # their gradients (and an fp32 copy to reduce when computed in bf16)
+        grads_whole = (a + (4 if a != 4 else 0)) * (n.root + 2 * n.per_block)
         if s.accumulation and s.fsdp_accumulation == "unsharded":
             whole = a * n.total  # gathered weights stay between micro-batches
             grads_whole = 4 * n.total  # whole fp32 gradients accumulate until the last one
@@ -170,15 +172,30 @@ def plan(s: Setup) -> dict[str, float]:
     act = activations(s)
     out = {"parameters": params, "gradients": grads, "optimizer": optim,
            "activations": act["stored"] + act["transient"]}
-    out["total"] = sum(out.values()) * FRAGMENTATION + RUNTIME_GB * GB
+    if s.accumulation:  # the previous micro-batches' gradients are there during the forward
+        out["peak"] = params + grads + optim + out["activations"]
+    else:  # gradients appear as the backward frees activations: the larger of the two
+        kept = 4 * n.total if s.strategy == "ddp" and W > 1 else 0  # DDP's buckets stay
+        out["peak"] = params + optim + kept + max(out["activations"], grads - kept)
+    out["total"] = out["peak"] * FRAGMENTATION + RUNTIME_GB * GB
     return out
 
 
+def variants(world_size: int, accumulation: bool) -> list[tuple[str, str]]:
+    """(strategy, fsdp_accumulation) pairs worth comparing: on one GPU there is nothing to shard
+    (hardware.strategy=fsdp trains unsharded there), and without accumulation FSDP's two ways
+    of accumulating are the same."""
+    if world_size == 1:
+        return [("ddp", "unsharded")]
+    fsdp = [("fsdp", "unsharded"), ("fsdp", "sharded")] if accumulation else [("fsdp", "unsharded")]
+    return [("ddp", "unsharded"), *fsdp]
+
+
 def grid(config: GPTConfig, micro_batch_size: int, world_size: int, dtype: str = "bfloat16",
-         accumulation: bool = True, fsdp_accumulation: str = "unsharded") -> list[tuple[Setup, dict]]:
+         accumulation: bool = True) -> list[tuple[Setup, dict]]:
     """Every strategy x activation checkpointing for one model and batch."""
     out = []
-    for strategy in STRATEGIES:
+    for strategy, fsdp_accumulation in variants(world_size, accumulation):
         for mode in CHECKPOINTING:
             s = Setup(config, micro_batch_size, world_size, strategy, mode, dtype, accumulation,
                       fsdp_accumulation)
@@ -186,16 +203,27 @@ def grid(config: GPTConfig, micro_batch_size: int, world_size: int, dtype: str =
     return out
 
 
+def label(s: Setup) -> str:
+    if s.world_size == 1:
+        return "one GPU"
+    if s.strategy == "fsdp" and s.accumulation and s.fsdp_accumulation == "sharded":
+        return "fsdp/sharded"  # hardware.fsdp_accumulation=sharded
+    return s.strategy
+
+
 def format_table(rows: list[tuple[Setup, dict]], gpu_memory_gb: float) -> str:
-    head = (f"{'strategy':<8} {'act. ckpt':<10} {'params':>8} {'grads':>8} {'optim':>8} "
+    head = (f"{'strategy':<12} {'act. ckpt':<10} {'params':>8} {'grads':>8} {'optim':>8} "
             f"{'activ.':>8} {'total':>8}  fits {gpu_memory_gb:g} GB")
     lines = [head, "-" * len(head)]
     for s, p in rows:
         gb = {k: v / GB for k, v in p.items()}
         fits = "yes" if p["total"] <= gpu_memory_gb * GB else "no"
-        lines.append(f"{s.strategy:<8} {s.activation_checkpointing:<10} {gb['parameters']:>8.2f} "
+        lines.append(f"{label(s):<12} {s.activation_checkpointing:<10} {gb['parameters']:>8.2f} "
                      f"{gb['gradients']:>8.2f} {gb['optimizer']:>8.2f} {gb['activations']:>8.2f} "
                      f"{gb['total']:>8.2f}  {fits}")
+    if any(label(s) == "fsdp/sharded" for s, _ in rows):
+        lines.append("fsdp/sharded: hardware.fsdp_accumulation=sharded (a reduce-scatter per "
+                     "micro-batch instead of whole gradients until the step's last)")
     return "\n".join(lines)
 
 
@@ -209,19 +237,22 @@ def run(cfg, out_dir: Path, dist=None) -> float:
     t, hw = cfg.task, cfg.hardware
     world = t.gpus or hw.gpus_per_node or 1
     micro = hw.micro_batch_size
+    dtype = "float32" if hw.dtype == "float32" else "bfloat16"  # auto: bf16, as on a GPU
     config = model_args(cfg.model, cfg.model.vocab_size or t.vocab_size)
-    rows = grid(config, micro, world, t.dtype, t.accumulation, hw.fsdp_accumulation)
+    rows = grid(config, micro, world, dtype, t.accumulation)
     n = Counts.of(config)
     print(f"plan: {n.total / 1e6:.0f}M parameters ({config.n_layer} layers x {config.n_embd}, vocab "
           f"{config.vocab_size}) | micro-batch {micro} x {config.block_size} tokens | {world} GPU(s), "
-          f"{t.dtype} autocast | GB per GPU, with {RUNTIME_GB:g} GB runtime and "
-          f"{(FRAGMENTATION - 1) * 100:.0f}% fragmentation in the total", flush=True)
+          f"{dtype} autocast{', gradient accumulation' if t.accumulation else ''} | "
+          f"GB per GPU; the total adds {RUNTIME_GB:g} GB runtime and "
+          f"{(FRAGMENTATION - 1) * 100:.0f}% fragmentation", flush=True)
     print(format_table(rows, t.gpu_memory_gb), flush=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"params": n.total, "world_size": world, "micro_batch_size": micro,
-              "block_size": config.block_size, "dtype": t.dtype, "gpu_memory_gb": t.gpu_memory_gb,
-              "rows": [{"strategy": s.strategy, "activation_checkpointing": s.activation_checkpointing,
+              "block_size": config.block_size, "dtype": dtype, "gpu_memory_gb": t.gpu_memory_gb,
+              "rows": [{"strategy": s.strategy, "fsdp_accumulation": s.fsdp_accumulation,
+                        "activation_checkpointing": s.activation_checkpointing,
                         **{k: v / GB for k, v in p.items()},
                         "fits": p["total"] <= t.gpu_memory_gb * GB} for s, p in rows]}
     (out_dir / "plan.json").write_text(json.dumps(record, indent=1))
