@@ -29,6 +29,7 @@ from nanogpt.rundir import LOCK_FILE, created_here, restore_run_record
 register_configs()
 register_resolvers()
 log = logging.getLogger("nanogpt")
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 logging.raiseExceptions = False  # a full disk must not turn every log line into a traceback
 
 
@@ -47,6 +48,7 @@ def main(cfg: DictConfig):
         run_dir = _agree_on_run_dir(dist, config)
         from nanogpt.tasks import TASKS
 
+        _log_recipe()
         return TASKS[config.task.name](config, run_dir, dist)
     except Exception as e:
         own_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -95,6 +97,14 @@ def _remove_if_untouched(out: Path) -> None:
                 break
 
 
+def _log_recipe() -> None:
+    """Say which recipe (conf/recipe/TASK/MODEL_DATA.yaml) this model and data brought in."""
+    recipe = HydraConfig.get().runtime.choices.get("recipe")
+    if recipe and (CONF_DIR / "recipe" / f"{recipe}.yaml").is_file():
+        log.info("recipe %s applied (conf/recipe/%s.yaml): its settings for this model and data, "
+                 "under any set on the command line", recipe, recipe)
+
+
 def _agree_on_run_dir(dist, config) -> Path:
     """Join the process group, then use rank 0's output directory on every rank: Hydra names it
     on each rank separately (a timestamp in it can differ), and a rank's own stray one is removed."""
@@ -114,5 +124,5 @@ def _agree_on_run_dir(dist, config) -> Path:
 if __name__ == "__main__":
     from nanogpt.overrides import check_overrides
 
-    check_overrides(sys.argv[1:], Path(__file__).parent / "conf")
+    check_overrides(sys.argv[1:], CONF_DIR)
     main()

@@ -23,7 +23,7 @@ from nanogpt.data import Batches, TokenDataset, eval_batch
 from nanogpt.distributed import Dist
 from nanogpt.hardware import Runtime, compile_model, cpu_has_fast_bf16
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.train import estimate_loss
+from nanogpt.evaluate import estimate_loss
 
 
 @torch.no_grad()

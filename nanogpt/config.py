@@ -214,7 +214,11 @@ class TrainTask(TaskConfig):
     max_flops: Optional[float] = None  # a compute budget C ~ 6 N D: sets max_iters
     tokens_per_step: Optional[int] = None  # tokens per optimizer step; None: one micro-batch per rank
     eval_interval: int = 250
-    eval_iters: int = 50  # batches per split; eval batches are fixed, so 50 give a steady curve
+    # batches per split at each evaluation; None: as many as keep evaluation within eval_budget
+    # of the run's compute (the batches are fixed, so even a few give a steady curve)
+    eval_iters: Optional[int] = None
+    eval_budget: float = 0.05  # the share of the compute evaluation may take when eval_iters=null
+    final_eval_iters: Optional[int] = None  # the last evaluation's batches; None: 4 x eval_iters
     log_interval: int = 10
     save_interval: Optional[int] = None  # also save last.pt every N iterations (None: at evals only)
     always_save_checkpoint: bool = True  # save last.pt at each eval even when val did not improve
@@ -233,6 +237,9 @@ class TrainTask(TaskConfig):
         at_least("task.tokens_per_step", self.tokens_per_step, 1)
         at_least("task.eval_interval", self.eval_interval, 1)
         at_least("task.eval_iters", self.eval_iters, 1)
+        at_least("task.final_eval_iters", self.final_eval_iters, 1)
+        if not 0 < self.eval_budget < 1:
+            raise ConfigError(f"task.eval_budget={self.eval_budget} is out of range: it must be in (0, 1)")
         at_least("task.log_interval", self.log_interval, 1)
         at_least("task.save_interval", self.save_interval, 1)
         one_of("task.on_nan", self.on_nan, ON_NAN)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,23 +23,88 @@ GPT2_BASELINES = {"gpt2": (3.11, 3.12), "gpt2-medium": (2.85, 2.84),
 
 
 @torch.inference_mode()
-def split_losses(model, dataset, block_size: int, batch_size: int, eval_iters: int, seed: int,
-                 rt, splits=("train", "val")) -> dict:
+def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist=None, splits=("train", "val"),
+                  leave: bool = False, errors: dict | None = None) -> dict[str, float]:
+    """Mean loss over the same fixed eval_iters batches of each split (the training loop's
+    evaluation, and the eval task's). With several ranks (dist), each scores its share of the
+    batches and the sums are all-reduced; the model's train/eval mode is restored after.
+    `errors`, if given, receives each split's standard error of that mean (from the spread of
+    the batch losses): how far the figure may sit from the split's true loss."""
+    was_training = model.training
     model.eval()
-    batches = Batches(dataset, block_size, batch_size, seed, rt.device)
+    rank, world, is_main = (dist.rank, dist.world_size, dist.is_main) if dist else (0, 1, True)
     out = {}
     for split in splits:
-        if split not in dataset.splits:
-            raise UserError(f"unknown split {split!r}: use train and/or val")
-        total = torch.zeros((), device=rt.device, dtype=torch.float64)  # summed on the device: no sync per batch
-        for k in progress(range(eval_iters), desc=f"eval {split}", unit="batch"):
+        # loss sum, batch count and sum of squares, summed on the device: no host sync per batch
+        total = torch.zeros(3, device=rt.device, dtype=torch.float64)
+        ks = range(rank, eval_iters, world)
+        for k in progress(ks, desc=f"eval {split}", is_main=is_main, leave=leave, unit="batch"):
             x, y = eval_batch(batches, split, k)
             with rt.autocast():
                 _, loss = model(x, y)
-            total += loss.double()
-        mean = total.item() / eval_iters
-        out[split] = {"loss": mean, "perplexity": math.exp(mean), "tokens": eval_iters * batch_size * block_size}
+            loss = loss.double()
+            total += torch.stack([loss, torch.ones_like(loss), loss * loss])
+        if world > 1:
+            torch.distributed.all_reduce(total)
+        total, n, squares = total.tolist()
+        out[split] = total / n
+        if errors is not None:
+            errors[split] = standard_error(total, squares, n)
+    model.train(was_training)
     return out
+
+
+def standard_error(total: float, squares: float, n: float) -> float | None:
+    """The standard error of a mean of n values from their sum and sum of squares (None: n < 2)."""
+    if n < 2:
+        return None
+    variance = max(squares - total * total / n, 0.0) / (n - 1)
+    return math.sqrt(variance / n)
+
+
+@dataclass
+class EvalPlan:
+    """How many batches each evaluation of a training run scores, per split."""
+    iters: int  # at the periodic evaluations
+    final_iters: int  # at the last one: its loss is the one compared across runs
+    share: float  # the expected share of the run's compute spent evaluating
+
+    def iters_at(self, it: int, max_iters: int) -> int:
+        return self.final_iters if it >= max_iters else self.iters
+
+
+FINAL_EVAL_FACTOR = 4  # the final evaluation scores 4x the batches: half the standard error
+
+
+def plan_evaluation(tcfg, max_iters: int, tokens_per_step: int, eval_tokens_per_batch: int,
+                    splits: int = 2) -> EvalPlan:
+    """Batches per evaluation. task.eval_iters=null sizes them so that evaluation costs at most
+    task.eval_budget of the run's compute: a token scored costs ~1/3 of a token trained (forward
+    only, vs forward + backward). The batches are fixed, so even a few give a steady curve; the
+    standard error logged beside each loss says how far it may sit from the split's true loss."""
+    periodic = max(1, -(-max_iters // tcfg.eval_interval))  # at 0, I, 2I, ... below max_iters
+    trained = 3 * max_iters * tokens_per_step  # in forward-token units
+    scored = splits * eval_tokens_per_batch  # per batch of each split
+    iters = tcfg.eval_iters
+    if iters is None:
+        allowed = tcfg.eval_budget / (1 - tcfg.eval_budget) * trained
+        final_weight = FINAL_EVAL_FACTOR if tcfg.final_eval_iters is None else 0
+        fixed = 0 if tcfg.final_eval_iters is None else tcfg.final_eval_iters
+        iters = max(1, int((allowed / scored - fixed) // (periodic + final_weight)))
+    final = tcfg.final_eval_iters if tcfg.final_eval_iters is not None else FINAL_EVAL_FACTOR * iters
+    cost = scored * (periodic * iters + final)
+    return EvalPlan(iters, final, cost / (cost + trained) if trained else 1.0)
+
+
+def split_losses(model, dataset, block_size: int, batch_size: int, eval_iters: int, seed: int,
+                 rt, splits=("train", "val")) -> dict:
+    """Loss, perplexity and tokens scored of each split, for the eval task's table."""
+    batches = Batches(dataset, block_size, batch_size, seed, rt.device)
+    errors = {}
+    losses = estimate_loss(model, batches, eval_iters, rt, splits=splits, leave=True, errors=errors)
+    return {split: {"loss": loss, "stderr": errors[split], "perplexity": math.exp(loss),
+                    "tokens": eval_iters * batch_size * block_size}
+            for split, loss in losses.items()}
 
 
 def evaluate(cfg, out_dir: Path, data_chosen: bool = False) -> dict:
@@ -68,12 +134,11 @@ def evaluate(cfg, out_dir: Path, data_chosen: bool = False) -> dict:
     reference = GPT2_BASELINES.get(cfg.model.pretrained) if data_name == "owt" and not cfg.run else None
 
     print(f"\n{source} on {data_name} ({t.eval_iters} batches of {batch} x {block} tokens per split)")
-    print(f"{'split':<8}{'loss':>10}{'perplexity':>14}" + (f"{'reference':>12}" if reference else ""))
-    for i, (split, r) in enumerate(results.items()):
-        ref = ""
-        if reference:
-            ref = f"{reference[0 if split == 'train' else 1]:>12.2f}"
-        print(f"{split:<8}{r['loss']:>10.4f}{r['perplexity']:>14.2f}{ref}")
+    print(f"{'split':<8}{'loss':>10}{'± s.e.':>10}{'perplexity':>14}" + (f"{'reference':>12}" if reference else ""))
+    for split, r in results.items():
+        ref = f"{reference[0 if split == 'train' else 1]:>12.2f}" if reference else ""
+        se = f"{r['stderr']:>10.4f}" if r["stderr"] is not None else f"{'-':>10}"
+        print(f"{split:<8}{r['loss']:>10.4f}{se}{r['perplexity']:>14.2f}{ref}")
     record = {"source": source, "data": data_name, "block_size": block, "batch_size": batch,
               "eval_iters": t.eval_iters, **results}
     if reference:

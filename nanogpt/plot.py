@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from nanogpt.scaling import find_run_dirs, read_config, read_metrics, read_summary
+from nanogpt.results import find_run_dirs, read_config, read_metrics, read_summary
 from nanogpt.scaling_fit import Approach3Fit, IsoFLOPFit, compute_frontier
 
 X_LABELS = {"tokens": "tokens", "iter": "iteration", "flops": "training FLOPs"}

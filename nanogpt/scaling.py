@@ -16,7 +16,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -24,80 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from nanogpt.results import find_run_dirs, read_config, read_metrics, read_summary  # noqa: F401
 from nanogpt.scaling_fit import (CHINCHILLA, CHINCHILLA_TABLE, Approach3Fit, Bootstrap,  # noqa: F401
                                  IsoFLOPFit, IsoFLOPProfile, PowerLawFit, bootstrap_approach3,
                                  chinchilla_law, compute_frontier, compute_optimal, fit_approach3,
                                  fit_power_law, group_by_compute, isoflop_fit, isoflop_profile)
 
 N_KINDS = {"non_embedding": "params_non_embedding", "total": "params"}
-RUN_MARKERS = (".hydra", "summary.json", "metrics.jsonl")
-
-
-# --------------------------------------------------------------------------------------------
-# Reading run directories
-# --------------------------------------------------------------------------------------------
-def _natural_key(path: Path):
-    # Hydra numbers sweep jobs 0_, 1_, ..., 10_: sort 2_ before 10_
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
-
-
-def find_run_dirs(paths) -> list[Path]:
-    """Every run directory under `paths` (a directory holding .hydra/, summary.json or
-    metrics.jsonl); a path that is itself a run directory counts as one."""
-    found = []
-    for root in map(Path, paths):
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: no such directory")
-        for dirpath, dirnames, filenames in os.walk(root):
-            if any(m in filenames or m in dirnames for m in RUN_MARKERS):
-                found.append(Path(dirpath))
-                dirnames.clear()  # a run's own subdirectories (.hydra, ckpt) hold no runs
-    return sorted(set(found), key=_natural_key)
-
-
-def read_metrics(run_dir) -> list[dict]:
-    """The JSON lines of run_dir/metrics.jsonl ([] when absent). A truncated last line (the run
-    died mid-write) is ignored; a corrupt line elsewhere is an error."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}:{i + 1}: not a JSON object ({e})") from None
-    return records
-
-
-def read_summary(run_dir) -> dict | None:
-    """run_dir/summary.json, or None when missing or unreadable (a run killed while writing it)."""
-    path = Path(run_dir) / "summary.json"
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        warnings.warn(f"{path} is not valid JSON ({e}); treating the run as incomplete")
-        return None
-
-
-def read_config(run_dir, summary: dict | None = None) -> dict:
-    """The run's config: summary.json's resolved copy, else Hydra's .hydra/config.yaml (whose
-    interpolations stay unresolved strings), else {}."""
-    summary = read_summary(run_dir) if summary is None else summary
-    if summary and isinstance(summary.get("config"), dict):
-        return summary["config"]
-    path = Path(run_dir) / ".hydra" / "config.yaml"
-    if path.exists():
-        import yaml
-        return yaml.safe_load(path.read_text()) or {}
-    return {}
 
 
 def _get(d: dict, dotted: str):
@@ -143,7 +75,7 @@ class Run:
 CSV_COLUMNS = [f.name for f in dataclasses.fields(Run) if f.name != "config"]
 
 
-def load_run(run_dir, n_kind: str = "non_embedding") -> Run:
+def read_run(run_dir, n_kind: str = "non_embedding") -> Run:
     """A Run from the summary, with what metrics.jsonl says filling anything it lacks."""
     run_dir = Path(run_dir)
     summary = read_summary(run_dir) or {}
@@ -212,7 +144,7 @@ def load_runs(paths, n_kind: str = "non_embedding") -> list[Run]:
         if path.is_file() and path.suffix == ".csv":
             runs += read_csv(path, n_kind)
         else:
-            runs += [load_run(d, n_kind) for d in find_run_dirs([path])]
+            runs += [read_run(d, n_kind) for d in find_run_dirs([path])]
     return runs
 
 

@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 from nanogpt import checkpoint, distributed, parallel, rundir
 from nanogpt.build import model_args, open_dataset
-from nanogpt.data import Batches, Prefetcher, eval_batch
+from nanogpt.data import Batches, Prefetcher
 from nanogpt.errors import UserError
+from nanogpt.evaluate import estimate_loss, plan_evaluation
 from nanogpt.guards import NanGuard, StopRequest
-from nanogpt.hardware import compile_model, peak_flops, runtime
-from nanogpt.metrics import MetricsLogger, mfu, progress
+from nanogpt.hardware import compile_model, peak_flops_info, runtime, why_compile
+from nanogpt.metrics import MetricsLogger, mfu
 from nanogpt.model import GPT
 from nanogpt.optim import Schedule, make_optimizer, set_lr
 from nanogpt.sample import generate_texts
@@ -49,26 +50,6 @@ def plan_steps(tcfg, tokens_per_micro: int, world: int, micro: int, flops_per_to
     elif tcfg.max_tokens:
         max_iters = max(1, round(tcfg.max_tokens / tokens_per_step))
     return tokens_per_step, accum, max_iters
-
-
-@torch.inference_mode()
-def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist) -> dict[str, float]:
-    """Mean loss over the same fixed eval_iters batches of each split, shared among ranks."""
-    model.eval()
-    out = {}
-    for split in ("train", "val"):
-        total = torch.zeros(2, device=rt.device, dtype=torch.float64)
-        ks = range(dist.rank, eval_iters, dist.world_size)
-        for k in progress(ks, desc=f"eval {split}", is_main=dist.is_main, leave=False):
-            x, y = eval_batch(batches, split, k)
-            with rt.autocast():
-                _, loss = model(x, y)
-            total += torch.stack([loss.double(), torch.ones((), device=rt.device, dtype=torch.float64)])
-        if dist.enabled:
-            torch.distributed.all_reduce(total)
-        out[split] = (total[0] / total[1]).item()
-    model.train()
-    return out
 
 
 def run(cfg, run_dir: Path, dist: distributed.Dist) -> float | None:
@@ -173,15 +154,23 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     train_model = parallel.wrap(eval_model, hw.strategy, dist, rt)
 
     batches = Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size)
-    eval_batches = Batches(dataset, block, hw.eval_batch_size or 2 * micro, cfg.seed, rt.device)
+    eval_batch_size = hw.eval_batch_size or 2 * micro
+    eval_batches = Batches(dataset, block, eval_batch_size, cfg.seed, rt.device)
+    eval_plan = plan_evaluation(tcfg, max_iters, tokens_per_step, eval_batch_size * block)
     metrics = MetricsLogger(run_dir, dist.is_main, cfg.logger, config_dict, start_iter)
-    peak = peak_flops(rt) if dist.is_main else None
+    peak, peak_source = peak_flops_info(rt) if dist.is_main else (None, "")
     if dist.is_main:
+        log.info("hardware: %s | %s | %s | %s | peak for MFU: %s", rt.why["device"], rt.why["dtype"],
+                 rt.why["threads"], why_compile(hw.compile, rt.device),
+                 f"{peak / 1e9:,.0f} GFLOP/s ({peak_source})" if peak else peak_source)
         log.info("model %.2fM parameters (%.2fM non-embedding) | %d tokens/step = %d micro x %d "
                  "block x %d accum x %d ranks | %d iters, %s tokens | %s %s compile=%s | run dir %s",
                  model.num_params(False) / 1e6, _non_embedding(model) / 1e6, tokens_per_step, micro,
                  block, accum, dist.world_size, max_iters, f"{max_iters * tokens_per_step:,}", rt.device,
                  str(rt.dtype).replace("torch.", ""), hw.compile, run_dir.resolve())
+        log.info("evaluation: %d batches of %d x %d tokens per split every %d iterations, %d at the "
+                 "end: ~%.1f%% of the run's compute", eval_plan.iters, eval_batch_size, block,
+                 tcfg.eval_interval, eval_plan.final_iters, 100 * eval_plan.share)
         if start_iter:
             log.info("resuming from %s at iteration %d", resume_path, start_iter)
 
@@ -217,7 +206,9 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             "iters": it, "max_iters": max_iters, "tokens_per_step": tokens_per_step,
             "best_val_loss": best_val if math.isfinite(best_val) else None,
             "final_val_loss": losses["val"] if losses else None,
-            "final_train_loss": losses["train"] if losses else None, "wall_time_s": elapsed,
+            "final_train_loss": losses["train"] if losses else None,
+            "final_val_loss_se": losses.get("val_se") if losses else None, "wall_time_s": elapsed,
+            "eval_time_s": eval_time,
             "tokens_per_s": tok_s, "mfu": mfu(flops_per_token, tok_s, peak, dist.world_size) if tok_s else None,
             "world_size": dist.world_size, "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""),
             "stop_signal": signal.Signals(stop.signum).name if stop.signum else None, "config": config_dict})
@@ -231,7 +222,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     prefetch = Prefetcher(batches, start_iter, accum)
     t_start = t_last = time.perf_counter()
     it, losses, status, tok_s, bad_steps, last_loss = start_iter, resumed_losses, "running", None, 0, None
-    iters_since_log = 0
+    iters_since_log, eval_time = 0, 0.0  # eval_time: seconds spent evaluating, this session
     try:
         while True:
             lr = schedule(it)
@@ -239,17 +230,22 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
 
             # evaluate and checkpoint (not again at the iteration we resumed at)
             if (it % tcfg.eval_interval == 0 or it == max_iters) and (it > start_iter or start_iter == 0):
-                losses = estimate_loss(eval_model, eval_batches, tcfg.eval_iters, rt, dist)
+                t_eval, errors = time.perf_counter(), {}
+                losses = estimate_loss(eval_model, eval_batches, eval_plan.iters_at(it, max_iters), rt, dist,
+                                       errors=errors)
+                eval_time += time.perf_counter() - t_eval
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise UserError(_nan_message(guard.checked_at, it, last_loss, "evaluation"))
                 losses["iter"] = it  # saved with the checkpoint: the final losses survive a kill
+                losses["val_se"] = errors["val"]
                 improved = losses["val"] < best_val
                 best_val = min(best_val, losses["val"])
                 if dist.is_main:
-                    log.info("iter %d: train loss %.4f, val loss %.4f", it, losses["train"], losses["val"])
+                    log.info("iter %d: train loss %.4f, val loss %.4f%s", it, losses["train"], losses["val"],
+                             f" ± {errors['val']:.4f}" if errors["val"] is not None else "")
                     metrics.log({"kind": "eval", "iter": it, "tokens": it * tokens_per_step,
                                  "train_loss": losses["train"], "val_loss": losses["val"],
-                                 "time_s": time.perf_counter() - t_start})
+                                 "val_loss_se": errors["val"], "time_s": time.perf_counter() - t_start})
                 if it > 0:
                     if improved:  # best.pt first: a kill before the copy leaves it the newest
                         save(it, "best.pt", link="last.pt")

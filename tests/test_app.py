@@ -40,6 +40,35 @@ def test_experiment_recipes_match_nanogpt():
     assert (g.optim.warmup_iters, g.optim.beta2, g.hardware.dtype, g.hardware.compile) == (2000, 0.95, "bfloat16", True)
 
 
+def test_the_design_cards_command_trains_with_nanogpts_recipe():
+    """`python launch.py model=gpt2_124m data=owt` is nanoGPT's `python train.py`: the recipe
+    conf/recipe/train/gpt2_124m_owt.yaml specializes the config for that model and data, the
+    command line still wins, and other tasks or other data are not touched by it."""
+    g = compose_cfg(["model=gpt2_124m", "data=owt"])
+    assert (g.optim.lr, g.optim.min_lr, g.optim.warmup_iters, g.optim.decay_iters) == (6e-4, 6e-5, 2000, 600000)
+    assert (g.optim.beta1, g.optim.beta2, g.optim.weight_decay, g.optim.grad_clip) == (0.9, 0.95, 0.1, 1.0)
+    assert (g.task.tokens_per_step, g.task.max_iters, g.hardware.micro_batch_size) == (491520, 600000, 12)
+    explicit = compose_cfg(["experiment=train_gpt2"])
+    assert g.optim == explicit.optim and g.task == explicit.task  # the experiment is the explicit form
+    mine = compose_cfg(["model=gpt2_124m", "data=owt", "optim.lr=1e-4", "task.max_iters=10"])
+    assert (mine.optim.lr, mine.task.max_iters, mine.optim.beta2) == (1e-4, 10, 0.95)
+    assert compose_cfg(["model=gpt2_124m"]).optim.lr == 1e-3  # another dataset: the defaults
+    for task in ("eval", "sample", "bench"):  # the recipe is training's
+        assert compose_cfg([f"task={task}", "model=gpt2_124m", "data=owt"]).optim.lr == 1e-3
+
+
+@pytest.mark.slow
+def test_the_run_header_says_which_recipe_applied(tmp_path, data_root):
+    _bpe_dataset(data_root, "owt")
+    proc = launch(["model=gpt2_124m", "data=owt", "model.n_layer=1", "model.n_head=2", "model.n_embd=16",
+                   "model.block_size=16", "hardware=cpu", "hardware.dtype=float32", "hardware.micro_batch_size=2",
+                   "task.tokens_per_step=32", "task.max_iters=2", "task.eval_iters=1", "task.num_samples=0",
+                   "task.plot=false", "run=r"], cwd=tmp_path)
+    assert "recipe train/gpt2_124m_owt applied" in proc.stderr + proc.stdout
+    config = json.loads((tmp_path / "r" / "summary.json").read_text())["config"]
+    assert (config["optim"]["lr"], config["optim"]["beta2"], config["task"]["eval_interval"]) == (6e-4, 0.95, 1000)
+
+
 def _bpe_dataset(root: Path, name: str, n: int = 20000):
     out = root / name
     out.mkdir(parents=True)

@@ -35,6 +35,9 @@ def test_console_header_metrics_and_no_progress_bars_in_a_log(tmp_path, data_roo
     for part in ("M parameters", "128 tokens/step = 4 micro x 32 block x 1 accum x 1 ranks",
                  "10 iters, 1,280 tokens", "cpu float32 compile=False", f"run dir {run}"):
         assert part in header[0], part
+    [hw] = [line for line in out.splitlines() if " - hardware: " in line]  # how each setting was chosen
+    for part in ("cpu (hardware.device=cpu)", "float32 (hardware.dtype=float32)", "compile off (", "peak for MFU: "):
+        assert part in hw, part
     console = [line.split(" - ")[1].split(":")[0] for line in out.splitlines() if ": loss " in line]
     assert console == ["iter 2", "iter 4", "iter 6", "iter 8", "iter 10"]
 

@@ -226,7 +226,7 @@ def test_collect_falls_back_to_6ND_and_flags_corrupt_metrics(tmp_path):
     s = summary()
     del s["flops"]
     write_run(tmp_path / "a", s)
-    assert scaling.load_run(tmp_path / "a").C == 6 * 1e6 * 5e7
+    assert scaling.read_run(tmp_path / "a").C == 6 * 1e6 * 5e7
     write_run(tmp_path / "b", None, [eval_line(1, 3.0)], tail="garbage\n" + json.dumps(eval_line(2, 2.9)) + "\n")
     with pytest.raises(ValueError, match="metrics.jsonl:2"):
         scaling.read_metrics(tmp_path / "b")
