@@ -2,10 +2,13 @@
 rendezvous, one process each, gloo; and what a SLURM sweep over hardware presets asks for."""
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +104,135 @@ def test_slurm_sweep_resolves_the_launcher_per_job(tmp_path, data_root):
     assert [summary(r)["world_size"] for r in runs] == [1, 2]
     assert all(summary(r)["status"] == "finished" for r in runs)
     assert len(job_ids(tmp_path / "sweeps" / "s")) == 2
+
+
+# ---- a real two-node SLURM cluster on this machine
+#
+# A private cluster beside the shared test cluster (its own config, ports 7817/7818, state in a
+# temporary directory; the running munged signs its messages): node n1 is this machine's network
+# namespace, node n2 a network namespace of its own, joined by a veth pair (10.201.0.1 and
+# 10.201.0.2). Both ends of the pair are named `nanoveth`, so one GLOO_SOCKET_IFNAME fits every
+# rank, and the node names do not resolve, so MASTER_ADDR names the first node's address.
+
+NETNS, VETH, ADDR = "nanogpt2n", "nanoveth", ("10.201.0.1", "10.201.0.2")
+SLURM_CONF = """ClusterName=nanogpt2n
+SlurmctldHost={host}({addr1})
+SlurmctldPort=7817
+SlurmdPort=7818
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerParameters=batch_sched_delay=0,sched_interval=5,bf_interval=5
+AuthInfo=cred_expire=30
+SlurmdParameters=config_overrides
+ReturnToService=2
+KillWait=5
+AccountingStorageType=accounting_storage/none
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool/%n
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd-%n.pid
+SlurmctldLogFile={d}/slurmctld.log
+SlurmdLogFile={d}/slurmd-%n.log
+NodeName=n1 NodeAddr={addr1} CPUs=2 RealMemory=8000
+NodeName=n2 NodeAddr={addr2} CPUs=2 RealMemory=8000
+PartitionName=two Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def _two_node_blocker() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, slurm daemons)"
+    for tool in ("slurmctld", "slurmd", "sbatch", "ip", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"no {tool} on PATH"
+    if not Path("/run/munge/munge.socket.2").exists():
+        return "munged is not running (start the test cluster: ../shared/slurm/start-local-slurm.sh)"
+    return None
+
+
+def _sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def two_node_slurm(tmp_path):
+    """Start the two-node cluster; yield the environment its clients and jobs need; stop it."""
+    blocker = _two_node_blocker()
+    if blocker:
+        pytest.skip(f"two-node SLURM cluster: {blocker}")
+    lock = open("/tmp/nanogpt-two-node-slurm.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # one such cluster at a time on this machine
+    d = tmp_path / "slurm2n"
+    for sub in ("state", "spool/n1", "spool/n2"):
+        (d / sub).mkdir(parents=True)
+    conf = d / "slurm.conf"
+    conf.write_text(SLURM_CONF.format(host=socket.gethostname(), addr1=ADDR[0], addr2=ADDR[1], d=d))
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)  # a previous run's, if left
+    started = []
+    try:
+        _sh("ip", "netns", "add", NETNS)
+        _sh("ip", "link", "add", "nanoveth0", "type", "veth", "peer", "name", "nanoveth1")
+        _sh("ip", "link", "set", "nanoveth1", "netns", NETNS)
+        _sh("ip", "link", "set", "nanoveth0", "name", VETH)
+        _sh("ip", "addr", "add", f"{ADDR[0]}/24", "dev", VETH)
+        _sh("ip", "link", "set", VETH, "up")
+        inside = ["ip", "netns", "exec", NETNS]
+        _sh(*inside, "ip", "link", "set", "nanoveth1", "name", VETH)
+        _sh(*inside, "ip", "addr", "add", f"{ADDR[1]}/24", "dev", VETH)
+        _sh(*inside, "ip", "link", "set", VETH, "up")
+        _sh(*inside, "ip", "link", "set", "lo", "up")
+        _sh(*inside, "ip", "route", "add", "default", "via", ADDR[0])
+        _sh("slurmctld", "-f", str(conf), "-i")
+        started.append(d / "slurmctld.pid")
+        _sh("slurmd", "-f", str(conf), "-N", "n1")
+        started.append(d / "slurmd-n1.pid")
+        # nsenter, not `ip netns exec`: that remounts /sys, and slurmd wants the host's cgroup fs
+        _sh("nsenter", f"--net=/var/run/netns/{NETNS}", "slurmd", "-f", str(conf), "-N", "n2")
+        started.append(d / "slurmd-n2.pid")
+        env = {"SLURM_CONF": str(conf), "MASTER_ADDR": ADDR[0], "GLOO_SOCKET_IFNAME": VETH}
+        deadline = time.monotonic() + 60
+        while True:
+            out = subprocess.run(["sinfo", "-h", "-o", "%T %D"], capture_output=True, text=True,
+                                 env={**os.environ, **env}).stdout.split()
+            if out == ["idle", "2"]:
+                break
+            if time.monotonic() > deadline:
+                logs = "\n".join(p.read_text()[-1500:] for p in d.glob("*.log"))
+                pytest.fail(f"the two-node cluster did not come up (sinfo: {out}):\n{logs}")
+            time.sleep(0.5)
+        yield env
+    finally:
+        for pid_file in reversed(started):
+            try:
+                pid = int(pid_file.read_text())
+                if Path(f"/proc/{pid}/comm").read_text().strip() in ("slurmctld", "slurmd"):
+                    os.kill(pid, 15)
+            except (OSError, ValueError):
+                pass
+        subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_a_two_node_slurm_job_trains_as_one_process_does(tmp_path, data_root, two_node_slurm):
+    args = merged(*STEP, "task.max_iters=4", "task.eval_interval=4", "hardware.dtype=float64")
+    launch(["-m", "hydra/launcher=slurm_cpu", "hydra.launcher.partition=two", "hydra.launcher.nodes=2",
+            "hydra.launcher.mem_gb=1", "sweep_name=s", *args], cwd=tmp_path, env=two_node_slurm, timeout=300)
+    [run] = run_dirs(tmp_path / "sweeps" / "s")
+    assert summary(run)["world_size"] == 2 and summary(run)["status"] == "finished"
+    [script] = (tmp_path / "sweeps" / "s" / ".submitit").glob("*/*_submission.sh")
+    assert "#SBATCH --nodes=2" in script.read_text() and "#SBATCH --ntasks-per-node=1" in script.read_text()
+    launch(args, cwd=tmp_path)
+    [single] = run_dirs(tmp_path / "runs")
+    a, b = losses(single), losses(run)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4] and all(abs(a[i] - b[i]) / a[i] < EXACT for i in a)
