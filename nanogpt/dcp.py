@@ -20,11 +20,13 @@ run resumes (under the run's lock).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import secrets
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +62,24 @@ def has_sharded(ckpt_dir: Path) -> bool:
     """Does this run keep sharded checkpoints (an FSDP run)? A dangling link counts: the run's
     format is what it wrote, even if a file went missing since."""
     return any(os.path.lexists(Path(ckpt_dir) / name) for name in LINKS)
+
+
+def check_strategy(run_dir: Path, sharded: bool) -> None:
+    """A run keeps one checkpoint format: refuse, before any work, to resume a sharded run
+    without a sharded strategy, or a run of single-file checkpoints with one."""
+    ckpt_dir = Path(run_dir) / "ckpt"
+    if has_sharded(ckpt_dir) and not sharded:
+        raise UserError(f"{run_dir} was trained with hardware.strategy=fsdp (sharded checkpoints in "
+                        f"{ckpt_dir}/last.dcp): resume it with hardware.strategy=fsdp, on any number "
+                        "of processes, one included; its ckpt/*.pt files (`python -m nanogpt.checkpoint "
+                        "consolidate RUN`) hold the weights only, for sampling, evaluation and export")
+    single = [n for n in checkpoint.RESUMABLE if (ckpt_dir / n).is_file()]
+    if sharded and single and not has_sharded(ckpt_dir):
+        raise UserError(f"{run_dir} was trained with hardware.strategy=ddp (single-file checkpoint "
+                        f"{ckpt_dir / single[0]}): resume it with hardware.strategy=ddp. To go on "
+                        "sharded, start a new run from its weights: python -m nanogpt.export "
+                        f"{run_dir} EXPORT_DIR, then init_from=pretrained model.path=EXPORT_DIR "
+                        "hardware.strategy=fsdp run=NEW_DIR")
 
 
 def _is_complete(path: Path) -> bool:
@@ -118,20 +138,21 @@ def latest(run_dir: Path, repair: bool = False) -> Found | None:
 
 # ---- saving
 
-def save(ckpt_dir: Path, model, optimizer, train_state: dict, links: tuple[str, ...], dist) -> Path:
+def save(ckpt_dir: Path, it: int, model, optimizer, train_state: dict | None, links: tuple[str, ...],
+         dist) -> Path:
     """Every rank calls this: each writes its shards of the model and optimizer state; rank 0
-    adds train_state, renames the save into place and points `links` (e.g. best.dcp, last.dcp)
-    at it. Returns the save's directory."""
+    adds train_state (the other ranks may pass None), renames the save into place and points
+    `links` (e.g. best.dcp, last.dcp) at it. Returns the save's directory."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     from nanogpt import distributed
 
     ckpt_dir = Path(ckpt_dir)
-    name = distributed.broadcast_object(f"iter-{train_state['iter']:08d}-{secrets.token_hex(3)}.dcp")
+    name = distributed.broadcast_object(f"iter-{it:08d}-{secrets.token_hex(3)}.dcp")
     tmp, final = ckpt_dir / f".{name}.tmp", ckpt_dir / name
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    with checkpoint._write_errors(final):
+    with checkpoint._write_errors(final), _one_process():
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
         if dist.is_main:
             checkpoint.atomic_save(train_state, tmp / STATE_FILE)
@@ -182,7 +203,8 @@ def load_into(path: Path, model, optimizer) -> None:
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=path)
+    with _one_process():
+        dcp.load(state, checkpoint_id=path)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
@@ -191,8 +213,17 @@ def load_model_weights(path: Path, model) -> None:
     import torch.distributed.checkpoint as dcp
 
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=path, no_dist=True)
+    with _one_process():
+        dcp.load(state, checkpoint_id=path, no_dist=True)
     model.load_state_dict(state["model"])
+
+
+@contextlib.contextmanager
+def _one_process():
+    """DCP warns that it assumes one process when there is no process group: that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 # ---- consolidation: one file that sample, eval and export read

@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import torch
-from nanogpt import checkpoint, distributed, parallel, rundir
-from nanogpt.build import model_args, open_dataset
+from nanogpt import checkpoint, dcp, distributed, fsdp, parallel, rundir
+from nanogpt.build import load_run, model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher
 from nanogpt.errors import UserError
 from nanogpt.evaluate import estimate_loss, plan_evaluation
 from nanogpt.guards import NanGuard, StopRequest
-from nanogpt.hardware import compile_model, peak_flops_info, runtime, why_compile
+from nanogpt.hardware import peak_flops_info, runtime, why_compile
 from nanogpt.metrics import MetricsLogger, mfu
 from nanogpt.model import GPT
 from nanogpt.optim import Schedule, make_optimizer, set_lr
@@ -88,16 +88,25 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     if cfg.init_from == "pretrained" and not (mcfg.pretrained or mcfg.path):
         raise UserError("init_from=pretrained needs weights: model=pretrained/gpt2 (or gpt2_medium, "
                         "gpt2_large, gpt2_xl), or model.path=DIR for a local Hugging Face directory")
-    has_ckpt = any((run_dir / "ckpt" / name).exists() for name in checkpoint.RESUMABLE)
+    sharded = hw.strategy in parallel.SHARDED_CHECKPOINTS  # ckpt/*.dcp, one shard per rank
+    has_ckpt = (any((run_dir / "ckpt" / name).exists() for name in checkpoint.RESUMABLE)
+                or dcp.has_sharded(run_dir / "ckpt"))
     done = rundir.read_summary(run_dir)
     if has_ckpt and done is not None:
         if done.get("status") == "finished" and cfg.init_from != "resume":
             log.info("%s already finished (best val loss %s); nothing to do. To train further: "
                      "init_from=resume run=%s task.max_iters=N", run_dir, done.get("best_val_loss"), run_dir)
             return done
+    dcp.check_strategy(run_dir, sharded)
     if dist.is_main:  # launch.py holds the run's lock: no other process is writing these
         checkpoint.remove_stale_temps(run_dir / "ckpt")
-    resume_path, ckpt = checkpoint.load_latest(run_dir, repair=dist.is_main)
+        dcp.remove_orphans(run_dir / "ckpt")
+    if sharded:  # the train state now; the weights once the model is sharded
+        found = dcp.latest(run_dir, repair=dist.is_main) if dist.is_main else None
+        resume_path = distributed.broadcast_object(found.path if found else None)
+        ckpt = dcp.load_state(resume_path) if resume_path else None
+    else:
+        resume_path, ckpt = checkpoint.load_latest(run_dir, repair=dist.is_main)
     if distributed.broadcast_object(ckpt is not None) != (ckpt is not None):
         raise UserError(f"ranks 0 and {dist.rank} disagree on whether {run_dir / 'ckpt'} holds a "
                         "checkpoint: the run directory must be on a filesystem that every node shares")
@@ -111,7 +120,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             gpt_config.vocab_size = ckpt["model_args"]["vocab_size"]
         checkpoint.check_shape(ckpt, gpt_config, resume_path)
         model = GPT(gpt_config)
-        model.load_state_dict(ckpt["model"])
+        if not sharded:
+            model.load_state_dict(ckpt["model"])
     elif mcfg.pretrained or mcfg.path:
         from nanogpt.pretrained import load_pretrained
 
@@ -134,11 +144,16 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     tokens_per_step, accum, max_iters = plan_steps(tcfg, micro * block, dist.world_size, micro, flops_per_token)
     schedule = Schedule(ocfg, max_iters)
 
+    # what the step and the evaluation call; the optimizer comes after: FSDP shards the parameters
+    train_model, eval_model = parallel.prepare(model, hw, dist, rt)
     optimizer = make_optimizer(model, ocfg, rt.device_type)
     scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.needs_grad_scaler)
     start_iter, best_val, resumed_losses = 0, float("inf"), None
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if sharded:  # each rank reads the chunks of its shards, whatever world size wrote them
+            dcp.load_into(resume_path, model, optimizer)
+        else:
+            optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         start_iter, best_val = ckpt["iter"], ckpt.get("best_val_loss", float("inf"))
@@ -149,9 +164,6 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         torch.manual_seed(cfg.seed + dist.rank)  # dropout masks differ between ranks
     del ckpt
 
-    eval_model = compile_model(model) if hw.compile else model
-    # evaluation bypasses the wrapper: ranks score different numbers of batches
-    train_model = parallel.wrap(eval_model, hw.strategy, dist, rt)
 
     batches = Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size)
     eval_batch_size = hw.eval_batch_size or 2 * micro
@@ -179,19 +191,22 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         of it (a second real file: damage to one leaves the other). A non-finite loss or weight is never written: the good checkpoints stay."""
         nonlocal saved_at
         guard_ok = tcfg.on_nan != "stop" or guard.finite(it)  # skip mode skipped its bad steps
-        if _agree(not (guard_ok and _params_finite(model)), dist):
+        if _agree(not (guard_ok and fsdp.all_finite(model.parameters())), dist):
             raise UserError(_nan_message(guard.checked_at, it, last_loss))
         rng = [checkpoint.rng_state()]
         if dist.enabled:
             rng = [None] * dist.world_size
             torch.distributed.all_gather_object(rng, checkpoint.rng_state())
-        if dist.is_main:
-            state = {"model": checkpoint.clean_state_dict(model.state_dict()),
-                     "model_args": dataclasses.asdict(gpt_config), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict() if scaler.is_enabled() else None, "iter": it,
-                     "best_val_loss": best_val, "rng": rng, "config": config_dict,
-                     "tokenizer": tokenizer_meta, "dataset": dataset.meta.get("dataset"),
-                     "eval_losses": losses}
+        state = {"model_args": dataclasses.asdict(gpt_config),
+                 "scaler": scaler.state_dict() if scaler.is_enabled() else None, "iter": it,
+                 "best_val_loss": best_val, "rng": rng, "config": config_dict,
+                 "tokenizer": tokenizer_meta, "dataset": dataset.meta.get("dataset"),
+                 "eval_losses": losses}
+        if sharded:  # a collective: every rank writes its shards
+            links = tuple(n.replace(".pt", ".dcp") for n in (name, link) if n)
+            dcp.save(run_dir / "ckpt", it, model, optimizer, state if dist.is_main else None, links, dist)
+        elif dist.is_main:
+            state.update(model=checkpoint.clean_state_dict(model.state_dict()), optimizer=optimizer.state_dict())
             checkpoint.atomic_save(state, run_dir / "ckpt" / name)
             if link:
                 checkpoint.copy_checkpoint(run_dir / "ckpt" / name, run_dir / "ckpt" / link)
@@ -278,7 +293,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                 step_loss += loss.detach()
             if ocfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), ocfg.grad_clip)
+                norm = fsdp.clip_grad_norm_(model.parameters(), ocfg.grad_clip)  # sharded too
                 if not rt.needs_grad_scaler:  # float16's GradScaler skips inf gradients itself
                     guard.add(norm)
             if tcfg.on_nan == "skip" and not rt.needs_grad_scaler:  # one host sync per step
@@ -341,6 +356,9 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         if losses:
             log.info("val loss %.4f nats/token vs the corpus's unigram entropy %.4f: what a model "
                      "that ignores context scores", losses["val"], dataset.unigram_entropy())
+        if sharded:  # the single-file weights that sample, eval and export read; sampled from here
+            dcp.consolidate(run_dir)
+            model = load_run(run_dir, "last")[0].to(rt.device) if dist.enabled else model
         _finish(model, run_dir, tcfg, tokenizer, metrics, rt, cfg.seed)
     metrics.close()
     if status == "interrupted":  # a SLURM job leaves here, to be requeued (or cancelled)
@@ -356,10 +374,6 @@ def _agree(flag: bool, dist) -> bool:
 def _non_embedding(model: GPT) -> int:
     """Kaplan's N: parameters outside the token and position embeddings."""
     return model.num_params(non_embedding=True) - model.transformer.wte.weight.numel()
-
-
-def _params_finite(model) -> bool:
-    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
 
 def _nan_message(after: int, at: int, last_loss, where: str = "training") -> str:

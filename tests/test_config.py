@@ -113,7 +113,7 @@ def test_every_registry_entry_has_a_schema_and_a_yaml():
     assert set(TASKS) == set(TASK_SCHEMAS) == {p.stem for p in (REPO / "conf" / "task").glob("*.yaml")}
     for name in TASKS:
         assert make_config([f"task={name}"]).task.name == name
-    assert set(parallel.STRATEGIES) == {"ddp"}
+    assert set(parallel.STRATEGIES) == {"ddp", "fsdp"}
 
 
 def test_param_groups_keep_their_own_lr_multiplier_through_the_schedule_and_a_resume():

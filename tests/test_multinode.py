@@ -49,7 +49,7 @@ def two_nodes(args: list[str], cwd: Path, timeout: int = 180) -> list[subprocess
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp"])
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_torchrun_nodes_train_as_one_process_does(tmp_path, data_root, strategy):
     args = merged(*STEP, "task.max_iters=6", "task.eval_interval=6", "hardware.dtype=float64",
                   f"hardware.strategy={strategy}")
