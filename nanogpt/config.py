@@ -183,6 +183,10 @@ class HardwareConfig:
         one_of("hardware.activation_checkpointing", self.activation_checkpointing,
                ACTIVATION_CHECKPOINTING)
         one_of("hardware.fsdp_accumulation", self.fsdp_accumulation, FSDP_ACCUMULATION)
+        if self.strategy == "fsdp" and self.dtype == "float16":  # auto's float16: at the start
+            from nanogpt.fsdp import FLOAT16_REFUSAL
+
+            raise ConfigError(FLOAT16_REFUSAL)
         at_least("hardware.micro_batch_size", self.micro_batch_size, 1)
         at_least("hardware.eval_batch_size", self.eval_batch_size, 1)
         at_least("hardware.gpus_per_node", self.gpus_per_node, 1)

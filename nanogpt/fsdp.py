@@ -95,13 +95,15 @@ def mixed_precision(device_type: str, autocast_dtype: torch.dtype):
     return MixedPrecisionPolicy()
 
 
+FLOAT16_REFUSAL = ("hardware.strategy=fsdp with hardware.dtype=float16 is not supported: float16 "
+                   "needs a GradScaler, which this project only runs with DDP. Use "
+                   "hardware.dtype=bfloat16 (A100, H100 and later) or float32, or hardware.strategy=ddp")
+
+
 def check_supported(device_type: str, autocast_dtype: torch.dtype) -> None:
-    """What FSDP here refuses up front, before any work."""
+    """What FSDP here refuses (hardware.dtype=auto may choose float16 on an older GPU)."""
     if autocast_dtype == torch.float16:
-        raise UserError("hardware.strategy=fsdp with hardware.dtype=float16 is not supported: "
-                        "float16 needs a GradScaler, which this project only runs with DDP. Use "
-                        "hardware.dtype=bfloat16 (A100, H100 and later) or float32, or "
-                        "hardware.strategy=ddp")
+        raise UserError(FLOAT16_REFUSAL)
 
 
 def shard(model: nn.Module, device_type: str, autocast_dtype: torch.dtype,
