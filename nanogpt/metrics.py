@@ -72,8 +72,10 @@ class MetricsLogger:
         self.file.write(json.dumps(record, default=_jsonable) + "\n")
         if self.wandb is not None:
             kind = record.get("kind", "train")
-            self.wandb.log({f"{kind}/{k}": v for k, v in record.items()
-                            if k not in ("kind", "iter") and v is not None}, step=record.get("iter"))
+            scalars = {f"{kind}/{k}": v for k, v in record.items()  # a resume's changes stay in the file
+                       if k not in ("kind", "iter") and isinstance(v, (int, float, str))}
+            if scalars:
+                self.wandb.log(scalars, step=record.get("iter"))
 
     def summary(self, summary: dict) -> None:
         if not self.enabled:

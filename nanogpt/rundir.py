@@ -26,7 +26,9 @@ from omegaconf import OmegaConf, open_dict
 from nanogpt.errors import UserError
 
 LOCK_FILE = ".lock"
-RECORD_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "summary.json")
+RECORD_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "summary.json",
+                "metrics.jsonl")
+_RECORD_LIMIT = 256 << 20  # a record file larger than this (metrics of a very long run) is not kept
 
 # the run's record before this command: path -> bytes (None: absent)
 _before: dict[Path, bytes | None] = {}
@@ -133,11 +135,15 @@ def _fail(message: str) -> None:
 
 
 def remember_run_record(run_dir: Path, output_subdir: str = ".hydra") -> None:
-    """Keep the run's record (.hydra/ files, summary.json) as it is before this command."""
+    """Keep the run's record (.hydra/ files, summary.json, metrics.jsonl) as it is before this
+    command."""
     for name in RECORD_FILES:
         path = Path(run_dir) / name.replace(".hydra", output_subdir, 1)
         try:
-            _before[path] = path.read_bytes() if path.is_file() else None
+            if not path.is_file():
+                _before[path] = None
+            elif path.stat().st_size <= _RECORD_LIMIT:
+                _before[path] = path.read_bytes()
         except OSError:
             pass  # unreadable: leave it alone
 
@@ -178,6 +184,27 @@ def _iters(summary: bytes | None) -> int:
         return iters if isinstance(iters, int) else -1
     except (TypeError, ValueError, KeyError):
         return -1
+
+
+def command_overrides() -> list[str]:
+    """The overrides typed on the command line (none outside a Hydra app)."""
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def refuse_scratch_over_checkpoints(run_dir: Path, overrides) -> None:
+    """`init_from=scratch` typed on the command line, on a run that has checkpoints: training
+    from scratch there would replace them. (The default init_from is also scratch, and re-running
+    a command resumes its run: only the explicit choice is refused.)"""
+    if not any(str(o).lstrip("+") == "init_from=scratch" for o in overrides):
+        return
+    found = [f"ckpt/{n}" for n in ("last.pt", "best.pt") if (Path(run_dir) / "ckpt" / n).exists()]
+    if found:
+        raise UserError(f"init_from=scratch but {run_dir} already has checkpoints ({', '.join(found)}): "
+                        "training from scratch there would replace them. To start fresh, train in a "
+                        f"new run directory (run=NEW_DIR) or move {run_dir} aside; to continue this "
+                        "run, leave out init_from=scratch (or pass init_from=resume)")
 
 
 def read_summary(run_dir: Path) -> dict | None:

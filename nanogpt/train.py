@@ -28,6 +28,7 @@ from nanogpt.hardware import peak_flops_info, runtime, why_compile
 from nanogpt.metrics import MetricsLogger, mfu
 from nanogpt.model import GPT
 from nanogpt.optim import Schedule, make_optimizer, set_lr
+from nanogpt.resume import check_resume, tokens_trained
 from nanogpt.sample import generate_texts
 from nanogpt.tokenizer import load_tokenizer
 
@@ -55,8 +56,9 @@ def plan_steps(tcfg, tokens_per_micro: int, world: int, micro: int, flops_per_to
 def run(cfg, run_dir: Path, dist: distributed.Dist) -> float | None:
     """task=train: one training process per run directory (rank 0 holds the run's lock while it
     trains). Returns the final val loss, what a sweeper optimises."""
-    from nanogpt.rundir import lock_run
+    from nanogpt.rundir import command_overrides, lock_run, refuse_scratch_over_checkpoints
 
+    refuse_scratch_over_checkpoints(run_dir, command_overrides())
     with lock_run(run_dir) if dist.is_main else contextlib.nullcontext():
         summary = train(cfg, run_dir, dist)
     if summary.get("status") == "interrupted":
@@ -114,11 +116,13 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
         raise UserError(f"init_from=resume but {run_dir} has no checkpoint (ckpt/last.pt or "
                         "ckpt/best.pt): start it with init_from=scratch")
 
+    resume_changes = {}
     if ckpt is not None:
         gpt_config = model_args(mcfg, dataset.vocab_size)
         if mcfg.pretrained or mcfg.path:  # finetuning may crop the block: the checkpoint knows
             gpt_config.vocab_size = ckpt["model_args"]["vocab_size"]
         checkpoint.check_shape(ckpt, gpt_config, resume_path)
+        resume_changes = check_resume(ckpt, config_dict, tokenizer_meta, dist.world_size, run_dir)
         model = GPT(gpt_config)
         if not sharded:
             model.load_state_dict(ckpt["model"])
@@ -148,7 +152,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     train_model, eval_model = parallel.prepare(model, hw, dist, rt)
     optimizer = make_optimizer(model, ocfg, rt.device_type)
     scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.needs_grad_scaler)
-    start_iter, best_val, resumed_losses = 0, float("inf"), None
+    start_iter, best_val, resumed_losses, tokens_before = 0, float("inf"), None, 0
     if ckpt is not None:
         if sharded:  # each rank reads the chunks of its shards, whatever world size wrote them
             dcp.load_into(resume_path, model, optimizer)
@@ -158,12 +162,15 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
             scaler.load_state_dict(ckpt["scaler"])
         start_iter, best_val = ckpt["iter"], ckpt.get("best_val_loss", float("inf"))
         resumed_losses = checkpoint.eval_losses_at(ckpt, start_iter)  # a run stopped after its final eval
+        tokens_before = tokens_trained(ckpt, start_iter, tokens_per_step) - start_iter * tokens_per_step
         if ckpt.get("rng") and dist.rank < len(ckpt["rng"]):
             checkpoint.set_rng_state(ckpt["rng"][dist.rank])
     else:
         torch.manual_seed(cfg.seed + dist.rank)  # dropout masks differ between ranks
     del ckpt
 
+    def tokens_at(i: int) -> int:  # tokens trained by iteration i, true across a changed batch
+        return i * tokens_per_step + tokens_before
 
     batches = Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size)
     eval_batch_size = hw.eval_batch_size or 2 * micro
@@ -185,6 +192,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                  tcfg.eval_interval, eval_plan.final_iters, 100 * eval_plan.share)
         if start_iter:
             log.info("resuming from %s at iteration %d", resume_path, start_iter)
+        if resume_changes:
+            metrics.log({"kind": "resume", "iter": start_iter, "changed": resume_changes})
 
     def save(it: int, name: str = "last.pt", link: str | None = None):
         """All ranks call this (to gather RNG states); rank 0 writes `name`, and `link` as a copy
@@ -201,7 +210,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                  "scaler": scaler.state_dict() if scaler.is_enabled() else None, "iter": it,
                  "best_val_loss": best_val, "rng": rng, "config": config_dict,
                  "tokenizer": tokenizer_meta, "dataset": dataset.meta.get("dataset"),
-                 "eval_losses": losses}
+                 "eval_losses": losses, "tokens": tokens_at(it)}
         if sharded:  # a collective: every rank writes its shards
             links = tuple(n.replace(".pt", ".dcp") for n in (name, link) if n)
             dcp.save(run_dir / "ckpt", it, model, optimizer, state if dist.is_main else None, links, dist)
@@ -216,8 +225,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     def write_summary(status: str, it: int, losses: dict | None, elapsed: float, tok_s: float | None):
         metrics.summary({
             "status": status, "params": model.num_params(False),
-            "params_non_embedding": _non_embedding(model), "tokens": it * tokens_per_step,
-            "flops": float(it * tokens_per_step * flops_per_token), "flops_per_token": flops_per_token,
+            "params_non_embedding": _non_embedding(model), "tokens": tokens_at(it),
+            "flops": float(tokens_at(it) * flops_per_token), "flops_per_token": flops_per_token,
             "iters": it, "max_iters": max_iters, "tokens_per_step": tokens_per_step,
             "best_val_loss": best_val if math.isfinite(best_val) else None,
             "final_val_loss": losses["val"] if losses else None,
@@ -258,7 +267,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                 if dist.is_main:
                     log.info("iter %d: train loss %.4f, val loss %.4f%s", it, losses["train"], losses["val"],
                              f" ± {errors['val']:.4f}" if errors["val"] is not None else "")
-                    metrics.log({"kind": "eval", "iter": it, "tokens": it * tokens_per_step,
+                    metrics.log({"kind": "eval", "iter": it, "tokens": tokens_at(it),
                                  "train_loss": losses["train"], "val_loss": losses["val"],
                                  "val_loss_se": errors["val"], "time_s": time.perf_counter() - t_start})
                 if it > 0:
@@ -330,7 +339,7 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                 step_mfu = mfu(flops_per_token, tok_s, peak, dist.world_size)
                 log.info("iter %d: loss %.4f, lr %.2e, %.1f ms/iter, %s tok/s%s", it, loss_val, lr,
                          dt * 1000, f"{tok_s:,.0f}", f", mfu {step_mfu * 100:.1f}%" if step_mfu else "")
-                metrics.log({"kind": "train", "iter": it, "tokens": it * tokens_per_step, "loss": loss_val,
+                metrics.log({"kind": "train", "iter": it, "tokens": tokens_at(it), "loss": loss_val,
                              "lr": lr, "ms_per_iter": dt * 1000, "tokens_per_s": tok_s, "mfu": step_mfu,
                              "time_s": now - t_start})
     except BaseException:
