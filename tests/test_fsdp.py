@@ -60,9 +60,8 @@ def runs(tmp_path_factory):
     return root, env
 
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_fsdp_takes_the_steps_one_process_takes(runs):
     """Accumulation, clipping and evaluation on sharded gradients; activation checkpointing on
     both sides changes nothing."""
@@ -76,6 +75,7 @@ def test_fsdp_takes_the_steps_one_process_takes(runs):
     assert losses(one)[12] < losses(one)[1] - 0.3  # it learned: not two flat lines
 
 
+@pytest.mark.slow
 def test_each_rank_holds_half_of_every_tensor(runs):
     import torch.distributed.checkpoint as dcp
 
@@ -94,6 +94,7 @@ def test_each_rank_holds_half_of_every_tensor(runs):
         assert all(list(c.sizes[1:]) == list(m.size[1:]) for c in m.chunks), name
 
 
+@pytest.mark.slow
 def test_a_sharded_run_resumes_on_one_and_on_two_ranks(runs):
     """Train 6 steps on 2 ranks, resume to 12 on 1 process and on 2: the steps one process took
     without stopping. Then the consolidated checkpoint serves sample, eval and export."""
@@ -127,6 +128,7 @@ def test_a_sharded_run_resumes_on_one_and_on_two_ranks(runs):
     assert (root / "hf" / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_resuming_with_another_shape_or_strategy_is_refused_before_any_work(runs):
     root, env = runs
     shutil.copytree(root / "part", root / "bad", symlinks=True)
@@ -148,6 +150,7 @@ def test_resuming_with_another_shape_or_strategy_is_refused_before_any_work(runs
     assert ckpt_tree(root / "one") == one_before
 
 
+@pytest.mark.slow
 def test_world_size_must_divide_the_batch_under_fsdp(tmp_path, data_root):
     proc = torchrun(merged(*STEP, "task.tokens_per_step=384", "task.max_iters=2", "hardware.strategy=fsdp"),
                     cwd=tmp_path, check=False)
@@ -170,6 +173,7 @@ if os.environ.get("NANOGPT_KILL_IN_SAVE"):
 """
 
 
+@pytest.mark.slow
 def test_a_kill_during_a_sharded_save_leaves_the_last_complete_one(runs, tmp_path):
     """SIGKILL after the shards of the second save are written, before it is complete: last.dcp
     still points to the first; sampling says to consolidate; the same command resumes from the
@@ -216,3 +220,11 @@ def test_finetune_gpt2_xl_recipe_runs_two_tiny_iterations_on_two_ranks(tmp_path,
     done = summary(tmp_path / "xl")
     assert done["status"] == "finished" and done["iters"] == 2 and done["world_size"] == 2
     assert (tmp_path / "xl" / "ckpt" / "last.dcp").is_symlink() and (tmp_path / "xl" / "ckpt" / "last.pt").is_file()
+
+
+def test_consolidating_a_run_without_sharded_checkpoints_is_a_clear_error(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "nanogpt.checkpoint", "consolidate", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"error: {tmp_path} has no sharded checkpoint to consolidate (ckpt/last.dcp or ckpt/best.dcp)" in proc.stderr
