@@ -364,6 +364,13 @@ class Config:
     def __post_init__(self):
         at_least("seed", self.seed, 0)
         one_of("init_from", self.init_from, INIT_FROM)
+        if getattr(self.hardware, "strategy", None) == "fsdp":  # an optimizer FSDP cannot shard
+            from nanogpt.fsdp import check_optimizer
+
+            try:
+                check_optimizer(getattr(self.optim, "name", None))
+            except UserError as e:
+                raise ConfigError(str(e)) from None
 
 
 GROUPS = {"model": ModelConfig, "data": DataConfig, "hardware": HardwareConfig, "logger": LoggerConfig}

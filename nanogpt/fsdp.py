@@ -106,6 +106,25 @@ def check_supported(device_type: str, autocast_dtype: torch.dtype) -> None:
         raise UserError(FLOAT16_REFUSAL)
 
 
+# optimizers whose update FSDP's shards cannot compute, and why
+UNSHARDABLE_OPTIMIZERS = {
+    "muon": "Muon orthogonalizes each weight matrix as a whole (Newton-Schulz iterations on the "
+            "full gradient), and under FSDP each rank holds only a block of its rows: "
+            "torch.optim.Muon on those shards orthogonalizes each block on its own, a different "
+            "update (in float64 the loss after the first step already differs from the unsharded run's). Sharding "
+            "it needs each matrix's gradient gathered on one rank, orthogonalized there and its "
+            "rows sent back (as distributed Muon implementations do), which this project does "
+            "not have. Use optim=muon with hardware.strategy=ddp, or optim=adamw with FSDP",
+}
+
+
+def check_optimizer(name: str | None) -> None:
+    """Refuse an optimizer whose update cannot be computed from FSDP's shards."""
+    if name in UNSHARDABLE_OPTIMIZERS:
+        raise UserError(f"optim={name} with hardware.strategy=fsdp is not supported: "
+                        f"{UNSHARDABLE_OPTIMIZERS[name]}")
+
+
 def shard(model: nn.Module, device_type: str, autocast_dtype: torch.dtype,
           reshard_after_forward: bool = True) -> nn.Module:
     """fully_shard every transformer block, then the root (which takes the rest: the embeddings,
