@@ -111,10 +111,11 @@ UNSHARDABLE_OPTIMIZERS = {
     "muon": "Muon orthogonalizes each weight matrix as a whole (Newton-Schulz iterations on the "
             "full gradient), and under FSDP each rank holds only a block of its rows: "
             "torch.optim.Muon on those shards orthogonalizes each block on its own, a different "
-            "update (in float64 the loss after the first step already differs from the unsharded run's). Sharding "
-            "it needs each matrix's gradient gathered on one rank, orthogonalized there and its "
-            "rows sent back (as distributed Muon implementations do), which this project does "
-            "not have. Use optim=muon with hardware.strategy=ddp, or optim=adamw with FSDP",
+            "update (in float64 the loss after the first step already differs from the "
+            "unsharded run's). Sharding it needs each matrix's gradient gathered on one rank, "
+            "orthogonalized there and its rows sent back (as distributed Muon implementations "
+            "do), which this project does not have. Use optim=muon with hardware.strategy=ddp, "
+            "or optim=adamw with FSDP",
 }
 
 
