@@ -5,6 +5,8 @@
                                               # for activation checkpointing none / block / selective
   python bench/memory_plan.py ranks           # two ranks (torchrun, gloo): DDP vs FSDP per rank
   python bench/memory_plan.py ranks --layers 8 --width 512 --vocab 8192
+  python bench/memory_plan.py ranks --device cuda --nproc 8 --layers 12 --width 768 --heads 12 \
+      --block 1024 --vocab 50304 --micro 8     # a GPU node: the CUDA allocator's figures, bf16
   python bench/memory_plan.py table           # docs/distributed.md's table (the plan alone, no measuring)
 
 How it measures: each case runs in a fresh process started with MALLOC_MMAP_THRESHOLD_=65536, so
@@ -77,14 +79,14 @@ def measure_activations(config: GPTConfig, micro: int, mode: str) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, y = _batch(config, micro)
     for _ in range(2):  # optimizer state and gradients exist from here on
-        _, loss = model(x, y)
+        loss = model(x, y)[1]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=False)
     del loss
     base = rss()
     reset_peak()
-    _, loss = model(x, y)
+    loss = model(x, y)[1]  # the logits go at once, as in the training step
     kept = rss() - base
     loss.backward()
     return {"kept": kept, "peak": peak() - base}
@@ -102,6 +104,28 @@ def activations_case(args) -> dict:
 
 # ---- two ranks: DDP vs FSDP
 
+class _Meter:
+    """Memory above a baseline: the CUDA allocator's figures on a GPU, resident memory on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.base = 0
+        self.base = self.now()
+
+    def now(self) -> int:
+        return (torch.cuda.memory_allocated(self.device) if self.cuda else rss()) - self.base
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            reset_peak()
+
+    def peak(self) -> int:
+        return (torch.cuda.max_memory_allocated(self.device) if self.cuda else peak()) - self.base
+
+
 def ranks_case(args) -> dict:
     """A torchrun worker: build, wrap, train a step, then measure the next one."""
     import torch.distributed as td
@@ -109,22 +133,27 @@ def ranks_case(args) -> dict:
 
     from nanogpt import fsdp
 
-    td.init_process_group("gloo")
+    cuda = args.device == "cuda"
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    td.init_process_group("nccl" if cuda else "gloo")
     rank, world = td.get_rank(), td.get_world_size()
+    dtype = torch.bfloat16 if cuda else torch.float32  # the autocast dtype
     config = GPTConfig(block_size=args.block, vocab_size=args.vocab, n_layer=args.layers,
                        n_head=args.heads, n_embd=args.width)
 
     def build(cfg):
         torch.manual_seed(0)
-        model = GPT(cfg)
+        model = GPT(cfg).to(device)
         fsdp.apply_activation_checkpointing(model, args.mode)
         if args.strategy == "fsdp":
-            fsdp.shard(model, "cpu", torch.float32)
+            fsdp.shard(model, device.type, dtype)
             wrapped = model
         else:
-            wrapped = DDP(model)
+            wrapped = DDP(model, device_ids=[device.index] if cuda else None)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        x, y = _batch(cfg, args.micro, seed=rank)
+        x, y = (t.to(device) for t in _batch(cfg, args.micro, seed=rank))
 
         def step():
             for m in range(args.accum):
@@ -133,8 +162,8 @@ def ranks_case(args) -> dict:
                     sync = fsdp.accumulating(model, last)
                 else:
                     sync = contextlib.nullcontext() if last else wrapped.no_sync()
-                with sync:
-                    _, loss = wrapped(x, y)
+                with sync, torch.autocast(device.type, dtype=dtype, enabled=cuda):
+                    loss = wrapped(x, y)[1]  # the logits go at once, as in the training step
                     loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -147,22 +176,23 @@ def ranks_case(args) -> dict:
                                     n_embd=args.width))
     warm_up()
     del warm_up
-    base = rss()
+    meter = _Meter(device)
     model, opt, step = build(config)
     step()
-    steady = rss() - base
-    reset_peak()
+    steady = meter.now()
+    meter.reset_peak()
     step()
-    top = peak() - base
+    top = meter.peak()
     local = {"params": fsdp.local_numel(model.parameters()) * 4,
              "optimizer": sum(fsdp.local(t).numel() * 4 for st in opt.state.values()
                               for t in st.values() if torch.is_tensor(t) and t.dim() > 0)}
-    s = plan.Setup(config, args.micro, world, args.strategy, args.mode, "float32",
+    s = plan.Setup(config, args.micro, world, args.strategy, args.mode, "bfloat16" if cuda else "float32",
                    accumulation=args.accum > 1)
     p = plan.plan(s)
-    buckets = 4 * plan.Counts.of(config).total if args.strategy == "ddp" else 0
+    total = plan.Counts.of(config).total
+    buckets = 4 * total if args.strategy == "ddp" else 0
     out = {"strategy": args.strategy, "mode": args.mode, "rank": rank, "measured_steady": steady,
-           "measured_peak": top, "plan_steady": 4 * plan.Counts.of(config).total / (world if args.strategy == "fsdp" else 1)
+           "measured_peak": top, "plan_steady": 4 * total / (world if args.strategy == "fsdp" else 1)
            + p["optimizer"] + buckets,
            "plan_peak": p["peak"],
            "tensor_bytes": local}
@@ -230,6 +260,9 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--micro", type=int, default=4)
     ap.add_argument("--accum", type=int, default=2, help="ranks: micro-batches per step")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="ranks: cuda measures the CUDA allocator, in bf16 autocast, NCCL")
+    ap.add_argument("--nproc", type=int, default=2, help="ranks: processes (one per GPU on cuda)")
     ap.add_argument("--mode", default=None, help="one activation-checkpointing mode (default: all)")
     ap.add_argument("--strategy", default=None, help="ranks: ddp or fsdp (default: both)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON lines only")
@@ -252,13 +285,15 @@ def main(argv=None) -> list[dict]:
     else:
         for strategy in [a.strategy] if a.strategy else ["ddp", "fsdp"]:
             for mode in modes if a.mode else ["none", "block"]:
-                results += run_child(["ranks", *shape_args(a), f"--mode={mode}", f"--strategy={strategy}"], 2)
+                results += run_child(["ranks", *shape_args(a), f"--mode={mode}", f"--strategy={strategy}",
+                                      f"--device={a.device}"], a.nproc)
     if a.json:
         for r in results:
             print(json.dumps(r))
         return results
     print(f"model: {a.layers} layers x {a.width} wide, {a.heads} heads, block {a.block}, vocab {a.vocab}, "
-          f"micro-batch {a.micro}, float32 on the CPU; MB measured (plan)")
+          f"micro-batch {a.micro}, {'bf16 on GPUs' if a.device == 'cuda' else 'float32 on the CPU'}; "
+          "MB measured (plan)")
     for r in results:
         who = f"{r['mode']:<10}" if a.what == "activations" else f"{r['strategy']:<5} {r['mode']:<6} rank {r['rank']}"
         if a.what == "activations":

@@ -295,8 +295,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                 x, y = prefetch.get(it, m)
                 with parallel.accumulating(train_model, sync=m == accum - 1):
                     with rt.autocast():
-                        _, loss = train_model(x, y)
-                        loss = loss / accum
+                        # the logits (B x T x vocab) go at once: not held through the backward
+                        loss = train_model(x, y)[1] / accum
                     guard.add(loss)
                     scaler.scale(loss).backward()
                 step_loss += loss.detach()
