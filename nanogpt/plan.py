@@ -14,8 +14,9 @@ Per GPU, N parameters, W ranks, B x T tokens per micro-batch, bf16 autocast:
     FSDP  the same 16N divided by W (weights 4N/W, gradients 4N/W, AdamW 8N/W), plus what is
           whole at a time: the root (embeddings, final norm) and two blocks (the one computing, the
           one prefetched) in bf16, and their gradients; with gradient accumulation (the default
-          `hardware.fsdp_accumulation=unsharded`), whole fp32 gradients 4N and bf16 weights 2N
-          between micro-batches (one reduce-scatter per step instead of one per micro-batch)
+          `hardware.fsdp_accumulation=unsharded`), whole fp32 gradients 4N between micro-batches
+          (one reduce-scatter per step instead of one per micro-batch), and at the end of each
+          backward the weights it gathered, all of them in bf16 (2N)
     activations (both) B x T x (n_layer x per-layer + the loss over the vocabulary)
 Beyond that, a fixed allowance for the CUDA context, NCCL buffers and kernels' workspace
 (RUNTIME_GB), and allocator fragmentation (FRAGMENTATION): a plan "fits" with both counted.
@@ -147,6 +148,7 @@ def plan(s: Setup) -> dict[str, float]:
     n = Counts.of(s.config)
     a = 2 if s.dtype == "bfloat16" else 4  # whole (gathered or autocast-cast) weights' bytes
     W = s.world_size
+    late = None
     if s.strategy == "ddp":
         # autocast's bf16 copies of the weights live from the forward to the backward; under
         # checkpointing only a block's at a time (and the LM head's)
@@ -158,13 +160,15 @@ def plan(s: Setup) -> dict[str, float]:
         grads = 4 * n.total + (4 * n.total if W > 1 else 0)  # .grad, and DDP's buckets
         optim = s.optimizer_bytes_per_param * n.total
     elif s.strategy == "fsdp":
-        whole = a * (n.root + 2 * n.per_block)  # gathered: the root, a block and the next one
+        gathered = a * (n.root + 2 * n.per_block)  # whole now: the root, a block and the next one
         # their gradients (and an fp32 copy to reduce when computed in bf16)
         grads_whole = (a + (4 if a != 4 else 0)) * (n.root + 2 * n.per_block)
         if s.accumulation and s.fsdp_accumulation == "unsharded":
-            whole = a * n.total  # gathered weights stay between micro-batches
-            grads_whole = 4 * n.total  # whole fp32 gradients accumulate until the last one
-        params = 4 * n.total / W + whole
+            grads_whole = 4 * n.total  # whole fp32 gradients accumulate until the step's last micro-batch
+            # and the weights a backward gathered stay whole until the next forward reshards them:
+            # all of them at the end of a backward, when the activations are gone
+            late = 4 * n.total / W + a * n.total
+        params = 4 * n.total / W + gathered
         grads = 4 * n.total / W + grads_whole
         optim = s.optimizer_bytes_per_param * n.total / W
     else:
@@ -174,6 +178,8 @@ def plan(s: Setup) -> dict[str, float]:
            "activations": act["stored"] + act["transient"]}
     if s.accumulation:  # the previous micro-batches' gradients are there during the forward
         out["peak"] = params + grads + optim + out["activations"]
+        if late is not None:  # or the end of a backward, every weight gathered
+            out["peak"] = max(out["peak"], late + grads + optim)
     else:  # gradients appear as the backward frees activations: the larger of the two
         kept = 4 * n.total if s.strategy == "ddp" and W > 1 else 0  # DDP's buckets stay
         out["peak"] = params + optim + kept + max(out["activations"], grads - kept)
