@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -22,9 +21,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from nanogpt.config import register_configs, register_resolvers, validate
+from nanogpt.config import register_configs, validate
 from nanogpt.errors import UserError
-from nanogpt.rundir import LOCK_FILE, created_here, restore_run_record
+from nanogpt.rundir import register_resolvers, remove_if_untouched, restore_run_record
 
 register_configs()
 register_resolvers()
@@ -56,7 +55,7 @@ def main(cfg: DictConfig):
         user_error = isinstance(e, UserError) or storage  # the user's to fix: a message, no traceback
         if dist.is_main:  # whatever failed, a run keeps the record of what it last ran
             restore_run_record()
-            _remove_if_untouched(own_dir)
+            remove_if_untouched(own_dir)
         if dist.enabled:  # end every rank now, rather than leave the others waiting in a collective
             distributed.abort(dist, UserError(_storage_message(e)) if storage else e)
         if not user_error or HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -80,23 +79,6 @@ def _storage_message(e: OSError) -> str:
             "already written are intact, and the same command resumes from them")
 
 
-def _remove_if_untouched(out: Path) -> None:
-    """A command rejected before any work leaves no directory behind (Hydra made it up front,
-    with any missing parents such as runs/: those go too when empty). Only a directory this
-    process created: another process's new run (whose lock this one lost) is not ours to remove."""
-    leftovers = (".hydra", "launch.log", LOCK_FILE)
-    if created_here(out) and out.is_dir() and all(p.name in leftovers for p in out.iterdir()):
-        shutil.rmtree(out, ignore_errors=True)
-        cwd = Path.cwd().resolve()
-        for parent in out.resolve().parents:
-            if parent == cwd or cwd not in parent.parents:
-                break
-            try:
-                parent.rmdir()  # only if empty
-            except OSError:
-                break
-
-
 def _log_recipe() -> None:
     """Say which recipe (conf/recipe/TASK/MODEL_DATA.yaml) this model and data brought in."""
     recipe = HydraConfig.get().runtime.choices.get("recipe")
@@ -117,7 +99,7 @@ def _agree_on_run_dir(dist, config) -> Path:
     distributed.setup(dist, config.hardware.backend, resolve_device(config.hardware.device, dist.local_rank))
     chosen = Path(distributed.broadcast_object(str(own)))
     if chosen.resolve() != own.resolve():
-        _remove_if_untouched(own)
+        remove_if_untouched(own)
     return chosen
 
 

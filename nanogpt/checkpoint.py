@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanogpt.errors import UserError
+from nanogpt.errors import UserError, run_cli
 from nanogpt.model import GPTConfig
 
 log = logging.getLogger("nanogpt")
@@ -156,18 +156,6 @@ def _fsync_dir(directory: Path) -> None:
             os.close(dir_fd)
     except OSError:
         pass
-
-
-def remove_stale_temps(ckpt_dir: Path) -> list[Path]:
-    """Delete the temporary files of checkpoint writes that a kill interrupted (they can be
-    as large as a checkpoint). Only call this while holding the run's lock."""
-    stale = sorted(Path(ckpt_dir).glob(TEMP_GLOB))
-    for p in stale:
-        _unlink_quietly(p)
-    if stale:
-        log.info("removed %d incomplete checkpoint file(s) left by an interrupted write: %s",
-                 len(stale), ", ".join(p.name for p in stale))
-    return stale
 
 
 def clean_state_dict(state_dict: dict) -> dict:
@@ -473,10 +461,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

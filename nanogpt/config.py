@@ -396,32 +396,3 @@ def validate(cfg) -> Any:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_object(cfg)
-
-
-def run_name(overrides: str) -> str:
-    """A run directory name from Hydra's override_dirname ("model.n_layer=4,optim.lr=0.001"):
-    the same command always maps to the same directory, so re-running it resumes the run."""
-    import hashlib
-
-    name = overrides.replace("/", "-").replace(" ", "") or "default"
-    if len(name) > 120:  # keep paths well under the file-name limit, still unique
-        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
-    return name
-
-
-def run_dir(task: str, run: Optional[str], overrides: str) -> str:
-    """Where a job writes. Training writes into the run (given, or named after the command);
-    eval/sample/bench write next to it, never into a training run's .hydra/."""
-    if task == "train":
-        return run if run else f"runs/{run_name(overrides)}"
-    return f"runs/_{task}/{run_name(overrides)}"
-
-
-def register_resolvers() -> None:
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("nanogpt_run_dir"):
-        OmegaConf.register_new_resolver("nanogpt_run_dir", run_dir)
-        OmegaConf.register_new_resolver("nanogpt_run_name", run_name)
-        # the SLURM launcher's tasks per node: one per GPU, or one on a CPU node
-        OmegaConf.register_new_resolver("nanogpt_tasks_per_node", lambda gpus: gpus or 1)

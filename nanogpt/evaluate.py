@@ -170,8 +170,6 @@ def run(cfg, run_dir: Path, dist) -> float:
 
 
 def _command_chose_data() -> bool:
-    from hydra.core.hydra_config import HydraConfig
+    from nanogpt.rundir import command_overrides
 
-    if not HydraConfig.initialized():
-        return False
-    return any(o.split("=")[0] in ("data", "data.name") for o in HydraConfig.get().overrides.task)
+    return any(o.split("=")[0] in ("data", "data.name") for o in command_overrides())

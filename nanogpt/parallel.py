@@ -56,6 +56,10 @@ STRATEGIES = {"ddp": wrap_ddp, "fsdp": wrap_fsdp}
 SHARDED_CHECKPOINTS = {"fsdp"}
 
 
+def sharded_checkpoints(hw) -> bool:
+    return hw.strategy in SHARDED_CHECKPOINTS
+
+
 def prepare(model: torch.nn.Module, hw, dist, rt) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Activation checkpointing, then the strategy's wrapping: (train_model, eval_model)."""
     fsdp.apply_activation_checkpointing(model, hw.activation_checkpointing)

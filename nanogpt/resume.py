@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from nanogpt.errors import UserError
+from nanogpt.results import flatten
 
 log = logging.getLogger("nanogpt")
 
@@ -20,16 +21,6 @@ WARNED = ("optim.", "seed", "model.dropout", "hardware.micro_batch_size", "task.
           "hardware.dtype", "world_size")
 RECORDED = ("task.max_iters", "task.max_tokens", "task.max_flops", "hardware.num_threads",
             "hardware.device", "hardware.compile")
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _matches(key: str, patterns) -> bool:
@@ -43,7 +34,7 @@ def check_resume(ckpt: dict, config: dict, tokenizer_meta: dict, world_size: int
     if not isinstance(old, dict):
         return {}
     _same_data(old, config, ckpt.get("tokenizer"), tokenizer_meta, run_dir)
-    before, now = _flat(old), _flat(config)
+    before, now = flatten(old), flatten(config)
     before["world_size"], now["world_size"] = len(ckpt.get("rng") or [None]), world_size
     changed = {k: [before.get(k), now.get(k)] for k in sorted(now)
                if _matches(k, WARNED + RECORDED) and k in before and before[k] != now[k]}
@@ -82,7 +73,7 @@ def tokens_trained(ckpt: dict, start_iter: int, tokens_per_step: int) -> int:
     tokens = ckpt.get("tokens")
     if isinstance(tokens, int) and not isinstance(tokens, bool):
         return tokens
-    old = _flat(ckpt.get("config") or {})
+    old = flatten(ckpt.get("config") or {})
     per_step = old.get("task.tokens_per_step")
     if not per_step and old.get("hardware.micro_batch_size") and old.get("model.block_size"):
         per_step = old["hardware.micro_batch_size"] * old["model.block_size"] * len(ckpt.get("rng") or [None])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
@@ -19,12 +18,13 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from nanogpt.errors import UserError, run_cli  # noqa: F401 (run_cli: the prepare scripts' entry)
 from nanogpt.tokenizer import GPT2Tokenizer, TokenizerError, sha256_file
 
 SPLITS = ("train", "val")
 
 
-class PrepareError(Exception):
+class PrepareError(UserError):
     """Bad input or environment: reported as `error: <message>` with exit code 2, no traceback."""
 
 
@@ -175,10 +175,3 @@ def summary(meta: dict, out_dir) -> str:
     return f"wrote {out_dir}: {tokens} tokens ({meta['dtype']}, vocab {meta['vocab_size']:,})"
 
 
-def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
-    """Runs a script's main(); a PrepareError becomes `error: ...` on stderr and exit code 2."""
-    try:
-        main(argv)
-    except PrepareError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)

@@ -9,7 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import GPT2_RANKS, REPO, TINY, launch, read_metrics, write_char_dataset
-from nanogpt.config import register_configs, register_resolvers
+from nanogpt.config import register_configs
+from nanogpt.rundir import register_resolvers
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
@@ -278,7 +279,7 @@ def test_what_changes_training_changes_the_run_directory():
     for key in ("experiment", "model", "data", "optim", "task", "model.n_layer", "optim.lr", "seed",
                 "task.max_iters", "data.name"):
         assert key not in excluded, key
-    from nanogpt.config import run_dir
+    from nanogpt.rundir import run_dir
 
     assert run_dir("train", None, "experiment=shakespeare_char_cpu") != run_dir("train", None, "")
     assert run_dir("train", "runs/x", "model.n_layer=2") == "runs/x"
