@@ -22,10 +22,12 @@ from pathlib import Path
 
 import torch
 
+from nanogpt import parallel
 from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher
+from nanogpt.distributed import Dist
 from nanogpt.guards import NanGuard
-from nanogpt.hardware import compile_model, measured_cpu_matmul_flops, peak_flops_info, runtime
+from nanogpt.hardware import measured_cpu_matmul_flops, peak_flops_info, runtime
 from nanogpt.metrics import write_json_atomic
 from nanogpt.model import GPT
 from nanogpt.optim import make_optimizer
@@ -59,8 +61,10 @@ def bench(cfg, out_dir: Path) -> float:
         fixed = [torch.randint(gpt_config.vocab_size, (micro, block + 1), generator=g).to(rt.device)
                  for _ in range(accum)]
         get_batch = lambda it, m: (fixed[m][:, :-1], fixed[m][:, 1:])  # noqa: E731
-    # the training loop's own step (less the lr schedule), on the model as training compiles it
-    parts = Step(model, compile_model(model) if hw.compile else model, make_optimizer(model, ocfg, rt.device_type),
+    # the training loop's own step (less the lr schedule), on the model as training prepares it
+    # (compiled, activation checkpointing; one process: no strategy wraps it)
+    train_model, _ = parallel.prepare(model, hw, Dist(), rt)
+    parts = Step(model, train_model, make_optimizer(model, ocfg, rt.device_type),
                  torch.amp.GradScaler(rt.device_type, enabled=rt.needs_grad_scaler), rt, accum,
                  ocfg.grad_clip, get_batch, NanGuard(rt.device))
     step = functools.partial(train_step, parts)

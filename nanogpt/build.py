@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 
-from nanogpt import checkpoint
+from nanogpt import checkpoint, dcp
 from nanogpt.data import PREPARE_COMMANDS, TokenDataset, has_data, prepare_command
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig, padded_vocab_size
@@ -89,6 +89,9 @@ def load_run(run, which: str = "best", device="cpu", fallback: bool = True) -> t
     order = {"best": ("best.pt", "last.pt"), "last": ("last.pt", "best.pt")}.get(which)
     if order is None:
         raise UserError(f"unknown checkpoint {which!r}: use best or last")
+    stale = dcp.stale_consolidation(run_dir, which)  # a sharded run: its .pt may lag its .dcp
+    if stale:
+        raise UserError(stale)
     paths = [run_dir / "ckpt" / n for n in order[:None if fallback else 1] if (run_dir / "ckpt" / n).is_file()]
     if not paths:
         raise UserError(_no_checkpoint(run_dir, which, fallback))

@@ -442,7 +442,20 @@ def main(argv: list[str] | None = None) -> None:
     up = sub.add_parser("upgrade", help="rewrite checkpoints of an older nanogpt as tensors and plain "
                         "data (loads them with weights_only=False: only files you trust)")
     up.add_argument("files", nargs="+", type=Path)
+    co = sub.add_parser("consolidate", help="write ckpt/last.pt and ckpt/best.pt of a run trained with "
+                        "hardware.strategy=fsdp from its sharded checkpoints (the weights that sample, "
+                        "eval and export read)")
+    co.add_argument("run", type=Path)
     args = p.parse_args(argv)
+    if args.command == "consolidate":
+        from nanogpt import dcp
+
+        written = dcp.consolidate(args.run)
+        for f in written:
+            print(f"{f}: written")
+        if not written:
+            print(f"{args.run}: ckpt/last.pt and ckpt/best.pt are already those of its sharded checkpoints")
+        return
     for f in args.files:
         print(f"{f}: {'upgraded' if upgrade(f) else 'already tensors and plain data, unchanged'}")
 

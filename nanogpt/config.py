@@ -144,6 +144,10 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 BACKENDS = ("auto", "nccl", "gloo")
 
 
+ACTIVATION_CHECKPOINTING = ("none", "block", "selective")
+FSDP_ACCUMULATION = ("unsharded", "sharded")
+
+
 @dataclass
 class HardwareConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -155,6 +159,12 @@ class HardwareConfig:
     backend: str = "auto"  # DDP backend: auto (nccl on CUDA, gloo otherwise) | nccl | gloo
     # how the model is spread over the ranks: a key of nanogpt.parallel.STRATEGIES
     strategy: str = "ddp"
+    # recompute activations in the backward pass: none | block (keep each block's input only) |
+    # selective (keep the matmuls' outputs, recompute norms, GELU, ...); any strategy
+    activation_checkpointing: str = "none"
+    # FSDP with gradient accumulation: unsharded (gradients accumulate whole, weights stay
+    # gathered: one reduce-scatter per step) | sharded (reduce-scatter every micro-batch: least memory)
+    fsdp_accumulation: str = "unsharded"
     # GPUs per node a SLURM job asks for, one task (DDP rank) each; None: a CPU job of one task
     gpus_per_node: Optional[int] = None
     num_threads: Optional[int] = None  # torch intra-op threads on the CPU; None: torch's default
@@ -170,6 +180,13 @@ class HardwareConfig:
         one_of("hardware.dtype", self.dtype, ("auto", *DTYPES))
         one_of("hardware.backend", self.backend, BACKENDS)
         one_of("hardware.strategy", self.strategy, sorted(STRATEGIES))
+        one_of("hardware.activation_checkpointing", self.activation_checkpointing,
+               ACTIVATION_CHECKPOINTING)
+        one_of("hardware.fsdp_accumulation", self.fsdp_accumulation, FSDP_ACCUMULATION)
+        if self.strategy == "fsdp" and self.dtype == "float16":  # auto's float16: at the start
+            from nanogpt.fsdp import FLOAT16_REFUSAL
+
+            raise ConfigError(FLOAT16_REFUSAL)
         at_least("hardware.micro_batch_size", self.micro_batch_size, 1)
         at_least("hardware.eval_batch_size", self.eval_batch_size, 1)
         at_least("hardware.gpus_per_node", self.gpus_per_node, 1)
@@ -310,9 +327,25 @@ class BenchTask(TaskConfig):
         at_least("task.tokens_per_step", self.tokens_per_step, 1)
 
 
+@dataclass
+class PlanTask(TaskConfig):
+    """Memory per GPU for the model= and hardware= chosen (micro-batch, dtype, GPUs per node)."""
+    name: str = "plan"
+    gpu_memory_gb: float = 80.0  # one GPU's memory: does the plan fit?
+    gpus: Optional[int] = None  # ranks training together; None: hardware.gpus_per_node, else 1
+    accumulation: bool = True  # several micro-batches per step: gradients live through the forward
+    vocab_size: int = 50304  # when model.vocab_size is unset (training takes it from the data)
+
+    def __post_init__(self):
+        super().__post_init__()
+        above("task.gpu_memory_gb", self.gpu_memory_gb, 0)
+        at_least("task.gpus", self.gpus, 1)
+        at_least("task.vocab_size", self.vocab_size, 1)
+
+
 # the task group's options: name -> schema (the function that runs each: nanogpt.tasks.TASKS)
 TASK_SCHEMAS = {"train": TrainTask, "eval": EvalTask, "sample": SampleTask, "bench": BenchTask,
-                "hellaswag": HellaSwagTask}
+                "hellaswag": HellaSwagTask, "plan": PlanTask}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,6 +385,13 @@ class Config:
     def __post_init__(self):
         at_least("seed", self.seed, 0)
         one_of("init_from", self.init_from, INIT_FROM)
+        if getattr(self.hardware, "strategy", None) == "fsdp":  # an optimizer FSDP cannot shard
+            from nanogpt.fsdp import check_optimizer
+
+            try:
+                check_optimizer(getattr(self.optim, "name", None))
+            except UserError as e:
+                raise ConfigError(str(e)) from None
 
 
 GROUPS = {"model": ModelConfig, "data": DataConfig, "hardware": HardwareConfig, "logger": LoggerConfig}

@@ -30,7 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, open_dict
 
-from nanogpt import checkpoint
+from nanogpt import checkpoint, dcp
 from nanogpt.errors import UserError
 from nanogpt.results import read_summary
 
@@ -50,7 +50,8 @@ _locks: dict[Path, object] = {}
 # settings that do not change what is trained stay out of a run's name (Hydra's exclude_keys)
 NOT_IN_RUN_NAME = [
     "init_from", "run", "sweep_name", "hardware", "hardware.device", "hardware.compile",
-    "hardware.num_threads", "hardware.gpus_per_node", "hardware.strategy", "logger", "logger.wandb",
+    "hardware.num_threads", "hardware.gpus_per_node", "hardware.strategy",
+    "hardware.activation_checkpointing", "hardware.fsdp_accumulation", "logger", "logger.wandb",
     "logger.mode", "logger.project", "logger.entity", "logger.name", "logger.tags",
     "task.num_samples", "task.temperature", "task.top_k", "task.plot", "task.hellaswag_interval",
     "task.hellaswag_limit", "task.hellaswag_file", "hydra.launcher", "hydra/launcher",
@@ -296,7 +297,8 @@ def finished_summary(run_dir: Path) -> dict | None:
     None. A garbled summary.json is a UserError: whether the run is done cannot be told."""
     run_dir = Path(run_dir)
     summary = read_summary(run_dir, strict=True)
-    has_ckpt = any((run_dir / "ckpt" / name).exists() for name in checkpoint.RESUMABLE)
+    has_ckpt = (any((run_dir / "ckpt" / name).exists() for name in checkpoint.RESUMABLE)
+                or dcp.has_sharded(run_dir / "ckpt"))
     if has_ckpt and summary is not None and summary.get("status") == "finished":
         return summary
     return None
@@ -304,7 +306,9 @@ def finished_summary(run_dir: Path) -> dict | None:
 
 def remove_stale_temps(ckpt_dir: Path) -> list[Path]:
     """Delete the temporary files of checkpoint writes that a kill interrupted (they can be
-    as large as a checkpoint). Only call this while holding the run's lock."""
+    as large as a checkpoint), and what interrupted sharded saves left (dcp.remove_orphans).
+    Only call this while holding the run's lock."""
+    dcp.remove_orphans(ckpt_dir)
     stale = sorted(Path(ckpt_dir).glob(checkpoint.TEMP_GLOB))
     for p in stale:
         p.unlink(missing_ok=True)

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from nanogpt import distributed, parallel
+from nanogpt import distributed, fsdp, parallel
 from nanogpt.guards import NanGuard
 from nanogpt.hardware import Runtime
 
@@ -37,14 +37,14 @@ def train_step(p: Step, it: int) -> torch.Tensor | None:
         x, y = p.batch(it, m)
         with parallel.accumulating(p.train_model, sync=m == p.accum - 1):
             with p.rt.autocast():
-                _, loss = p.train_model(x, y)
-                loss = loss / p.accum
+                # the logits (B x T x vocab) go at once: not held through the backward
+                loss = p.train_model(x, y)[1] / p.accum
             p.guard.add(loss)
             p.scaler.scale(loss).backward()
         step_loss += loss.detach()
     if p.grad_clip > 0:
         p.scaler.unscale_(p.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(p.model.parameters(), p.grad_clip)
+        norm = fsdp.clip_grad_norm_(p.model.parameters(), p.grad_clip)  # the global norm, sharded too
         if not p.rt.needs_grad_scaler:  # float16's GradScaler skips inf gradients itself
             p.guard.add(norm)
     if p.skip_nonfinite and distributed.any_rank(not p.guard.finite(it + 1)):  # one host sync per step

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from nanogpt import checkpoint, distributed, rundir
+from nanogpt import checkpoint, dcp, distributed, fsdp, rundir
 from nanogpt.errors import UserError
+from nanogpt.build import load_run
 from nanogpt.evaluate import estimate_loss
 from nanogpt.metrics import mfu
 from nanogpt.optim import set_lr
@@ -168,16 +169,21 @@ def save_due(s: Training, state: TrainState) -> bool:
 
 def save_checkpoint(s: Training, state: TrainState, name: str, copy_to: str | None = None) -> None:
     """All ranks call this (to gather RNG states); rank 0 writes `name`, and `copy_to` as a copy
-    of it (a second real file: damage to one leaves the other). A non-finite loss or weight is
-    never written: the good checkpoints stay."""
+    of it (a second real file: damage to one leaves the other). Sharded (FSDP): every rank
+    writes its shards of one save, which ckpt/<name>.dcp (and <copy_to>.dcp) then point to. A
+    non-finite loss or weight is never written: the good checkpoints stay."""
     guard_ok = s.tcfg.on_nan != "stop" or s.guard.finite(state.it)  # skip mode skipped its bad steps
-    if _agree(not (guard_ok and _params_finite(s.model)), s.dist):
+    if _agree(not (guard_ok and fsdp.all_finite(s.model.parameters())), s.dist):  # this rank's shards
         raise UserError(_nan_message(s.guard.checked_at, state.it, state.last_loss))
     rng = [checkpoint.rng_state()]
     if s.dist.enabled:
         rng = [None] * s.dist.world_size
         torch.distributed.all_gather_object(rng, checkpoint.rng_state())
-    if s.dist.is_main:
+    if s.sharded:
+        links = tuple(n.replace(".pt", ".dcp") for n in (name, copy_to) if n)
+        dcp.save(s.run_dir / "ckpt", state.it, s.model, s.optimizer,
+                 train_state(s, state, rng) if s.dist.is_main else None, links, s.dist)
+    elif s.dist.is_main:
         ckpt_dir = s.run_dir / "ckpt"
         checkpoint.atomic_save(training_checkpoint(s, state, rng), ckpt_dir / name)
         if copy_to:
@@ -187,11 +193,16 @@ def save_checkpoint(s: Training, state: TrainState, name: str, copy_to: str | No
 
 
 def training_checkpoint(s: Training, state: TrainState, rng: list) -> dict:
-    """What a checkpoint holds. The model's and optimizer's state dicts are whole on every rank
-    under DDP; a sharded strategy would gather them here (or write them with
-    torch.distributed.checkpoint), and restore them in `setup`."""
+    """What a single-file checkpoint holds: the model's and optimizer's state dicts (whole on
+    every rank under DDP) and the train state."""
     return {"model": checkpoint.clean_state_dict(s.model.state_dict()),
-            "model_args": dataclasses.asdict(s.gpt_config), "optimizer": s.optimizer.state_dict(),
+            "optimizer": s.optimizer.state_dict(), **train_state(s, state, rng)}
+
+
+def train_state(s: Training, state: TrainState, rng: list) -> dict:
+    """Everything a checkpoint holds but the weights and the optimizer state (a sharded save
+    writes those with torch.distributed.checkpoint, beside this)."""
+    return {"model_args": dataclasses.asdict(s.gpt_config),
             "scaler": s.step.scaler.state_dict() if s.step.scaler.is_enabled() else None,
             **state.state_dict(), "rng": rng, "config": s.config_dict,
             "tokenizer": s.dataset.meta["tokenizer"], "dataset": s.dataset.meta.get("dataset")}
@@ -257,10 +268,6 @@ def _agree(flag: bool, dist) -> bool:
     return distributed.any_rank(flag)
 
 
-def _params_finite(model) -> bool:
-    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
-
-
 def _nan_message(after: int, at: int, last_loss, where: str = "training") -> str:
     when = f"at iteration {at}" if at - after <= 1 else f"between iterations {after} and {at}"
     last = f"{last_loss:.4f}" if last_loss is not None else "none logged yet"
@@ -285,10 +292,16 @@ def _plot(run_dir: Path) -> bool:
 
 
 def _samples(s: Training) -> None:
-    """Samples at the end of a finished run, with the task's sampling settings."""
-    tcfg = s.tcfg
+    """Samples at the end of a finished run, with the task's sampling settings. A sharded run is
+    consolidated first (ckpt/last.pt, ckpt/best.pt: what sample, eval and export read), and
+    samples from those weights: rank 0 alone cannot run a sharded model."""
+    tcfg, model = s.tcfg, s.model
+    if s.sharded:
+        dcp.consolidate(s.run_dir)
+        if s.dist.enabled:
+            model = load_run(s.run_dir, "last")[0].to(s.rt.device)
     if tcfg.num_samples > 0:
-        texts = generate_texts(s.model, s.tokenizer, "", tcfg.num_samples, tcfg.sample_tokens,
+        texts = generate_texts(model, s.tokenizer, "", tcfg.num_samples, tcfg.sample_tokens,
                                tcfg.temperature, tcfg.top_k, s.cfg.seed, s.rt, with_prompt=False)
         for text in texts:
             print(f"---------- sample ----------\n{text}", flush=True)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from nanogpt import checkpoint, distributed, parallel, rundir
+from nanogpt import checkpoint, dcp, distributed, parallel, rundir
 from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher, TokenDataset
 from nanogpt.errors import UserError
 from nanogpt.evaluate import EvalPlan, plan_evaluation
 from nanogpt.guards import NanGuard, StopRequest
-from nanogpt.hardware import Runtime, compile_model, peak_flops_info, runtime, why_compile
+from nanogpt.hardware import Runtime, peak_flops_info, runtime, why_compile
 from nanogpt.hellaswag import DuringTraining
 from nanogpt.metrics import MetricsLogger
 from nanogpt.model import GPT, GPTConfig
@@ -87,8 +87,8 @@ class Training:
     rt: Runtime
     dataset: TokenDataset
     gpt_config: GPTConfig
-    model: GPT
-    eval_model: torch.nn.Module  # compiled or not, never wrapped: ranks score different batches
+    model: GPT  # sharded in place under FSDP
+    eval_model: torch.nn.Module  # what evaluation calls: under DDP never the wrapper (ranks score different batches)
     step: Step
     schedule: Schedule
     max_iters: int
@@ -109,6 +109,11 @@ class Training:
     @property
     def tcfg(self):
         return self.cfg.task
+
+    @property
+    def sharded(self) -> bool:
+        """Are this run's checkpoints sharded (torch.distributed.checkpoint, ckpt/*.dcp)?"""
+        return parallel.sharded_checkpoints(self.cfg.hardware)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -150,11 +155,16 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
     micro, block = hw.micro_batch_size, gpt_config.block_size
     flops_per_token = model.flops_per_token(block)
     tokens_per_step, accum, max_iters = plan_steps(tcfg, micro * block, dist.world_size, micro, flops_per_token)
+    # what the step and the evaluation call; the optimizer after it: FSDP shards the parameters
+    train_model, eval_model = parallel.prepare(model, hw, dist, rt)
     optimizer = make_optimizer(model, cfg.optim, rt.device_type)
     scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.needs_grad_scaler)
     state = TrainState(tokens_per_step)
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        if parallel.sharded_checkpoints(hw):  # each rank reads its shards, whatever world size wrote them
+            dcp.load_into(resume_path, model, optimizer)
+        else:
+            optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         state.load_state_dict(ckpt, dist.rank)
@@ -162,9 +172,8 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
         torch.manual_seed(cfg.seed + dist.rank)  # dropout masks differ between ranks
     del ckpt
 
-    eval_model = compile_model(model) if hw.compile else model
     eval_batch_size = hw.eval_batch_size or 2 * micro
-    step = Step(model, parallel.wrap(eval_model, hw.strategy, dist, rt), optimizer, scaler, rt, accum,
+    step = Step(model, train_model, optimizer, scaler, rt, accum,
                 cfg.optim.grad_clip, batch=None, guard=NanGuard(rt.device, state.it),
                 skip_nonfinite=tcfg.on_nan == "skip" and not rt.needs_grad_scaler, dist=dist)
     s = Training(cfg, run_dir, dist, rt, dataset, gpt_config, model, eval_model, step,
@@ -226,9 +235,16 @@ def _checkpoint_to_resume(cfg, run_dir: Path, dist) -> tuple[Path | None, dict |
     if cfg.init_from == "pretrained" and not (mcfg.pretrained or mcfg.path):
         raise UserError("init_from=pretrained needs weights: model=pretrained/gpt2 (or gpt2_medium, "
                         "gpt2_large, gpt2_xl), or model.path=DIR for a local Hugging Face directory")
+    sharded = parallel.sharded_checkpoints(cfg.hardware)
+    dcp.check_strategy(run_dir, sharded)  # a run keeps its checkpoint format
     if dist.is_main:  # launch.py holds the run's lock: no other process is writing these
         rundir.remove_stale_temps(run_dir / "ckpt")
-    resume_path, ckpt = checkpoint.load_latest(run_dir, repair=dist.is_main)
+    if sharded:  # the train state now; the weights once the model is sharded (setup)
+        found = dcp.latest(run_dir, repair=True) if dist.is_main else None
+        resume_path = distributed.broadcast_object(found.path if found else None)
+        ckpt = dcp.load_state(resume_path) if resume_path else None
+    else:
+        resume_path, ckpt = checkpoint.load_latest(run_dir, repair=dist.is_main)
     if distributed.broadcast_object(ckpt is not None) != (ckpt is not None):
         raise UserError(f"ranks 0 and {dist.rank} disagree on whether {run_dir / 'ckpt'} holds a "
                         "checkpoint: the run directory must be on a filesystem that every node shares")
@@ -249,7 +265,8 @@ def build_model(cfg, dataset, ckpt, resume_path, config_dict, run_dir, dist) -> 
         checkpoint.check_shape(ckpt, gpt_config, resume_path)
         changes = check_resume(ckpt, config_dict, dataset.meta["tokenizer"], dist.world_size, run_dir)
         model = GPT(gpt_config)
-        model.load_state_dict(ckpt["model"])
+        if "model" in ckpt:  # a sharded checkpoint's weights load once the model is sharded
+            model.load_state_dict(ckpt["model"])
         return model, gpt_config, changes
     if mcfg.pretrained or mcfg.path:
         from nanogpt.pretrained import load_pretrained
