@@ -11,10 +11,19 @@ this file validates it, turns it into plain dataclasses and hands it to the task
 """
 from __future__ import annotations
 
-import errno
-import logging
-import shutil
+import signal
 import sys
+
+
+def _interrupted_early(signum, frame):
+    print("error: interrupted before the task started; no training was done", file=sys.stderr, flush=True)
+    sys.exit(130)
+
+
+signal.signal(signal.SIGINT, _interrupted_early)  # Ctrl-C while torch and Hydra import: no traceback
+
+import errno  # noqa: E402 (the handler above comes first)
+import logging
 from pathlib import Path
 
 import hydra
@@ -22,12 +31,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from nanogpt.config import register_configs, register_resolvers, validate
+from nanogpt.config import register_configs, validate
 from nanogpt.errors import UserError
-from nanogpt.rundir import LOCK_FILE, created_here, restore_run_record
+from nanogpt.rundir import register_resolvers, remove_if_untouched, restore_run_record
 
 register_configs()
 register_resolvers()
+signal.signal(signal.SIGINT, signal.default_int_handler)  # from here a KeyboardInterrupt is caught below
 log = logging.getLogger("nanogpt")
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 logging.raiseExceptions = False  # a full disk must not turn every log line into a traceback
@@ -56,7 +66,7 @@ def main(cfg: DictConfig):
         user_error = isinstance(e, UserError) or storage  # the user's to fix: a message, no traceback
         if dist.is_main:  # whatever failed, a run keeps the record of what it last ran
             restore_run_record()
-            _remove_if_untouched(own_dir)
+            remove_if_untouched(own_dir)
         if dist.enabled:  # end every rank now, rather than leave the others waiting in a collective
             distributed.abort(dist, UserError(_storage_message(e)) if storage else e)
         if not user_error or HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -76,25 +86,9 @@ _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.
 
 
 def _storage_message(e: OSError) -> str:
-    return (f"{e.strerror}: {e.filename or ''}. Free disk space or fix permissions; the checkpoints "
+    where = e.filename if e.filename not in (None, "", ".") else "while writing the run's files"
+    return (f"{e.strerror}: {where}. Free disk space or fix permissions; the checkpoints "
             "already written are intact, and the same command resumes from them")
-
-
-def _remove_if_untouched(out: Path) -> None:
-    """A command rejected before any work leaves no directory behind (Hydra made it up front,
-    with any missing parents such as runs/: those go too when empty). Only a directory this
-    process created: another process's new run (whose lock this one lost) is not ours to remove."""
-    leftovers = (".hydra", "launch.log", LOCK_FILE)
-    if created_here(out) and out.is_dir() and all(p.name in leftovers for p in out.iterdir()):
-        shutil.rmtree(out, ignore_errors=True)
-        cwd = Path.cwd().resolve()
-        for parent in out.resolve().parents:
-            if parent == cwd or cwd not in parent.parents:
-                break
-            try:
-                parent.rmdir()  # only if empty
-            except OSError:
-                break
 
 
 def _log_recipe() -> None:
@@ -117,12 +111,16 @@ def _agree_on_run_dir(dist, config) -> Path:
     distributed.setup(dist, config.hardware.backend, resolve_device(config.hardware.device, dist.local_rank))
     chosen = Path(distributed.broadcast_object(str(own)))
     if chosen.resolve() != own.resolve():
-        _remove_if_untouched(own)
+        remove_if_untouched(own)
     return chosen
 
 
 if __name__ == "__main__":
-    from nanogpt.overrides import check_overrides
+    try:
+        from nanogpt.overrides import check_overrides
 
-    check_overrides(sys.argv[1:], CONF_DIR)
-    main()
+        check_overrides(sys.argv[1:], CONF_DIR)
+        main()
+    except KeyboardInterrupt:  # Ctrl-C before the task started (imports, composition): nothing to keep
+        print("error: interrupted before the task started; no training was done", file=sys.stderr, flush=True)
+        sys.exit(130)

@@ -28,6 +28,7 @@ import nanogpt.model
 from nanogpt.data import Batches, Prefetcher, TokenDataset
 from nanogpt.hardware import Runtime, compile_model, cpu_has_fast_bf16
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.config import AdamWConfig
 from nanogpt.optim import make_adamw
 from nanogpt.schedule import lr_at
 
@@ -84,7 +85,8 @@ class Runner:
         self.model = GPT(GPTConfig(vocab_size=dataset.vocab_size, dropout=0.0, bias=True,
                                    **{k: preset[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}))
         if v.adamw == "fused":
-            self.opt = make_adamw(self.model, LR, 0.1, (0.9, 0.99), device_type="cpu")
+            self.opt = make_adamw(self.model, AdamWConfig(lr=LR, weight_decay=0.1, beta1=0.9, beta2=0.99),
+                                  device_type="cpu")
         else:  # nanoGPT's configure_optimizers on the CPU: the same groups, torch's AdamW unfused
             decay = [p for p in self.model.parameters() if p.dim() >= 2]
             no_decay = [p for p in self.model.parameters() if p.dim() < 2]

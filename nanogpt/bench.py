@@ -3,15 +3,17 @@
     python launch.py task=bench model=gpt2_124m hardware=gpu
     python launch.py task=bench hardware=cpu model.block_size=64 model.vocab_size=65
 
-Warm-up steps first (torch.compile compiles in the first), then `task.iters` timed steps of what
-the training loop does: forward and backward over the accumulated micro-batches under the run's
-autocast, gradient clipping, the AdamW step. Reported: median ms/iter, tokens/s, achieved FLOP/s
-(`GPT.flops_per_token`, the one FLOP formula) and MFU against the device's peak (a data-sheet
-table for GPUs, a matmul rate measured here on the CPU), and peak memory. Figures go to the
+Warm-up steps first (torch.compile compiles in the first), then `task.iters` timed steps of
+`nanogpt.step.train_step`, the training loop's own step: forward and backward over the
+accumulated micro-batches under the run's autocast, gradient clipping, the optimizer step.
+Reported: median ms/iter, tokens/s, achieved FLOP/s (`GPT.flops_per_token`, the one FLOP
+formula) and MFU against the device's peak (a data-sheet table for GPUs, a matmul rate measured
+here on the CPU), and peak memory. Figures go to the
 console and to bench.json in the output directory; the return value is tokens/s.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import resource
 import statistics
@@ -20,13 +22,17 @@ from pathlib import Path
 
 import torch
 
+from nanogpt import parallel
 from nanogpt.build import model_args, open_dataset
 from nanogpt.data import Batches, Prefetcher
-from nanogpt.errors import UserError
-from nanogpt.hardware import compile_model, measured_cpu_matmul_flops, peak_flops_info, runtime
+from nanogpt.distributed import Dist
+from nanogpt.guards import NanGuard
+from nanogpt.hardware import measured_cpu_matmul_flops, peak_flops_info, runtime
 from nanogpt.metrics import write_json_atomic
 from nanogpt.model import GPT
 from nanogpt.optim import make_optimizer
+from nanogpt.step import Step, train_step
+from nanogpt.trainer import accumulation
 
 log = logging.getLogger("nanogpt")
 GPT2_VOCAB = 50257  # synthetic data without model.vocab_size: GPT-2's vocabulary
@@ -34,8 +40,6 @@ GPT2_VOCAB = 50257  # synthetic data without model.vocab_size: GPT-2's vocabular
 
 def bench(cfg, out_dir: Path) -> float:
     t, hw, ocfg = cfg.task, cfg.hardware, cfg.optim
-    if t.iters < 1 or t.warmup < 0:
-        raise UserError(f"task.iters must be >= 1 and task.warmup >= 0 (got {t.iters}, {t.warmup})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rt = runtime(hw)
@@ -43,16 +47,9 @@ def bench(cfg, out_dir: Path) -> float:
     dataset = None if t.synthetic else open_dataset(cfg.data.name, cfg.data.root, cfg.data.auto_prepare)
     gpt_config = model_args(cfg.model, dataset.vocab_size if dataset else cfg.model.vocab_size or GPT2_VOCAB)
     torch.manual_seed(cfg.seed)
-    model = GPT(gpt_config).to(rt.device)
+    model = GPT(gpt_config).to(rt.device, rt.param_dtype)
     micro, block = hw.micro_batch_size, gpt_config.block_size
-    tokens_per_step = t.tokens_per_step or micro * block
-    if tokens_per_step % (micro * block):
-        raise UserError(f"task.tokens_per_step={tokens_per_step} is not a multiple of micro_batch_size x "
-                        f"block_size = {micro} x {block}: change one of them")
-    accum = tokens_per_step // (micro * block)
-    optimizer = make_optimizer(model, ocfg, rt.device_type)
-    scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.needs_grad_scaler)
-    train_model = compile_model(model) if hw.compile else model
+    tokens_per_step, accum = accumulation(t.tokens_per_step, micro * block, 1, micro)
 
     prefetch = None
     if dataset is not None:
@@ -64,22 +61,13 @@ def bench(cfg, out_dir: Path) -> float:
         fixed = [torch.randint(gpt_config.vocab_size, (micro, block + 1), generator=g).to(rt.device)
                  for _ in range(accum)]
         get_batch = lambda it, m: (fixed[m][:, :-1], fixed[m][:, 1:])  # noqa: E731
-
-    def step(it: int) -> torch.Tensor:
-        """One optimizer step exactly as the training loop takes it (less the lr schedule)."""
-        for m in range(accum):
-            x, y = get_batch(it, m)
-            with rt.autocast():
-                _, loss = train_model(x, y)
-                loss = loss / accum
-            scaler.scale(loss).backward()
-        if ocfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), ocfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach() * accum
+    # the training loop's own step (less the lr schedule), on the model as training prepares it
+    # (compiled, activation checkpointing; one process: no strategy wraps it)
+    train_model, _ = parallel.prepare(model, hw, Dist(), rt)
+    parts = Step(model, train_model, make_optimizer(model, ocfg, rt.device_type),
+                 torch.amp.GradScaler(rt.device_type, enabled=rt.needs_grad_scaler), rt, accum,
+                 ocfg.grad_clip, get_batch, NanGuard(rt.device))
+    step = functools.partial(train_step, parts)
 
     dtype = str(rt.dtype).replace("torch.", "")
     print(f"bench: {gpt_config.n_layer} layers x {gpt_config.n_embd} wide, {gpt_config.n_head} heads, "

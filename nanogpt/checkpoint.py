@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanogpt.errors import UserError
+from nanogpt.errors import UserError, run_cli
 from nanogpt.model import GPTConfig
 
 log = logging.getLogger("nanogpt")
@@ -156,18 +156,6 @@ def _fsync_dir(directory: Path) -> None:
             os.close(dir_fd)
     except OSError:
         pass
-
-
-def remove_stale_temps(ckpt_dir: Path) -> list[Path]:
-    """Delete the temporary files of checkpoint writes that a kill interrupted (they can be
-    as large as a checkpoint). Only call this while holding the run's lock."""
-    stale = sorted(Path(ckpt_dir).glob(TEMP_GLOB))
-    for p in stale:
-        _unlink_quietly(p)
-    if stale:
-        log.info("removed %d incomplete checkpoint file(s) left by an interrupted write: %s",
-                 len(stale), ", ".join(p.name for p in stale))
-    return stale
 
 
 def clean_state_dict(state_dict: dict) -> dict:
@@ -454,16 +442,23 @@ def main(argv: list[str] | None = None) -> None:
     up = sub.add_parser("upgrade", help="rewrite checkpoints of an older nanogpt as tensors and plain "
                         "data (loads them with weights_only=False: only files you trust)")
     up.add_argument("files", nargs="+", type=Path)
+    co = sub.add_parser("consolidate", help="write ckpt/last.pt and ckpt/best.pt of a run trained with "
+                        "hardware.strategy=fsdp from its sharded checkpoints (the weights that sample, "
+                        "eval and export read)")
+    co.add_argument("run", type=Path)
     args = p.parse_args(argv)
+    if args.command == "consolidate":
+        from nanogpt import dcp
+
+        written = dcp.consolidate(args.run)
+        for f in written:
+            print(f"{f}: written")
+        if not written:
+            print(f"{args.run}: ckpt/last.pt and ckpt/best.pt are already those of its sharded checkpoints")
+        return
     for f in args.files:
         print(f"{f}: {'upgraded' if upgrade(f) else 'already tensors and plain data, unchanged'}")
 
 
 if __name__ == "__main__":
-    import sys
-
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

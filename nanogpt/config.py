@@ -184,6 +184,10 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 BACKENDS = ("auto", "nccl", "gloo")
 
 
+ACTIVATION_CHECKPOINTING = ("none", "block", "selective")
+FSDP_ACCUMULATION = ("unsharded", "sharded")
+
+
 @dataclass
 class HardwareConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -195,6 +199,12 @@ class HardwareConfig:
     backend: str = "auto"  # DDP backend: auto (nccl on CUDA, gloo otherwise) | nccl | gloo
     # how the model is spread over the ranks: a key of nanogpt.parallel.STRATEGIES
     strategy: str = "ddp"
+    # recompute activations in the backward pass: none | block (keep each block's input only) |
+    # selective (keep the matmuls' outputs, recompute norms, GELU, ...); any strategy
+    activation_checkpointing: str = "none"
+    # FSDP with gradient accumulation: unsharded (gradients accumulate whole, weights stay
+    # gathered: one reduce-scatter per step) | sharded (reduce-scatter every micro-batch: least memory)
+    fsdp_accumulation: str = "unsharded"
     # GPUs per node a SLURM job asks for, one task (DDP rank) each; None: a CPU job of one task
     gpus_per_node: Optional[int] = None
     num_threads: Optional[int] = None  # torch intra-op threads on the CPU; None: torch's default
@@ -210,6 +220,13 @@ class HardwareConfig:
         one_of("hardware.dtype", self.dtype, ("auto", *DTYPES))
         one_of("hardware.backend", self.backend, BACKENDS)
         one_of("hardware.strategy", self.strategy, sorted(STRATEGIES))
+        one_of("hardware.activation_checkpointing", self.activation_checkpointing,
+               ACTIVATION_CHECKPOINTING)
+        one_of("hardware.fsdp_accumulation", self.fsdp_accumulation, FSDP_ACCUMULATION)
+        if self.strategy == "fsdp" and self.dtype == "float16":  # auto's float16: at the start
+            from nanogpt.fsdp import FLOAT16_REFUSAL
+
+            raise ConfigError(FLOAT16_REFUSAL)
         at_least("hardware.micro_batch_size", self.micro_batch_size, 1)
         at_least("hardware.eval_batch_size", self.eval_batch_size, 1)
         at_least("hardware.gpus_per_node", self.gpus_per_node, 1)
@@ -251,6 +268,9 @@ class TrainTask(TaskConfig):
     always_save_checkpoint: bool = True  # save last.pt at each eval even when val did not improve
     on_nan: str = "stop"  # stop | skip (skip the update of a non-finite step; stop after 10 in a row)
     num_samples: int = 1  # samples printed when training ends (0: none)
+    hellaswag_interval: int = 0  # score HellaSwag every N iterations (0: never); acc_norm is logged
+    hellaswag_limit: Optional[int] = None  # its first N examples (None: all 10,042)
+    hellaswag_file: Optional[str] = None  # a local hellaswag_val.jsonl (None: Rowan/hellaswag from the hub)
     sample_tokens: int = 300
     temperature: float = 0.8  # of the samples printed when training ends
     top_k: Optional[int] = 200
@@ -284,6 +304,8 @@ class TrainTask(TaskConfig):
         at_least("task.save_interval", self.save_interval, 1)
         one_of("task.on_nan", self.on_nan, ON_NAN)
         at_least("task.num_samples", self.num_samples, 0)
+        at_least("task.hellaswag_interval", self.hellaswag_interval, 0)
+        at_least("task.hellaswag_limit", self.hellaswag_limit, 1)
         at_least("task.sample_tokens", self.sample_tokens, 1)
         at_least("task.temperature", self.temperature, 0)
         at_least("task.top_k", self.top_k, 1)
@@ -326,6 +348,22 @@ class SampleTask(TaskConfig):
 
 
 @dataclass
+class HellaSwagTask(TaskConfig):
+    name: str = "hellaswag"
+    file: Optional[str] = None  # a local jsonl in the original format; None: Rowan/hellaswag from the hub
+    limit: Optional[int] = None  # score the first N examples only (a quick look)
+    batch_size: int = 16  # examples per forward pass (4 rows each)
+    which: str = "best"  # best | last checkpoint of run=
+    out: Optional[str] = None  # JSON output; None: <run>/hellaswag.json, or the Hydra output dir
+
+    def __post_init__(self):
+        super().__post_init__()
+        at_least("task.limit", self.limit, 1)
+        at_least("task.batch_size", self.batch_size, 1)
+        one_of("task.which", self.which, ("best", "last"))
+
+
+@dataclass
 class BenchTask(TaskConfig):
     name: str = "bench"
     iters: int = 20  # timed training steps; the median is reported
@@ -342,8 +380,25 @@ class BenchTask(TaskConfig):
         at_least("task.tokens_per_step", self.tokens_per_step, 1)
 
 
+@dataclass
+class PlanTask(TaskConfig):
+    """Memory per GPU for the model= and hardware= chosen (micro-batch, dtype, GPUs per node)."""
+    name: str = "plan"
+    gpu_memory_gb: float = 80.0  # one GPU's memory: does the plan fit?
+    gpus: Optional[int] = None  # ranks training together; None: hardware.gpus_per_node, else 1
+    accumulation: bool = True  # several micro-batches per step: gradients live through the forward
+    vocab_size: int = 50304  # when model.vocab_size is unset (training takes it from the data)
+
+    def __post_init__(self):
+        super().__post_init__()
+        above("task.gpu_memory_gb", self.gpu_memory_gb, 0)
+        at_least("task.gpus", self.gpus, 1)
+        at_least("task.vocab_size", self.vocab_size, 1)
+
+
 # the task group's options: name -> schema (the function that runs each: nanogpt.tasks.TASKS)
-TASK_SCHEMAS = {"train": TrainTask, "eval": EvalTask, "sample": SampleTask, "bench": BenchTask}
+TASK_SCHEMAS = {"train": TrainTask, "eval": EvalTask, "sample": SampleTask, "bench": BenchTask,
+                "hellaswag": HellaSwagTask, "plan": PlanTask}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -386,6 +441,13 @@ class Config:
         if getattr(self.task, "branch_from", None) and self.init_from == "pretrained":
             raise ConfigError("init_from=pretrained and task.branch_from both say where the weights "
                               "come from: a branch starts from its parent's checkpoint, drop init_from")
+        if getattr(self.hardware, "strategy", None) == "fsdp":  # an optimizer FSDP cannot shard
+            from nanogpt.fsdp import check_optimizer
+
+            try:
+                check_optimizer(getattr(self.optim, "name", None))
+            except UserError as e:
+                raise ConfigError(str(e)) from None
 
 
 GROUPS = {"model": ModelConfig, "data": DataConfig, "hardware": HardwareConfig, "logger": LoggerConfig}
@@ -411,40 +473,3 @@ def validate(cfg) -> Any:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_object(cfg)
-
-
-def run_name(overrides: str) -> str:
-    """A run directory name from Hydra's override_dirname ("model.n_layer=4,optim.lr=0.001"):
-    the same command always maps to the same directory, so re-running it resumes the run."""
-    import hashlib
-
-    name = overrides.replace("/", "-").replace(" ", "") or "default"
-    if len(name) > 120:  # keep paths well under the file-name limit, still unique
-        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
-    return name
-
-
-def run_dir(task: str, run: Optional[str], overrides: str) -> str:
-    """Where a job writes. Training writes into the run (given, or named after the command);
-    eval/sample/bench write next to it, never into a training run's .hydra/."""
-    if task == "train":
-        return run if run else f"runs/{run_name(overrides)}"
-    return f"runs/_{task}/{run_name(overrides)}"
-
-
-def register_resolvers() -> None:
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("nanogpt_run_dir"):
-        OmegaConf.register_new_resolver("nanogpt_run_dir", run_dir)
-        OmegaConf.register_new_resolver("nanogpt_run_name", run_name)
-        # the SLURM launcher's tasks per node: one per GPU, or one on a CPU node
-        OmegaConf.register_new_resolver("nanogpt_tasks_per_node", lambda gpus: gpus or 1)
-        # a cooldown branch's length: its WSD cooldown (the last decay_frac) starts at branch_iter
-        OmegaConf.register_new_resolver("nanogpt_cooldown_end", _cooldown_end)
-
-
-def _cooldown_end(branch_iter, decay_frac) -> int:
-    from nanogpt.branch import cooldown_end
-
-    return cooldown_end(int(branch_iter), float(decay_frac))

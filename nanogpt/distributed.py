@@ -87,9 +87,10 @@ def _slurm_cpus() -> int | None:
 
 def _tcp(host: str, job_id: str) -> str:
     """Every task of a job derives the same port from the job id (as submitit does), so the ranks
-    meet without talking first; MASTER_PORT overrides it."""
+    meet without talking first. MASTER_PORT overrides the port, and MASTER_ADDR the first node's
+    name (for a cluster whose node names do not resolve on the network the ranks talk over)."""
     port = os.environ.get("MASTER_PORT") or random.Random(job_id).randint(20000, 60000)
-    return f"tcp://{host}:{port}"
+    return f"tcp://{os.environ.get('MASTER_ADDR') or host}:{port}"
 
 
 def setup(dist: Dist, backend: str, device: torch.device) -> None:

@@ -23,7 +23,6 @@ GPT2_BASELINES = {"gpt2": (3.11, 3.12), "gpt2-medium": (2.85, 2.84),
                   "gpt2-large": (2.66, 2.67), "gpt2-xl": (2.56, 2.54)}
 
 
-@torch.inference_mode()
 def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist=None, splits=("train", "val"),
                   leave: bool = False, errors: dict | None = None, byte_table: torch.Tensor | None = None,
                   bpb: dict | None = None) -> dict[str, float]:
@@ -33,23 +32,38 @@ def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist=None, split
     `errors`, if given, receives each split's standard error of that mean (from the spread of
     the batch losses): how far the figure may sit from the split's true loss. With a byte table
     (nanogpt.bpb), `bpb` receives each split's bits per byte."""
+    from nanogpt.parallel import lockstep
+
+    # no_grad for a sharded model: FSDP's gathered weights made in inference mode could not be
+    # used by the training step after
+    with torch.no_grad() if lockstep(model) else torch.inference_mode():
+        return _estimate_loss(model, batches, eval_iters, rt, dist, splits, leave, errors, byte_table, bpb)
+
+
+def _estimate_loss(model, batches, eval_iters, rt, dist, splits, leave, errors, byte_table=None,
+                   bpb=None) -> dict[str, float]:
+    from nanogpt.parallel import lockstep
+
     was_training = model.training
     model.eval()
     rank, world, is_main = (dist.rank, dist.world_size, dist.is_main) if dist else (0, 1, True)
+    # a sharded model's forward is a collective: every rank runs as many as the busiest one, the
+    # extra ones (on a batch already counted elsewhere) weighted 0
+    end = -(-eval_iters // world) * world if world > 1 and lockstep(model) else eval_iters
     out = {}
     for split in splits:
         # loss sum, batch count, sum of squares, then nats and bytes of the text targets (bits per
         # byte): summed on the device, no host sync per batch
         total = torch.zeros(5, device=rt.device, dtype=torch.float64)
-        ks = range(rank, eval_iters, world)
+        ks = range(rank, end, world)
         for k in progress(ks, desc=f"eval {split}", is_main=is_main, leave=leave, unit="batch"):
-            x, y = eval_batch(batches, split, k)
+            x, y = eval_batch(batches, split, k % eval_iters)
             with rt.autocast():
                 logits, loss = model(x, y)
-            loss = loss.double()
-            total[:3] += torch.stack([loss, torch.ones_like(loss), loss * loss])
+            loss = loss.double() * (k < eval_iters)
+            total[:3] += torch.stack([loss, torch.ones_like(loss) * (k < eval_iters), loss * loss])
             if byte_table is not None:
-                total[3:] += nats_and_bytes(logits, y, byte_table)
+                total[3:] += nats_and_bytes(logits, y, byte_table) * (k < eval_iters)
         if world > 1:
             torch.distributed.all_reduce(total)
         total, n, squares, nats, nbytes = total.tolist()
@@ -171,8 +185,6 @@ def run(cfg, run_dir: Path, dist) -> float:
 
 
 def _command_chose_data() -> bool:
-    from hydra.core.hydra_config import HydraConfig
+    from nanogpt.rundir import command_overrides
 
-    if not HydraConfig.initialized():
-        return False
-    return any(o.split("=")[0] in ("data", "data.name") for o in HydraConfig.get().overrides.task)
+    return any(o.split("=")[0] in ("data", "data.name") for o in command_overrides())

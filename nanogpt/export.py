@@ -14,14 +14,13 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
-from nanogpt.errors import UserError
+from nanogpt.errors import UserError, run_cli
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.build import load_run
 from nanogpt.pretrained import check_exportable, hf_state_dict
@@ -288,8 +287,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

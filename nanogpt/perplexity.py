@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import torch
 
-from nanogpt.errors import UserError
+from nanogpt.errors import UserError, run_cli
 from nanogpt.hardware import DTYPES, Runtime, resolve_device
 
 
@@ -181,8 +180,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

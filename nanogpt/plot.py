@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from nanogpt.results import find_run_dirs, read_config, read_metrics, read_summary
+from nanogpt.results import find_run_dirs, flatten, read_config, read_metrics, read_summary
 from nanogpt.scaling_fit import Approach3Fit, IsoFLOPFit, compute_frontier
 
 X_LABELS = {"tokens": "tokens", "iter": "iteration", "flops": "training FLOPs"}
@@ -65,20 +65,10 @@ def load_curves(run_dir, x: str = "tokens") -> dict[str, np.ndarray]:
                 val_loss=np.array([m["val_loss"] for m in evals], dtype=float))
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    flat = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            flat.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            flat[f"{prefix}{k}"] = v
-    return flat
-
-
 def run_labels(run_dirs) -> list[str]:
     """A label per run from the config values that differ between the runs (e.g.
     "model.n_layer=4 optim.lr=0.001"); the directory name when the configs say nothing."""
-    configs = [_flatten(read_config(d)) for d in run_dirs]
+    configs = [flatten(read_config(d)) for d in run_dirs]
     keys = sorted({k for c in configs for k in c})
     differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
     labels = []
@@ -104,9 +94,22 @@ def plot_run(run_dir, out=None) -> Path:
     fig, ax = _axes(None)
     _draw_curves(ax, curves, "C0", "val loss" if len(curves["val_x"]) else "train loss")
     ax.set(xlabel="tokens", ylabel="loss", title=Path(run_dir).name)
-    ax.legend()
+    handles = _draw_hellaswag(ax, run_dir)
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + handles)
     ax.grid(alpha=0.3)
     return _save(fig, out or Path(run_dir) / "loss.png")
+
+
+def _draw_hellaswag(ax, run_dir) -> list:
+    """HellaSwag acc_norm (task.hellaswag_interval) on a right-hand axis; the lines drawn."""
+    points = [m for m in read_metrics(run_dir) if m.get("kind") == "hellaswag" and m.get("acc_norm") is not None]
+    if not points:
+        return []
+    right = ax.twinx()
+    lines = right.plot([m["tokens"] for m in points], [m["acc_norm"] for m in points], color="C3", marker="s",
+                       ms=3, lw=1.5, label="HellaSwag acc_norm")
+    right.set_ylabel("HellaSwag acc_norm (0.25: chance)")
+    return lines
 
 
 def plot_runs(run_dirs, out, x: str = "tokens", ax=None) -> Path | Figure:

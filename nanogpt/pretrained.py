@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from nanogpt.errors import UserError
+from nanogpt.errors import UserError, run_cli
 from nanogpt.model import GPT, GPTConfig
 
 GPT2_VOCAB_SIZE = 50257  # never padded for pretrained weights: the file has exactly these rows
@@ -407,7 +407,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    run_cli(main)

@@ -11,6 +11,8 @@ import re
 import warnings
 from pathlib import Path
 
+from nanogpt.errors import UserError
+
 RUN_MARKERS = (".hydra", "summary.json", "metrics.jsonl")
 
 
@@ -53,14 +55,23 @@ def read_metrics(run_dir) -> list[dict]:
     return records
 
 
-def read_summary(run_dir) -> dict | None:
-    """run_dir/summary.json, or None when missing or unreadable (a run killed while writing it)."""
+def read_summary(run_dir, strict: bool = False) -> dict | None:
+    """run_dir/summary.json, or None when there is none. A garbled one (a run killed while writing
+    it, a hand edit): for a collector (strict=False) a warning, and the run counts as incomplete;
+    for a run about to train again (strict=True) a UserError that says what to do."""
     path = Path(run_dir) / "summary.json"
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+        return summary
+    except (ValueError, UnicodeDecodeError) as e:
+        if strict:
+            raise UserError(f"{path} is not a valid summary ({e}). Move it aside (the checkpoints in "
+                            f"{Path(run_dir) / 'ckpt'} are what resumes the run) and run the same "
+                            "command again") from e
         warnings.warn(f"{path} is not valid JSON ({e}); treating the run as incomplete")
         return None
 
@@ -76,3 +87,14 @@ def read_config(run_dir, summary: dict | None = None) -> dict:
         import yaml
         return yaml.safe_load(path.read_text()) or {}
     return {}
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested config as dotted keys: {"optim": {"lr": 1}} -> {"optim.lr": 1}."""
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat

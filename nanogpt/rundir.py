@@ -1,5 +1,9 @@
-"""Guarding a run directory: one training process at a time, and nothing changed by a command
-that is rejected.
+"""The run directory's rules: its name, the lock of the process training in it, and nothing
+changed by a command that is rejected.
+
+The name: the same command always maps to the same directory (`run_dir`, from Hydra's
+override_dirname less the settings in NOT_IN_RUN_NAME), so re-running a stopped command resumes
+it; conf/config.yaml reaches these through the resolvers `register_resolvers` installs.
 
 Hydra creates the run directory and writes .hydra/ (config, overrides) before the task starts.
 Three things can go wrong there: the directory is not writable (Hydra would fail with a
@@ -12,8 +16,11 @@ command fails before it trained, and removes the directory only if this process 
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -23,16 +30,68 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, open_dict
 
+from nanogpt import checkpoint, dcp
 from nanogpt.errors import UserError
+from nanogpt.results import read_summary
 
+log = logging.getLogger("nanogpt")
 LOCK_FILE = ".lock"
-RECORD_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "summary.json")
+RECORD_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "summary.json",
+                "metrics.jsonl")
+_RECORD_LIMIT = 256 << 20  # a record file larger than this (metrics of a very long run) is not kept
 
 # the run's record before this command: path -> bytes (None: absent)
 _before: dict[Path, bytes | None] = {}
 # run directories (resolved) this process created, and the lock files it holds
 _created: set[Path] = set()
 _locks: dict[Path, object] = {}
+
+
+# settings that do not change what is trained stay out of a run's name (Hydra's exclude_keys)
+NOT_IN_RUN_NAME = [
+    "init_from", "run", "sweep_name", "hardware", "hardware.device", "hardware.compile",
+    "hardware.num_threads", "hardware.gpus_per_node", "hardware.strategy",
+    "hardware.activation_checkpointing", "hardware.fsdp_accumulation", "logger", "logger.wandb",
+    "logger.mode", "logger.project", "logger.entity", "logger.name", "logger.tags",
+    "task.num_samples", "task.temperature", "task.top_k", "task.plot", "task.hellaswag_interval",
+    "task.hellaswag_limit", "task.hellaswag_file", "task.keep_checkpoints", "hydra.launcher", "hydra/launcher",
+]
+
+
+def run_name(overrides: str) -> str:
+    """A run directory name from Hydra's override_dirname ("model.n_layer=4,optim.lr=0.001"):
+    the same command always maps to the same directory, so re-running it resumes the run."""
+    import hashlib
+
+    name = overrides.replace("/", "-").replace(" ", "") or "default"
+    if len(name) > 120:  # keep paths well under the file-name limit, still unique
+        name = name[:100] + "-" + hashlib.sha1(name.encode()).hexdigest()[:12]
+    return name
+
+
+def run_dir(task: str, run: str | None, overrides: str) -> str:
+    """Where a job writes. Training writes into the run (given, or named after the command);
+    eval/sample/bench write next to it, never into a training run's .hydra/."""
+    if task == "train":
+        return run if run else f"runs/{run_name(overrides)}"
+    return f"runs/_{task}/{run_name(overrides)}"
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("nanogpt_run_dir"):
+        OmegaConf.register_new_resolver("nanogpt_run_dir", run_dir)
+        OmegaConf.register_new_resolver("nanogpt_run_name", run_name)
+        OmegaConf.register_new_resolver("nanogpt_not_in_run_name", lambda: list(NOT_IN_RUN_NAME))
+        # the SLURM launcher's tasks per node: one per GPU, or one on a CPU node
+        OmegaConf.register_new_resolver("nanogpt_tasks_per_node", lambda gpus: gpus or 1)
+        # a cooldown branch's length: its WSD cooldown (the last decay_frac) starts at branch_iter
+        OmegaConf.register_new_resolver("nanogpt_cooldown_end", _cooldown_end)
+
+
+def _cooldown_end(branch_iter, decay_frac) -> int:
+    from nanogpt.branch import cooldown_end
+
+    return cooldown_end(int(branch_iter), float(decay_frac))
 
 
 def lock_run(run_dir: Path):
@@ -71,6 +130,23 @@ def created_here(run_dir: Path) -> bool:
     return Path(run_dir).resolve() in _created
 
 
+def remove_if_untouched(out: Path) -> None:
+    """A command rejected before any work leaves no directory behind (Hydra made it up front,
+    with any missing parents such as runs/: those go too when empty). Only a directory this
+    process created: another process's new run (whose lock this one lost) is not ours to remove."""
+    leftovers = (".hydra", "launch.log", LOCK_FILE)
+    if created_here(out) and out.is_dir() and all(p.name in leftovers for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
+        cwd = Path.cwd().resolve()
+        for parent in out.resolve().parents:
+            if parent == cwd or cwd not in parent.parents:
+                break
+            try:
+                parent.rmdir()  # only if empty
+            except OSError:
+                break
+
+
 def _make_run_dir(run_dir: Path) -> None:
     """Create run_dir and note whether this process did: mkdir is atomic, so of two processes
     racing for a new directory exactly one is its creator."""
@@ -81,6 +157,18 @@ def _make_run_dir(run_dir: Path) -> None:
     except FileExistsError:
         if not run_dir.is_dir():
             raise
+
+
+PROBE_BYTES = 32 * 1024  # more than Hydra's .hydra/ files need (~10 KB)
+
+
+def _probe_space(run_dir: Path) -> None:
+    """Write (and drop) a small file: an unwritable directory or a disk already full fails here,
+    with a message, rather than in Hydra's writing of .hydra/ with a traceback."""
+    with tempfile.TemporaryFile(dir=run_dir) as f:
+        f.write(b"\0" * PROBE_BYTES)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _trains_and_leads(config) -> bool:
@@ -99,9 +187,13 @@ class GuardRunDir(Callback):
         run_dir = Path(OmegaConf.select(config, "hydra.run.dir"))
         try:
             _make_run_dir(run_dir)
-            with tempfile.TemporaryFile(dir=run_dir):
-                pass
+            _probe_space(run_dir)
         except OSError as e:
+            if run_dir.resolve() in _created:
+                remove_if_untouched(run_dir)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                _fail(f"no space left on the disk of the run directory {run_dir}: free disk space, or "
+                      "choose a run directory on another disk with run=DIR")
             _fail(f"cannot write to the run directory {run_dir}: {e.strerror or e}. Run from "
                   "a writable directory, or choose one with run=DIR")
         if _trains_and_leads(config):
@@ -133,11 +225,15 @@ def _fail(message: str) -> None:
 
 
 def remember_run_record(run_dir: Path, output_subdir: str = ".hydra") -> None:
-    """Keep the run's record (.hydra/ files, summary.json) as it is before this command."""
+    """Keep the run's record (.hydra/ files, summary.json, metrics.jsonl) as it is before this
+    command."""
     for name in RECORD_FILES:
         path = Path(run_dir) / name.replace(".hydra", output_subdir, 1)
         try:
-            _before[path] = path.read_bytes() if path.is_file() else None
+            if not path.is_file():
+                _before[path] = None
+            elif path.stat().st_size <= _RECORD_LIMIT:
+                _before[path] = path.read_bytes()
         except OSError:
             pass  # unreadable: leave it alone
 
@@ -180,17 +276,51 @@ def _iters(summary: bytes | None) -> int:
         return -1
 
 
-def read_summary(run_dir: Path) -> dict | None:
-    """An existing run's summary.json, or None; a garbled one is a clear error."""
-    path = Path(run_dir) / "summary.json"
-    if not path.exists():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-        if not isinstance(summary, dict):
-            raise ValueError("not a JSON object")
+def command_overrides() -> list[str]:
+    """The overrides typed on the command line (none outside a Hydra app)."""
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def refuse_scratch_over_checkpoints(run_dir: Path, overrides) -> None:
+    """`init_from=scratch` typed on the command line, on a run that has checkpoints: training
+    from scratch there would replace them. (The default init_from is also scratch, and re-running
+    a command resumes its run: only the explicit choice is refused.)"""
+    if not any(str(o).lstrip("+") == "init_from=scratch" for o in overrides):
+        return
+    found = [f"ckpt/{n}" for n in ("last.pt", "best.pt") if (Path(run_dir) / "ckpt" / n).exists()]
+    if found:
+        raise UserError(f"init_from=scratch but {run_dir} already has checkpoints ({', '.join(found)}): "
+                        "training from scratch there would replace them. To start fresh, train in a "
+                        f"new run directory (run=NEW_DIR) or move {run_dir} aside; to continue this "
+                        "run, leave out init_from=scratch (or pass init_from=resume)")
+
+
+# ----------------------------------------------------------------------------------------------
+# a run about to train: is it done already, and what did a killed write leave behind
+
+def finished_summary(run_dir: Path) -> dict | None:
+    """The summary of a run that finished (it has a checkpoint and its summary says so), else
+    None. A garbled summary.json is a UserError: whether the run is done cannot be told."""
+    run_dir = Path(run_dir)
+    summary = read_summary(run_dir, strict=True)
+    has_ckpt = (any((run_dir / "ckpt" / name).exists() for name in checkpoint.RESUMABLE)
+                or dcp.has_sharded(run_dir / "ckpt"))
+    if has_ckpt and summary is not None and summary.get("status") == "finished":
         return summary
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not a valid summary ({e}). Move it aside (the checkpoints in "
-                        f"{Path(run_dir) / 'ckpt'} are what resumes the run) and run the same "
-                        "command again") from e
+    return None
+
+
+def remove_stale_temps(ckpt_dir: Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that a kill interrupted (they can be
+    as large as a checkpoint), and what interrupted sharded saves left (dcp.remove_orphans).
+    Only call this while holding the run's lock."""
+    dcp.remove_orphans(ckpt_dir)
+    stale = sorted(Path(ckpt_dir).glob(checkpoint.TEMP_GLOB))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d incomplete checkpoint file(s) left by an interrupted write: %s",
+                 len(stale), ", ".join(p.name for p in stale))
+    return stale

@@ -1,9 +1,11 @@
-"""The training loop, top to bottom: set up, resume, then step / log / evaluate / checkpoint.
+"""The training loop: `train()` reads top to bottom as orchestration of named steps.
 
-One process or many (DDP): every rank runs this same code; rank 0 alone writes. The loop's
-state is (model, optimizer, scaler, iter, best val loss, RNG): all of it goes into the
-checkpoint, and batches are a function of the iteration, so a resumed run is bit-identical to
-one that never stopped.
+One process or many (DDP): every rank runs this same code; rank 0 alone writes. `setup()` builds
+what a run trains with (a `Training`: model, optimizer, scaler, batches, logger...) and the
+`TrainState` (iteration, best val loss, latest evaluation, tokens trained...), restored from the
+run's checkpoint when there is one. Batches are a function of the iteration and every RNG state
+goes into the checkpoint, so a resumed run is bit-identical to one that never stopped.
+`train_step` is the one optimizer step; `task=bench` times this same function.
 """
 from __future__ import annotations
 
@@ -18,48 +20,26 @@ import time
 from pathlib import Path
 
 import torch
-from nanogpt import branch, checkpoint, distributed, parallel, rundir
-from nanogpt.bpb import token_bytes_table
-from nanogpt.build import model_args, open_dataset
-from nanogpt.data import Batches, Prefetcher
+
+from nanogpt import branch, checkpoint, dcp, distributed, fsdp, rundir
 from nanogpt.errors import UserError
-from nanogpt.evaluate import estimate_loss, plan_evaluation
-from nanogpt.guards import NanGuard, StopRequest
-from nanogpt.hardware import compile_model, peak_flops_info, runtime, why_compile
-from nanogpt.metrics import MetricsLogger, mfu
-from nanogpt.model import GPT
-from nanogpt.optim import check_resumable, make_optimizer, set_lr
-from nanogpt.schedule import Schedule
+from nanogpt.build import load_run
+from nanogpt.evaluate import estimate_loss
+from nanogpt.metrics import mfu
+from nanogpt.optim import set_lr
 from nanogpt.sample import generate_texts
-from nanogpt.tokenizer import load_tokenizer
+from nanogpt.step import train_step
+from nanogpt.trainer import Training, TrainState, finished_run, non_embedding_params, setup
 
 log = logging.getLogger("nanogpt")
-
-
-def plan_steps(tcfg, tokens_per_micro: int, world: int, micro: int, flops_per_token: int):
-    """Gradient accumulation and the number of iterations from the configured budget."""
-    tokens_per_step = tcfg.tokens_per_step or tokens_per_micro * world
-    per_pass = tokens_per_micro * world
-    if tokens_per_step % per_pass:
-        raise UserError(
-            f"task.tokens_per_step={tokens_per_step} is not a multiple of micro_batch_size x "
-            f"block_size x world_size = {micro} x {tokens_per_micro // micro} x {world} = {per_pass}: "
-            "change hardware.micro_batch_size or task.tokens_per_step")
-    accum = tokens_per_step // per_pass
-    max_iters = tcfg.max_iters
-    if tcfg.max_flops:
-        max_iters = max(1, round(tcfg.max_flops / (flops_per_token * tokens_per_step)))
-    elif tcfg.max_tokens:
-        max_iters = max(1, round(tcfg.max_tokens / tokens_per_step))
-    return tokens_per_step, accum, max_iters
+MAX_SKIPPED = 10  # task.on_nan=skip: this many non-finite steps in a row stop the run
 
 
 def run(cfg, run_dir: Path, dist: distributed.Dist) -> float | None:
     """task=train: one training process per run directory (rank 0 holds the run's lock while it
     trains). Returns the final val loss, what a sweeper optimises."""
-    from nanogpt.rundir import lock_run
-
-    with lock_run(run_dir) if dist.is_main else contextlib.nullcontext():
+    rundir.refuse_scratch_over_checkpoints(run_dir, rundir.command_overrides())
+    with rundir.lock_run(run_dir) if dist.is_main else contextlib.nullcontext():
         summary = train(cfg, run_dir, dist)
     if summary.get("status") == "interrupted":
         # checkpoint saved; exit as a signalled program does, so `&&` chains and job schedulers
@@ -70,324 +50,248 @@ def run(cfg, run_dir: Path, dist: distributed.Dist) -> float | None:
 
 
 def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
-    tcfg, mcfg, ocfg, hw = cfg.task, cfg.model, cfg.optim, cfg.hardware
-    run_dir = Path(run_dir)
-    rt = runtime(hw, dist.local_rank, dist.cpus)
-    distributed.setup(dist, hw.backend, rt.device)
-    config_dict = dataclasses.asdict(cfg)
-
-    # ---- data: rank 0 prepares the embedded corpus on first use, the others wait for it
-    if dist.is_main:
-        dataset = open_dataset(cfg.data.name, cfg.data.root, cfg.data.auto_prepare)
-    distributed.barrier()
-    if not dist.is_main:
-        dataset = open_dataset(cfg.data.name, cfg.data.root, False)
-    tokenizer_meta = dataset.meta["tokenizer"]
-    # the end-of-run samples' tokenizer, loaded now: a missing BPE rank file fails before training
-    tokenizer = load_tokenizer(tokenizer_meta) if tcfg.num_samples > 0 and dist.is_main else None
-
-    # ---- what to start from: a checkpoint of this run, OpenAI's weights, or scratch
-    if cfg.init_from == "pretrained" and not (mcfg.pretrained or mcfg.path):
-        raise UserError("init_from=pretrained needs weights: model=pretrained/gpt2 (or gpt2_medium, "
-                        "gpt2_large, gpt2_xl), or model.path=DIR for a local Hugging Face directory")
-    has_ckpt = any((run_dir / "ckpt" / name).exists() for name in checkpoint.RESUMABLE)
-    done = rundir.read_summary(run_dir)
-    if has_ckpt and done is not None:
-        if done.get("status") == "finished" and cfg.init_from != "resume":
-            log.info("%s already finished (best val loss %s); nothing to do. To train further: "
-                     "init_from=resume run=%s task.max_iters=N", run_dir, done.get("best_val_loss"), run_dir)
-            return done
-    if dist.is_main:  # launch.py holds the run's lock: no other process is writing these
-        checkpoint.remove_stale_temps(run_dir / "ckpt")
-    resume_path, ckpt = checkpoint.load_latest(run_dir, repair=dist.is_main)
-    if distributed.broadcast_object(ckpt is not None) != (ckpt is not None):
-        raise UserError(f"ranks 0 and {dist.rank} disagree on whether {run_dir / 'ckpt'} holds a "
-                        "checkpoint: the run directory must be on a filesystem that every node shares")
-    branch_point = None  # a new cooldown branch starts from its parent's kept checkpoint
-    if ckpt is None and tcfg.branch_from:
-        resume_path, ckpt = branch.load_point(tcfg.branch_from, tcfg.branch_iter)
-        branch_point = {"run": str(Path(tcfg.branch_from).resolve()), "iter": ckpt["iter"]}
-    if cfg.init_from == "resume" and ckpt is None:
-        raise UserError(f"init_from=resume but {run_dir} has no checkpoint (ckpt/last.pt or "
-                        "ckpt/best.pt): start it with init_from=scratch")
-
-    if ckpt is not None:
-        gpt_config = model_args(mcfg, dataset.vocab_size)
-        if mcfg.pretrained or mcfg.path:  # finetuning may crop the block: the checkpoint knows
-            gpt_config.vocab_size = ckpt["model_args"]["vocab_size"]
-        checkpoint.check_shape(ckpt, gpt_config, resume_path)
-        check_resumable(ckpt, ocfg, resume_path)
-        model = GPT(gpt_config)
-        model.load_state_dict(ckpt["model"])
-    elif mcfg.pretrained or mcfg.path:
-        from nanogpt.pretrained import load_pretrained
-
-        model = load_pretrained(mcfg.pretrained, path=mcfg.path, dropout=mcfg.dropout)
-        if dataset.vocab_size > model.config.vocab_size:
-            raise UserError(f"the data's vocabulary ({dataset.vocab_size}) is larger than the "
-                            f"pretrained model's ({model.config.vocab_size}): use GPT-2 BPE data")
-        if mcfg.block_size < model.config.block_size:
-            model.crop_block_size(mcfg.block_size)
-        gpt_config = model.config
-    else:
-        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        gpt_config = model_args(mcfg, dataset.vocab_size)
-        model = GPT(gpt_config)
-    dataset.check_block_size(gpt_config.block_size)
-    model.to(rt.device, rt.param_dtype)
-    byte_table = distributed.broadcast_object(  # rank 0 reads the tokenizer; all ranks agree
-        token_bytes_table(tokenizer_meta, gpt_config.vocab_size) if dist.is_main else None)
-    byte_table = torch.tensor(byte_table, device=rt.device) if byte_table is not None else None
-
-    micro, block = hw.micro_batch_size, gpt_config.block_size
-    flops_per_token = model.flops_per_token(block)
-    tokens_per_step, accum, max_iters = plan_steps(tcfg, micro * block, dist.world_size, micro, flops_per_token)
-    schedule = Schedule(ocfg, max_iters)
-    if branch_point:
-        branch.check_continuation(ckpt, resume_path, cfg, tokens_per_step, max_iters, schedule)
-
-    optimizer = make_optimizer(model, ocfg, rt.device_type)
-    scaler = torch.amp.GradScaler(rt.device_type, enabled=rt.needs_grad_scaler)
-    start_iter, best_val, best_bpb, resumed_losses = 0, float("inf"), None, None
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_iter, best_val = ckpt["iter"], ckpt.get("best_val_loss", float("inf"))
-        best_bpb = ckpt.get("best_val_bpb")
-        if branch_point:  # a new branch: its best is of its own evaluations
-            best_val, best_bpb = float("inf"), None
-        else:  # resuming: a branch stays one
-            branch_point = ckpt.get("branched_from")
-        resumed_losses = checkpoint.eval_losses_at(ckpt, start_iter)  # a run stopped after its final eval
-        if ckpt.get("rng") and dist.rank < len(ckpt["rng"]):
-            checkpoint.set_rng_state(ckpt["rng"][dist.rank])
-    else:
-        torch.manual_seed(cfg.seed + dist.rank)  # dropout masks differ between ranks
-    del ckpt
-
-    eval_model = compile_model(model) if hw.compile else model
-    # evaluation bypasses the wrapper: ranks score different numbers of batches
-    train_model = parallel.wrap(eval_model, hw.strategy, dist, rt)
-
-    batches = Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size)
-    eval_batch_size = hw.eval_batch_size or 2 * micro
-    eval_batches = Batches(dataset, block, eval_batch_size, cfg.seed, rt.device)
-    eval_plan = plan_evaluation(tcfg, max_iters, tokens_per_step, eval_batch_size * block)
-    metrics = MetricsLogger(run_dir, dist.is_main, cfg.logger, config_dict, start_iter)
-    peak, peak_source = peak_flops_info(rt) if dist.is_main else (None, "")
-    if dist.is_main:
-        log.info("hardware: %s | %s | %s | %s | peak for MFU: %s", rt.why["device"], rt.why["dtype"],
-                 rt.why["threads"], why_compile(hw.compile, rt.device),
-                 f"{peak / 1e9:,.0f} GFLOP/s ({peak_source})" if peak else peak_source)
-        log.info("model %.2fM parameters (%.2fM non-embedding) | %d tokens/step = %d micro x %d "
-                 "block x %d accum x %d ranks | %d iters, %s tokens | %s %s compile=%s | run dir %s",
-                 model.num_params(False) / 1e6, _non_embedding(model) / 1e6, tokens_per_step, micro,
-                 block, accum, dist.world_size, max_iters, f"{max_iters * tokens_per_step:,}", rt.device,
-                 str(rt.dtype).replace("torch.", ""), hw.compile, run_dir.resolve())
-        log.info("evaluation: %d batches of %d x %d tokens per split every %d iterations, %d at the "
-                 "end: ~%.1f%% of the run's compute", eval_plan.iters, eval_batch_size, block,
-                 tcfg.eval_interval, eval_plan.final_iters, 100 * eval_plan.share)
-        if start_iter:
-            log.info("resuming from %s at iteration %d", resume_path, start_iter)
-
-    def save(it: int, name: str = "last.pt", link: str | None = None):
-        """All ranks call this (to gather RNG states); rank 0 writes `name`, and `link` as a copy
-        of it (a second real file: damage to one leaves the other). A non-finite loss or weight is never written: the good checkpoints stay."""
-        nonlocal saved_at
-        guard_ok = tcfg.on_nan != "stop" or guard.finite(it)  # skip mode skipped its bad steps
-        if _agree(not (guard_ok and _params_finite(model)), dist):
-            raise UserError(_nan_message(guard.checked_at, it, last_loss))
-        rng = [checkpoint.rng_state()]
-        if dist.enabled:
-            rng = [None] * dist.world_size
-            torch.distributed.all_gather_object(rng, checkpoint.rng_state())
-        if dist.is_main:
-            state = {"model": checkpoint.clean_state_dict(model.state_dict()),
-                     "model_args": dataclasses.asdict(gpt_config), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict() if scaler.is_enabled() else None, "iter": it,
-                     "best_val_loss": best_val, "best_val_bpb": best_bpb, "rng": rng, "config": config_dict,
-                     "tokenizer": tokenizer_meta, "dataset": dataset.meta.get("dataset"),
-                     "max_iters": max_iters, "tokens_per_step": tokens_per_step, "branched_from": branch_point,
-                     "eval_losses": losses}
-            checkpoint.atomic_save(state, run_dir / "ckpt" / name)
-            if link:
-                checkpoint.copy_checkpoint(run_dir / "ckpt" / name, run_dir / "ckpt" / link)
-        distributed.barrier()
-        saved_at = it
-
-    def write_summary(status: str, it: int, losses: dict | None, elapsed: float, tok_s: float | None):
-        metrics.summary({
-            "status": status, "params": model.num_params(False),
-            "params_non_embedding": _non_embedding(model), "tokens": it * tokens_per_step,
-            "flops": float(it * tokens_per_step * flops_per_token), "flops_per_token": flops_per_token,
-            "iters": it, "max_iters": max_iters, "tokens_per_step": tokens_per_step,
-            "best_val_loss": best_val if math.isfinite(best_val) else None,
-            "final_val_loss": losses["val"] if losses else None,
-            "final_train_loss": losses["train"] if losses else None,
-            "final_val_loss_se": losses.get("val_se") if losses else None, "wall_time_s": elapsed,
-            "eval_time_s": eval_time,
-            "best_val_bpb": best_bpb, "final_val_bpb": losses.get("val_bpb") if losses else None,
-            "tokens_per_s": tok_s, "mfu": mfu(flops_per_token, tok_s, peak, dist.world_size) if tok_s else None,
-            "branched_from": branch_point, "world_size": dist.world_size, "device": str(rt.device), "dtype": str(rt.dtype).replace("torch.", ""),
-            "stop_signal": signal.Signals(stop.signum).name if stop.signum else None, "config": config_dict})
-
-    guard = NanGuard(rt.device, start_iter)
-    saved_at = start_iter if start_iter else None  # the iteration last.pt holds
-    can_plot = dist.is_main and tcfg.plot
-    # in a SLURM job, submitit's pre-emption / time-limit signal also saves and stops (then requeues)
-    requeue = (dist.requeue_signal,) if dist.requeue_signal else ()
-    stop = StopRequest((signal.SIGTERM, signal.SIGINT, *requeue))
-    prefetch = Prefetcher(batches, start_iter, accum)
-    t_start = t_last = time.perf_counter()
-    it, losses, status, tok_s, bad_steps, last_loss = start_iter, resumed_losses, "running", None, 0, None
-    iters_since_log, eval_time = 0, 0.0  # eval_time: seconds spent evaluating, this session
+    """Train (or resume) the run in run_dir; returns its summary (rank 0; {} on the others)."""
+    done = finished_run(cfg, Path(run_dir))
+    if done is not None:
+        return done
+    s, state = setup(cfg, Path(run_dir), dist)
     try:
         while True:
-            lr = schedule(it)
-            set_lr(optimizer, lr)
-
-            # evaluate and checkpoint (not again at the iteration we resumed at)
-            if (it % tcfg.eval_interval == 0 or it == max_iters) and (it > start_iter or start_iter == 0):
-                t_eval, errors, bpb = time.perf_counter(), {}, {}
-                losses = estimate_loss(eval_model, eval_batches, eval_plan.iters_at(it, max_iters), rt, dist,
-                                       errors=errors, byte_table=byte_table, bpb=bpb)
-                eval_time += time.perf_counter() - t_eval
-                if not all(math.isfinite(v) for v in losses.values()):
-                    raise UserError(_nan_message(guard.checked_at, it, last_loss, "evaluation"))
-                losses["iter"] = it  # saved with the checkpoint: the final losses survive a kill
-                losses["val_se"] = errors["val"]
-                losses.update({f"{k}_bpb": v for k, v in bpb.items()})
-                improved = losses["val"] < best_val
-                best_val = min(best_val, losses["val"])
-                best_bpb = losses.get("val_bpb") if improved else best_bpb
-                if dist.is_main:
-                    log.info("iter %d: train loss %.4f, val loss %.4f%s%s", it, losses["train"], losses["val"],
-                             f" ± {errors['val']:.4f}" if errors["val"] is not None else "",
-                             f" ({bpb['val']:.4f} bits/byte)" if bpb else "")
-                    metrics.log({"kind": "eval", "iter": it, "tokens": it * tokens_per_step,
-                                 "train_loss": losses["train"], "val_loss": losses["val"],
-                                 "val_loss_se": errors["val"], **{f"{k}_bpb": v for k, v in bpb.items()},
-                                 "time_s": time.perf_counter() - t_start, "eval_time_s": eval_time})
-                if it > 0:
-                    if improved:  # best.pt first: a kill before the copy leaves it the newest
-                        save(it, "best.pt", link="last.pt")
-                    elif tcfg.always_save_checkpoint or it == max_iters:
-                        save(it, "last.pt")
-                    write_summary("running", it, losses, time.perf_counter() - t_start, tok_s)
-                if can_plot:  # loss.png stays current for whoever watches a long run
-                    can_plot = _plot(run_dir)
-            if tcfg.save_interval and it % tcfg.save_interval == 0 and saved_at != it and it > 0:
-                save(it, "last.pt")
-            if it in tcfg.keep_checkpoints and it > start_iter:  # a branch point: a copy of last.pt
-                if saved_at != it:
-                    save(it, "last.pt")
-                if dist.is_main:
-                    checkpoint.copy_checkpoint(run_dir / "ckpt" / "last.pt", run_dir / "ckpt" / branch.kept_name(it))
-            if it >= max_iters:
-                status = "finished"
+            set_lr(s.optimizer, s.schedule(state.it))
+            if s.hellaswag and (state.it > s.start_iter or s.start_iter == 0):  # before loss.png is drawn
+                s.hellaswag.maybe_log(state.it, s.model, s.rt, s.dist, s.metrics, state.tokens_at(state.it))
+            if eval_due(s, state):
+                evaluate_and_checkpoint(s, state)
+            if save_due(s, state):
+                save_checkpoint(s, state, "last.pt")
+            if keep_due(s, state):
+                keep_checkpoint(s, state)
+            if state.it >= s.max_iters:
                 break
-            if _agree(stop.requested, dist):
-                if saved_at != it:
-                    save(it, "last.pt")
-                status = "interrupted"
+            if stop_requested(s):
+                if state.saved_at != state.it:
+                    save_checkpoint(s, state, "last.pt")
                 break
-
-            # one optimizer step: accum micro-batches, gradients synced on the last one only
-            step_loss = torch.zeros((), device=rt.device, dtype=rt.param_dtype)  # the mean over micro-batches (and ranks, below)
-            for m in range(accum):
-                x, y = prefetch.get(it, m)
-                with parallel.accumulating(train_model, sync=m == accum - 1):
-                    with rt.autocast():
-                        _, loss = train_model(x, y)
-                        loss = loss / accum
-                    guard.add(loss)
-                    scaler.scale(loss).backward()
-                step_loss += loss.detach()
-            if ocfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), ocfg.grad_clip)
-                if not rt.needs_grad_scaler:  # float16's GradScaler skips inf gradients itself
-                    guard.add(norm)
-            if tcfg.on_nan == "skip" and not rt.needs_grad_scaler:  # one host sync per step
-                if _agree(not guard.finite(it + 1), dist):
-                    bad_steps += 1
-                    log.warning("iter %d: non-finite loss or gradient, update skipped (%d in a row)", it, bad_steps)
-                    optimizer.zero_grad(set_to_none=True)
-                    if bad_steps >= 10:
-                        raise UserError(_nan_message(it + 1 - bad_steps, it + 1, last_loss) +
-                                        " (10 steps in a row were skipped)")
-                    it += 1
-                    guard.reset(it)
-                    continue
-                bad_steps = 0
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            it += 1
-            iters_since_log += 1
-
-            if (tcfg.on_nan == "stop" and it % tcfg.log_interval == 0
-                    and _agree(not guard.finite(it), dist)):
-                raise UserError(_nan_message(guard.checked_at, it, last_loss))
-            if it % tcfg.log_interval == 0:
-                distributed.all_reduce_mean(step_loss)  # every rank joins, at log steps only
-            if it % tcfg.log_interval == 0 and dist.is_main:
-                loss_val = step_loss.item()  # the one host sync, at log steps only
-                if math.isfinite(loss_val):  # float16 steps the GradScaler skipped can be inf
-                    last_loss = loss_val
-                now = time.perf_counter()
-                dt = (now - t_last) / iters_since_log
-                t_last, iters_since_log = now, 0
-                tok_s = tokens_per_step / dt
-                step_mfu = mfu(flops_per_token, tok_s, peak, dist.world_size)
-                log.info("iter %d: loss %.4f, lr %.2e, %.1f ms/iter, %s tok/s%s", it, loss_val, lr,
-                         dt * 1000, f"{tok_s:,.0f}", f", mfu {step_mfu * 100:.1f}%" if step_mfu else "")
-                metrics.log({"kind": "train", "iter": it, "tokens": it * tokens_per_step, "loss": loss_val,
-                             "lr": lr, "ms_per_iter": dt * 1000, "tokens_per_s": tok_s, "mfu": step_mfu,
-                             "time_s": now - t_start})
+            loss = train_step(s.step, state.it)
+            state.it += 1
+            if loss is None:  # a non-finite step, skipped (task.on_nan=skip)
+                count_skipped_step(s, state)
+                continue
+            state.bad_steps = 0
+            s.meter.iters_since_log += 1
+            if state.it % s.tcfg.log_interval == 0:
+                log_step(s, state, loss)
     except BaseException:
-        if dist.is_main:
-            try:  # on a full disk these writes fail too: keep the error that says why
-                write_summary("failed", it, losses, time.perf_counter() - t_start, tok_s)
-                metrics.close(failed=True)
-            except OSError as e:
-                log.warning("could not record the failure in %s: %s", run_dir, e)
+        record_failure(s, state)
         raise
     finally:
-        prefetch.close()
-        stop.restore()
+        s.prefetch.close()
+        s.stop.restore()
+    return finish(s, state)
 
-    elapsed = time.perf_counter() - t_start
-    write_summary(status, it, losses, elapsed, tok_s)
-    if status == "interrupted" and dist.is_main:
-        if can_plot:
-            _plot(run_dir)
+
+# ----------------------------------------------------------------------------------------------
+# the steps of the loop
+
+def count_skipped_step(s: Training, state: TrainState) -> None:
+    """A non-finite step was skipped (task.on_nan=skip): warn; stop after MAX_SKIPPED in a row."""
+    state.bad_steps += 1
+    log.warning("iter %d: non-finite loss or gradient, update skipped (%d in a row)", state.it - 1, state.bad_steps)
+    if state.bad_steps >= MAX_SKIPPED:
+        raise UserError(_nan_message(state.it - state.bad_steps, state.it, state.last_loss) +
+                        f" ({MAX_SKIPPED} steps in a row were skipped)")
+    s.guard.reset(state.it)
+
+
+def log_step(s: Training, state: TrainState, loss: torch.Tensor) -> None:
+    """At a log step: a non-finite loss stops the run (task.on_nan=stop); rank 0 logs the loss
+    (averaged over the ranks), the lr, the speed and MFU."""
+    it, dist = state.it, s.dist
+    if s.tcfg.on_nan == "stop" and _agree(not s.guard.finite(it), dist):
+        raise UserError(_nan_message(s.guard.checked_at, it, state.last_loss))
+    distributed.all_reduce_mean(loss)  # every rank joins, at log steps only
+    if not dist.is_main:
+        return
+    loss_val = loss.item()  # the one host sync, at log steps only
+    if math.isfinite(loss_val):  # float16 steps the GradScaler skipped can be inf
+        state.last_loss = loss_val
+    meter, now = s.meter, time.perf_counter()
+    dt = (now - meter.t_last) / meter.iters_since_log
+    meter.t_last, meter.iters_since_log = now, 0
+    meter.tokens_per_s = tok_s = state.tokens_per_step / dt
+    step_mfu = mfu(s.flops_per_token, tok_s, s.peak, dist.world_size)
+    lr = s.schedule(it - 1)  # the step just taken
+    log.info("iter %d: loss %.4f, lr %.2e, %.1f ms/iter, %s tok/s%s", it, loss_val, lr,
+             dt * 1000, f"{tok_s:,.0f}", f", mfu {step_mfu * 100:.1f}%" if step_mfu else "")
+    s.metrics.log({"kind": "train", "iter": it, "tokens": state.tokens_at(it), "loss": loss_val,
+                   "lr": lr, "ms_per_iter": dt * 1000, "tokens_per_s": tok_s, "mfu": step_mfu,
+                   "time_s": now - meter.t_start})
+
+
+def eval_due(s: Training, state: TrainState) -> bool:
+    """Every eval_interval iterations and at the end; not again at the iteration resumed at."""
+    it = state.it
+    return (it % s.tcfg.eval_interval == 0 or it == s.max_iters) and (it > s.start_iter or s.start_iter == 0)
+
+
+def evaluate_and_checkpoint(s: Training, state: TrainState) -> None:
+    """Score both splits; then best.pt (when val improved) and last.pt, summary.json, loss.png."""
+    it, tcfg = state.it, s.tcfg
+    t_eval, errors, bpb = time.perf_counter(), {}, {}
+    losses = estimate_loss(s.eval_model, s.eval_batches, s.eval_plan.iters_at(it, s.max_iters), s.rt, s.dist,
+                           errors=errors, byte_table=s.byte_table, bpb=bpb)
+    s.meter.eval_time += time.perf_counter() - t_eval
+    if not all(math.isfinite(v) for v in losses.values()):
+        raise UserError(_nan_message(s.guard.checked_at, it, state.last_loss, "evaluation"))
+    losses["iter"] = it  # saved with the checkpoint: the final losses survive a kill
+    losses["val_se"] = errors["val"]
+    losses.update({f"{split}_bpb": v for split, v in bpb.items()})
+    improved = losses["val"] < state.best_val
+    state.best_val = min(state.best_val, losses["val"])
+    state.best_bpb = bpb.get("val") if improved else state.best_bpb
+    state.losses = losses
+    if s.dist.is_main:
+        log.info("iter %d: train loss %.4f, val loss %.4f%s%s", it, losses["train"], losses["val"],
+                 f" ± {errors['val']:.4f}" if errors["val"] is not None else "",
+                 f" ({bpb['val']:.4f} bits/byte)" if bpb else "")
+        s.metrics.log({"kind": "eval", "iter": it, "tokens": state.tokens_at(it),
+                       "train_loss": losses["train"], "val_loss": losses["val"],
+                       "val_loss_se": errors["val"], **{f"{k}_bpb": v for k, v in bpb.items()},
+                       "time_s": s.meter.elapsed(), "eval_time_s": s.meter.eval_time})
+    if it > 0:
+        if improved:  # best.pt first: a kill before the copy leaves it the newest
+            save_checkpoint(s, state, "best.pt", copy_to="last.pt")
+        elif tcfg.always_save_checkpoint or it == s.max_iters:
+            save_checkpoint(s, state, "last.pt")
+        write_summary(s, state, "running")
+    if s.can_plot:  # loss.png stays current for whoever watches a long run
+        s.can_plot = _plot(s.run_dir)
+
+
+def save_due(s: Training, state: TrainState) -> bool:
+    every = s.tcfg.save_interval
+    return bool(every) and state.it % every == 0 and state.saved_at != state.it and state.it > 0
+
+
+def keep_due(s: Training, state: TrainState) -> bool:
+    """A branch point of task.keep_checkpoints (not the one a session resumed at)."""
+    return state.it in s.tcfg.keep_checkpoints and state.it > s.start_iter
+
+
+def keep_checkpoint(s: Training, state: TrainState) -> None:
+    """ckpt/iter_<k>.pt: a copy of last.pt at a branch point, for cooldown branches (nanogpt.branch)."""
+    if s.sharded:
+        raise UserError("task.keep_checkpoints with sharded checkpoints (hardware.strategy=fsdp) is not "
+                        "supported: cooldown branches start from single-file checkpoints; use "
+                        "hardware.strategy=ddp")
+    if state.saved_at != state.it:
+        save_checkpoint(s, state, "last.pt")
+    if s.dist.is_main:
+        ckpt_dir = s.run_dir / "ckpt"
+        checkpoint.copy_checkpoint(ckpt_dir / "last.pt", ckpt_dir / branch.kept_name(state.it))
+
+
+def save_checkpoint(s: Training, state: TrainState, name: str, copy_to: str | None = None) -> None:
+    """All ranks call this (to gather RNG states); rank 0 writes `name`, and `copy_to` as a copy
+    of it (a second real file: damage to one leaves the other). Sharded (FSDP): every rank
+    writes its shards of one save, which ckpt/<name>.dcp (and <copy_to>.dcp) then point to. A
+    non-finite loss or weight is never written: the good checkpoints stay."""
+    guard_ok = s.tcfg.on_nan != "stop" or s.guard.finite(state.it)  # skip mode skipped its bad steps
+    if _agree(not (guard_ok and fsdp.all_finite(s.model.parameters())), s.dist):  # this rank's shards
+        raise UserError(_nan_message(s.guard.checked_at, state.it, state.last_loss))
+    rng = [checkpoint.rng_state()]
+    if s.dist.enabled:
+        rng = [None] * s.dist.world_size
+        torch.distributed.all_gather_object(rng, checkpoint.rng_state())
+    if s.sharded:
+        links = tuple(n.replace(".pt", ".dcp") for n in (name, copy_to) if n)
+        dcp.save(s.run_dir / "ckpt", state.it, s.model, s.optimizer,
+                 train_state(s, state, rng) if s.dist.is_main else None, links, s.dist)
+    elif s.dist.is_main:
+        ckpt_dir = s.run_dir / "ckpt"
+        checkpoint.atomic_save(training_checkpoint(s, state, rng), ckpt_dir / name)
+        if copy_to:
+            checkpoint.copy_checkpoint(ckpt_dir / name, ckpt_dir / copy_to)
+    distributed.barrier()
+    state.saved_at = state.it
+
+
+def training_checkpoint(s: Training, state: TrainState, rng: list) -> dict:
+    """What a single-file checkpoint holds: the model's and optimizer's state dicts (whole on
+    every rank under DDP) and the train state."""
+    return {"model": checkpoint.clean_state_dict(s.model.state_dict()),
+            "optimizer": s.optimizer.state_dict(), **train_state(s, state, rng)}
+
+
+def train_state(s: Training, state: TrainState, rng: list) -> dict:
+    """Everything a checkpoint holds but the weights and the optimizer state (a sharded save
+    writes those with torch.distributed.checkpoint, beside this)."""
+    return {"model_args": dataclasses.asdict(s.gpt_config),
+            "scaler": s.step.scaler.state_dict() if s.step.scaler.is_enabled() else None,
+            **state.state_dict(), "max_iters": s.max_iters, "rng": rng, "config": s.config_dict,
+            "tokenizer": s.dataset.meta["tokenizer"], "dataset": s.dataset.meta.get("dataset")}
+
+
+def stop_requested(s: Training) -> bool:
+    """A signal on any rank (Ctrl-C, a scheduler's notice) stops every rank."""
+    return _agree(s.stop.requested, s.dist)
+
+
+def write_summary(s: Training, state: TrainState, status: str) -> None:
+    losses, tok_s, it, per_token = state.losses, s.meter.tokens_per_s, state.it, s.flops_per_token
+    s.metrics.summary({
+        "status": status, "params": s.model.num_params(False),
+        "params_non_embedding": non_embedding_params(s.model), "tokens": state.tokens_at(it),
+        "flops": float(state.tokens_at(it) * per_token), "flops_per_token": per_token,
+        "iters": it, "max_iters": s.max_iters, "tokens_per_step": state.tokens_per_step,
+        "best_val_loss": state.best_val if math.isfinite(state.best_val) else None,
+        "final_val_loss": losses["val"] if losses else None,
+        "final_train_loss": losses["train"] if losses else None,
+        "final_val_loss_se": losses.get("val_se") if losses else None,
+        "best_val_bpb": state.best_bpb, "final_val_bpb": losses.get("val_bpb") if losses else None,
+        "branched_from": state.branched_from, "wall_time_s": s.meter.elapsed(),
+        "eval_time_s": s.meter.eval_time,
+        "tokens_per_s": tok_s, "mfu": mfu(per_token, tok_s, s.peak, s.dist.world_size) if tok_s else None,
+        "world_size": s.dist.world_size, "device": str(s.rt.device), "dtype": str(s.rt.dtype).replace("torch.", ""),
+        "stop_signal": signal.Signals(s.stop.signum).name if s.stop.signum else None, "config": s.config_dict})
+
+
+def record_failure(s: Training, state: TrainState) -> None:
+    if s.dist.is_main:
+        try:  # on a full disk these writes fail too: keep the error that says why
+            write_summary(s, state, "failed")
+            s.metrics.close(failed=True)
+        except OSError as e:
+            log.warning("could not record the failure in %s: %s", s.run_dir, e)
+
+
+def finish(s: Training, state: TrainState) -> dict:
+    """The end of a session: the summary, the samples of a finished run, or how to resume an
+    interrupted one (a SLURM job is requeued). Returns the summary (rank 0)."""
+    finished = state.it >= s.max_iters
+    write_summary(s, state, "finished" if finished else "interrupted")
+    if not finished and s.dist.is_main:
+        if s.can_plot:
+            _plot(s.run_dir)
         log.warning("stopped at iteration %d; checkpoint saved. Resume with the same command, or "
-                    "`python launch.py init_from=resume run=%s`", it, run_dir)
-    if status == "finished" and dist.is_main:
-        if losses:
+                    "`python launch.py init_from=resume run=%s`", state.it, s.run_dir)
+    if finished and s.dist.is_main:
+        if state.losses:
             log.info("val loss %.4f nats/token vs the corpus's unigram entropy %.4f: what a model "
-                     "that ignores context scores", losses["val"], dataset.unigram_entropy())
-        _finish(model, run_dir, tcfg, tokenizer, metrics, rt, cfg.seed)
-    metrics.close()
-    if status == "interrupted":  # a SLURM job leaves here, to be requeued (or cancelled)
-        distributed.end_interrupted_slurm_job(dist, stop.signum)
-    return json.loads((run_dir / "summary.json").read_text()) if dist.is_main else {}
+                     "that ignores context scores", state.losses["val"], s.dataset.unigram_entropy())
+        _samples(s)
+    s.metrics.close()
+    if not finished:  # a SLURM job leaves here, to be requeued (or cancelled)
+        distributed.end_interrupted_slurm_job(s.dist, s.stop.signum)
+    return json.loads((s.run_dir / "summary.json").read_text()) if s.dist.is_main else {}
 
+
+# ----------------------------------------------------------------------------------------------
+# helpers
 
 def _agree(flag: bool, dist) -> bool:
     """Every rank must take the same branch (a save is collective): any rank's stop stops all."""
     return distributed.any_rank(flag)
-
-
-def _non_embedding(model: GPT) -> int:
-    """Kaplan's N: parameters outside the token and position embeddings and the LM head."""
-    return model.num_params_kaplan()
-
-
-def _params_finite(model) -> bool:
-    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
 
 
 def _nan_message(after: int, at: int, last_loss, where: str = "training") -> str:
@@ -413,11 +317,18 @@ def _plot(run_dir: Path) -> bool:
         return False
 
 
-def _finish(model, run_dir, tcfg, tok, metrics, rt, seed):
-    """Samples at the end of a finished run, with the task's sampling settings."""
+def _samples(s: Training) -> None:
+    """Samples at the end of a finished run, with the task's sampling settings. A sharded run is
+    consolidated first (ckpt/last.pt, ckpt/best.pt: what sample, eval and export read), and
+    samples from those weights: rank 0 alone cannot run a sharded model."""
+    tcfg, model = s.tcfg, s.model
+    if s.sharded:
+        dcp.consolidate(s.run_dir)
+        if s.dist.enabled:
+            model = load_run(s.run_dir, "last")[0].to(s.rt.device)
     if tcfg.num_samples > 0:
-        texts = generate_texts(model, tok, "", tcfg.num_samples, tcfg.sample_tokens, tcfg.temperature,
-                               tcfg.top_k, seed, rt, with_prompt=False)
+        texts = generate_texts(model, s.tokenizer, "", tcfg.num_samples, tcfg.sample_tokens,
+                               tcfg.temperature, tcfg.top_k, s.cfg.seed, s.rt, with_prompt=False)
         for text in texts:
             print(f"---------- sample ----------\n{text}", flush=True)
-            metrics.samples(text)
+            s.metrics.samples(text)

@@ -9,7 +9,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import REPO, TINY
-from nanogpt.config import register_configs, register_resolvers
+from nanogpt.config import register_configs
+from nanogpt.rundir import register_resolvers
 from nanogpt.distributed import Dist
 
 register_configs()

@@ -9,7 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import GPT2_RANKS, REPO, TINY, launch, read_metrics, write_char_dataset
-from nanogpt.config import register_configs, register_resolvers
+from nanogpt.config import register_configs
+from nanogpt.rundir import register_resolvers
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 
@@ -95,7 +96,7 @@ def _tiny_hf_gpt2(path: Path):
 def test_every_experiment_runs_two_iterations_in_tiny_form(experiment, tmp_path, data_root):
     for name in ("shakespeare_char", "pydoc_char"):
         write_char_dataset(data_root, name)
-    for name in ("shakespeare", "owt"):
+    for name in ("shakespeare", "owt", "fineweb_edu10B"):
         _bpe_dataset(data_root, name)
     extra = []
     if compose_cfg([f"experiment={experiment}"]).model.pretrained:
@@ -110,12 +111,13 @@ def test_every_experiment_runs_two_iterations_in_tiny_form(experiment, tmp_path,
     optim = ["optim.warmup_iters=0"] if task == "train" else []
     # the end-of-run sample decodes with GPT-2's BPE on BPE data: it needs the rank file, which a
     # clone without ../shared lacks (tiktoken's download fails offline); training is tested anyway
-    bpe = cfg.data.name in ("shakespeare", "owt")
+    bpe = cfg.data.name in ("shakespeare", "owt", "fineweb_edu10B")
     samples = 0 if bpe and not GPT2_RANKS.exists() else 1
     env = {"NANOGPT_GPT2_RANKS": str(GPT2_RANKS)} if bpe and GPT2_RANKS.exists() else None
     if task == "train":
         args = [f"experiment={experiment}", *extra, *common, *optim, "task.max_iters=2", "task.tokens_per_step=null",
-                "task.eval_iters=1", "task.eval_interval=1", f"task.num_samples={samples}", "task.sample_tokens=5"]
+                "task.eval_iters=1", "task.eval_interval=1", f"task.num_samples={samples}", "task.sample_tokens=5",
+                "task.hellaswag_interval=0"]  # HellaSwag's examples come from the hub
     else:
         args = [f"experiment={experiment}", *extra, *common, "task.eval_iters=1"]
     proc = launch(args, cwd=tmp_path, env=env)
@@ -280,7 +282,7 @@ def test_what_changes_training_changes_the_run_directory():
     for key in ("experiment", "model", "data", "optim", "task", "model.n_layer", "optim.lr", "seed",
                 "task.max_iters", "data.name"):
         assert key not in excluded, key
-    from nanogpt.config import run_dir
+    from nanogpt.rundir import run_dir
 
     assert run_dir("train", None, "experiment=shakespeare_char_cpu") != run_dir("train", None, "")
     assert run_dir("train", "runs/x", "model.n_layer=2") == "runs/x"

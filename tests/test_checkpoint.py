@@ -11,7 +11,7 @@ import stat
 import pytest
 import torch
 
-from nanogpt import checkpoint
+from nanogpt import checkpoint, rundir
 from nanogpt.build import load_run
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
@@ -175,7 +175,7 @@ def test_stale_temp_files_from_a_killed_write_are_removed(tmp_path):
     (ckpt / ".last.pt.1234abcdef.tmp").write_bytes(b"x" * 1000)
     (ckpt / ".best.pt.99.tmp").write_bytes(b"x")
     (ckpt / "notes.txt").write_text("mine")
-    removed = checkpoint.remove_stale_temps(ckpt)
+    removed = rundir.remove_stale_temps(ckpt)
     assert len(removed) == 2
     assert sorted(p.name for p in ckpt.iterdir()) == ["last.pt", "notes.txt"]
 

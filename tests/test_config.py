@@ -28,7 +28,14 @@ BAD_VALUES = [
     (["hardware.dtype=float8"], "unknown hardware.dtype='float8': use auto, float32, bfloat16, float16 or float64"),
     (["hardware.device=gpu"], "unknown hardware.device='gpu': use auto, cpu, cuda, cuda:N or mps"),
     (["hardware.backend=mpi"], "unknown hardware.backend='mpi': use auto, nccl or gloo"),
-    (["hardware.strategy=zero"], "unknown hardware.strategy='zero': use ddp"),
+    (["hardware.strategy=zero"], "unknown hardware.strategy='zero': use ddp or fsdp"),
+    (["hardware.activation_checkpointing=all"],
+     "unknown hardware.activation_checkpointing='all': use none, block or selective"),
+    (["hardware.fsdp_accumulation=lazy"], "unknown hardware.fsdp_accumulation='lazy': use unsharded or sharded"),
+    (["hardware.strategy=fsdp", "hardware.dtype=float16"],
+     "hardware.strategy=fsdp with hardware.dtype=float16 is not supported: float16 needs a GradScaler, "
+     "which this project only runs with DDP. Use hardware.dtype=bfloat16 (A100, H100 and later) or "
+     "float32, or hardware.strategy=ddp"),
     (["optim.lr=-0.1"], "optim.lr=-0.1 is out of range: it must be >= 0"),
     (["optim.beta1=1.0"], "optim.beta1=1.0 is out of range: it must be in [0, 1)"),
     (["optim.beta2=-0.5"], "optim.beta2=-0.5 is out of range: it must be in [0, 1)"),
@@ -114,7 +121,7 @@ def test_every_registry_entry_has_a_schema_and_a_yaml():
     assert set(TASKS) == set(TASK_SCHEMAS) == {p.stem for p in (REPO / "conf" / "task").glob("*.yaml")}
     for name in TASKS:
         assert make_config([f"task={name}"]).task.name == name
-    assert set(parallel.STRATEGIES) == {"ddp"}
+    assert set(parallel.STRATEGIES) == {"ddp", "fsdp"}
 
 
 def test_param_groups_keep_their_own_lr_multiplier_through_the_schedule_and_a_resume():

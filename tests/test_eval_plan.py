@@ -34,7 +34,7 @@ def _plan(cfg):
     import torch
 
     from nanogpt.model import GPT, GPTConfig
-    from nanogpt.train import plan_steps
+    from nanogpt.trainer import plan_steps
 
     t, hw, block = cfg.task, cfg.hardware, cfg.model.block_size
     with torch.device("meta"):

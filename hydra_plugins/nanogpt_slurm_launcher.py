@@ -1,0 +1,101 @@
+"""Hydra's submitit SLURM launcher, with each job's resources resolved from that job's config.
+
+hydra-submitit-launcher resolves `hydra.launcher` once, against the config composed before the
+sweep, and submits every point as one job array with those resources. A sweep over hardware
+presets (`-m hydra/launcher=slurm hardware=gpu,gpu_node`) would then ask SLURM for the same GPUs
+and tasks for every job, whatever each job's own `hardware.gpus_per_node` says. This launcher
+composes each job's config first, resolves its launcher settings there, and submits one job
+array per distinct set of settings (points that ask for the same resources still share one).
+It also accepts `srun_args` (arguments of the `srun` that starts the tasks), which submitit
+supports and the upstream config lacks.
+
+It lives in Hydra's plugin namespace (Hydra only instantiates launchers from there; its scan
+imports the module without registering it first, so no `from __future__ import annotations`,
+which dataclasses would need to look up). The jobs run the upstream launcher's code, but unpickle
+Hydra's state, which names this module's config class: each job script puts this checkout on
+PYTHONPATH first (a `setup` line), so a job imports it wherever it starts.
+"""
+
+import json
+import logging
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, filter_overrides
+from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PerJobSlurmQueueConf(SlurmQueueConf):
+    _target_: str = "hydra_plugins.nanogpt_slurm_launcher.PerJobSlurmLauncher"
+    srun_args: Optional[List[str]] = None  # e.g. [--cpu-bind=none, --mpi=none]
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="nanogpt_slurm", node=PerJobSlurmQueueConf,
+                             provider="nanogpt")
+
+
+def resources_per_job(load: Callable[[List[str]], DictConfig],
+                      job_overrides: Sequence[Sequence[str]]) -> list[dict]:
+    """Each job's launcher settings, resolved in that job's own composed config."""
+    out = []
+    for overrides in job_overrides:
+        params = OmegaConf.to_container(load(list(overrides)).hydra.launcher, resolve=True)
+        params.pop("_target_", None)
+        out.append(params)
+    return out
+
+
+def group_jobs(params: list[dict]) -> list[tuple[dict, list[int]]]:
+    """Jobs that ask for the same settings, in order of first appearance: (settings, indices)."""
+    groups: dict[str, tuple[dict, list[int]]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault(json.dumps(p, sort_keys=True), (p, []))[1].append(i)
+    return list(groups.values())
+
+
+class PerJobSlurmLauncher(SlurmLauncher):
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None and self.hydra_context is not None
+        loader = self.hydra_context.config_loader
+        params = resources_per_job(lambda o: loader.load_sweep_config(self.config, o), job_overrides)
+        groups = group_jobs(params)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir} ({len(groups)} job array(s))")
+        jobs: dict[int, Any] = {}
+        for settings, indices in groups:
+            submitted = self._submit(settings, [(i, job_overrides[i]) for i in indices], initial_job_idx)
+            jobs.update(zip(indices, submitted))
+        return [jobs[i].results()[0] for i in range(len(job_overrides))]
+
+    def _submit(self, settings: dict, jobs: list[tuple[int, Sequence[str]]], first_idx: int) -> list:
+        """One job array of `jobs` (index in the sweep, overrides), as the upstream launcher
+        submits, with these settings. The callable is an upstream SlurmLauncher."""
+        import submitit
+
+        root = str(Path(__file__).resolve().parent.parent)  # holds hydra_plugins/ (and nanogpt/)
+        settings = {**settings, "setup": [f"export PYTHONPATH={shlex.quote(root)}${{PYTHONPATH:+:$PYTHONPATH}}",
+                                          *(settings.get("setup") or [])]}
+        executor = submitit.AutoExecutor(cluster="slurm", folder=settings["submitit_folder"],
+                                         slurm_max_num_timeout=settings["max_num_timeout"])
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        skip = {"submitit_folder", "max_num_timeout"}
+        executor.update_parameters(**{k if k in base else f"slurm_{k}": v
+                                      for k, v in settings.items() if k not in skip})
+        runner = SlurmLauncher(**{k: v for k, v in settings.items() if k != "srun_args"})
+        runner.setup(hydra_context=self.hydra_context, task_function=self.task_function, config=self.config)
+        args = []
+        for i, overrides in jobs:
+            idx = first_idx + i
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+        return executor.map_array(runner, *zip(*args))
