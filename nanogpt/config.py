@@ -438,6 +438,11 @@ class Config:
     def __post_init__(self):
         at_least("seed", self.seed, 0)
         one_of("init_from", self.init_from, INIT_FROM)
+        branching = getattr(self.task, "branch_from", None) or getattr(self.task, "keep_checkpoints", None)
+        if branching and getattr(self.hardware, "strategy", None) == "fsdp":
+            raise ConfigError("cooldown branches (task.keep_checkpoints, task.branch_from) use single-file "
+                              "checkpoints, and hardware.strategy=fsdp writes sharded ones: use "
+                              "hardware.strategy=ddp")
         if getattr(self.task, "branch_from", None) and self.init_from == "pretrained":
             raise ConfigError("init_from=pretrained and task.branch_from both say where the weights "
                               "come from: a branch starts from its parent's checkpoint, drop init_from")

@@ -180,10 +180,6 @@ def keep_due(s: Training, state: TrainState) -> bool:
 
 def keep_checkpoint(s: Training, state: TrainState) -> None:
     """ckpt/iter_<k>.pt: a copy of last.pt at a branch point, for cooldown branches (nanogpt.branch)."""
-    if s.sharded:
-        raise UserError("task.keep_checkpoints with sharded checkpoints (hardware.strategy=fsdp) is not "
-                        "supported: cooldown branches start from single-file checkpoints; use "
-                        "hardware.strategy=ddp")
     if state.saved_at != state.it:
         save_checkpoint(s, state, "last.pt")
     if s.dist.is_main:

@@ -96,7 +96,7 @@ def _tiny_hf_gpt2(path: Path):
 def test_every_experiment_runs_two_iterations_in_tiny_form(experiment, tmp_path, data_root):
     for name in ("shakespeare_char", "pydoc_char"):
         write_char_dataset(data_root, name)
-    for name in ("shakespeare", "owt", "fineweb_edu10B"):
+    for name in ("shakespeare", "owt", "fineweb_edu10B", "fineweb10B"):
         _bpe_dataset(data_root, name)
     extra = []
     if compose_cfg([f"experiment={experiment}"]).model.pretrained:

@@ -3,6 +3,7 @@ import math
 
 import pytest
 
+from nanogpt.errors import UserError
 from nanogpt.schedule import check_wsd, lr_at, wsd_decay_start
 
 
@@ -50,5 +51,5 @@ def test_a_branch_and_its_parent_agree_until_the_branch_cools_down():
 
 def test_wsd_cooldown_must_start_after_the_warmup():
     check_wsd(100, 1000, 0.5)
-    with pytest.raises(ValueError, match=r"decay_frac=0.95 of 1000 iterations starts the cooldown at iteration 50, inside the warm-up"):
+    with pytest.raises(UserError, match=r"decay_frac=0.95 of 1000 iterations starts the cooldown at iteration 50, inside the warm-up"):
         check_wsd(100, 1000, 0.95)
