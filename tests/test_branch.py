@@ -42,7 +42,9 @@ def test_branches_continue_the_parent_and_are_collected_as_their_own_points(tmp_
     for k in (4, 8):
         run = tmp_path / "sweep" / f"branch_{k}"
         end = cooldown_end(k, 0.25)
-        train_tiny(run, *WSD, f"task.max_iters={end}", f"task.branch_from={parent}", f"task.branch_iter={k}")
+        # the branch's length, as a command writes it: the resolver computes cooldown_end
+        length = "task.max_iters='${nanogpt_cooldown_end:${task.branch_iter},${optim.decay_frac}}'"
+        train_tiny(run, *WSD, length, f"task.branch_from={parent}", f"task.branch_iter={k}")
         branches[k] = (run, end)
         mine = losses(run)
         assert sorted(mine) == list(range(k + 1, end + 1))  # its own iterations only
