@@ -171,8 +171,9 @@ def rotary_angles(positions: torch.Tensor, head_size: int, base: float) -> tuple
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Turn each pair (x_i, x_{i + head_size/2}) of x (B, n_head, T, head_size) by its angle:
-    q.k then depends on the two positions only through their difference."""
+    """Turn each pair (x_i, x_{i + head_size/2}) of x (..., head_size) by its angle (cos and sin
+    broadcast against x's leading dimensions): q.k then depends on the two positions only
+    through their difference."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
@@ -188,24 +189,22 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        if config.qk_norm:  # one gain per head feature, shared by the heads
-            self.q_norm = RMSNorm(config.n_embd // config.n_head, eps=RMS_EPS)
-            self.k_norm = RMSNorm(config.n_embd // config.n_head, eps=RMS_EPS)
-        else:
-            self.q_norm = self.k_norm = None
+        self.qk_norm = config.qk_norm
+        if config.qk_norm:  # RMSNorm gains of the queries and of the keys, shared by the heads
+            self.q_gain = nn.Parameter(torch.ones(config.n_embd // config.n_head))
+            self.k_gain = nn.Parameter(torch.ones(config.n_embd // config.n_head))
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_size)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:  # the cache then stores keys already turned to their positions
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if self.qk_norm or rope is not None:
+            q, k, v = self._modern_qkv(x, rope)
+        else:  # GPT-2
+            q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+            # (B, T, C) -> (B, n_head, T, head_size)
+            q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+            k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+            v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if cache is None:
             y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
         else:
@@ -218,6 +217,21 @@ class CausalSelfAttention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
+
+    def _modern_qkv(self, x: torch.Tensor, rope):
+        """q, k, v (B, n_head, T, head_size) with QK-norm and/or rotary embeddings, applied to the
+        queries and keys together (one pass over both: on a CPU the op count is the cost)."""
+        B, T, C = x.size()
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
+        qk, v = qkv[:, :, :2], qkv[:, :, 2].transpose(1, 2)
+        if self.qk_norm:
+            gains = torch.stack((self.q_gain, self.k_gain))[:, None].to(qk.dtype)  # (2, 1, head_size)
+            qk = F.rms_norm(qk, (qk.size(-1),), eps=RMS_EPS) * gains
+        if rope is not None:  # the cache then stores keys already turned to their positions
+            cos, sin = rope
+            qk = apply_rotary(qk, cos[:, None, None], sin[:, None, None])
+        q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # (2, B, n_head, T, head_size)
+        return q, k, v
 
 
 class ReLUSquared(nn.Module):

@@ -165,10 +165,28 @@ def test_rmsnorm_and_qk_norm_modules():
     model = build(norm="rmsnorm", qk_norm=True)
     block = model.transformer.h[0]
     assert isinstance(block.ln_1, torch.nn.RMSNorm) and isinstance(model.transformer.ln_f, torch.nn.RMSNorm)
-    assert isinstance(block.attn.q_norm, torch.nn.RMSNorm) and block.attn.q_norm.weight.shape == (16,)
+    assert block.attn.q_gain.shape == block.attn.k_gain.shape == (16,)
     x = torch.randn(3, 5, 32) * 7 + 2
     torch.testing.assert_close(block.ln_1(x), x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt())
-    assert build().transformer.h[0].attn.q_norm is None
+    assert not hasattr(build().transformer.h[0].attn, "q_gain")
+
+
+def test_qk_norm_and_rope_by_hand():
+    """The joint pass over queries and keys equals the textbook one: each head's q and k
+    RMS-normalised with their own gains, then turned by the rotary angles."""
+    model = build(qk_norm=True, pos_emb="rope")
+    attn = model.transformer.h[0].attn
+    with torch.no_grad():
+        attn.q_gain.uniform_(0.5, 1.5)
+        attn.k_gain.uniform_(0.5, 1.5)
+    x = torch.randn(2, 7, 32)
+    rope = rotary_angles(torch.arange(7), 16, 10000.0)
+    q, k, v = attn._modern_qkv(x, rope)
+    qh, kh, vh = (t.view(2, 7, 2, 16).transpose(1, 2) for t in attn.c_attn(x).split(32, dim=2))
+    rms = lambda t, g: t / t.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() * g  # noqa: E731
+    torch.testing.assert_close(q, apply_rotary(rms(qh, attn.q_gain), *rope))
+    torch.testing.assert_close(k, apply_rotary(rms(kh, attn.k_gain), *rope))
+    torch.testing.assert_close(v, vh)
 
 
 def test_relu2_mlp_and_ratio():
