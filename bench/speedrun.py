@@ -16,6 +16,14 @@ evaluating taken out (metrics.jsonl records both), so the evaluation cadence doe
 Written to --out: results.json, runs/<name>_r<k>/ (each run's directory) and loss_vs_time.png.
 Figures need a quiet machine: on a busy one the wall-clock times say nothing (the losses per
 iteration and per FLOP are deterministic and do).
+
+    python bench/speedrun.py --step-cost          # CPU time of one training step, per recipe
+
+--step-cost times the training loop's own step (nanogpt.step.train_step) of each recipe in one
+process, taking turns, in CPU time of the one thread (time.thread_time): a busy machine slows a
+step's wall clock far more than its CPU time, so this is the steadier estimate there of what a
+speed run's iteration costs against the baseline's (it leaves out what wall clock adds: waiting
+on memory shared with other processes).
 """
 from __future__ import annotations
 
@@ -49,9 +57,10 @@ EVAL = ["task.eval_iters=40", "hardware.eval_batch_size=24", "task.final_eval_it
         "task.plot=false", "task.log_interval=25"]
 
 
-def run(name: str, overrides: list[str], out: Path, threads: int | None, data_root: Path) -> dict:
+def run(name: str, overrides: list[str], out: Path, threads: int | None, data_root: Path,
+        extra: list[str] = ()) -> dict:
     run_dir = out / "runs" / name
-    cmd = [sys.executable, str(REPO / "launch.py"), *overrides, *EVAL, "hardware=cpu",
+    cmd = [sys.executable, str(REPO / "launch.py"), *overrides, *EVAL, *extra, "hardware=cpu",
            f"hydra.run.dir={run_dir}", *([f"hardware.num_threads={threads}"] if threads else [])]
     env = {**os.environ, "NANOGPT_DATA_ROOT": str(data_root)}
     if run_dir.exists():  # a finished run is not retrained: start each run afresh
@@ -126,6 +135,50 @@ def plot(results: dict[str, list[dict]], target: float, out: Path) -> Path:
     return path
 
 
+def step_cost(variants: dict[str, list[str]], rounds: int, steps: int = 30) -> dict[str, float]:
+    """Median CPU milliseconds of one training step per recipe (one torch thread), taking turns."""
+    import time
+
+    import torch
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from nanogpt.build import model_args
+    from nanogpt.config import register_configs
+    from nanogpt.guards import NanGuard
+    from nanogpt.hardware import runtime
+    from nanogpt.model import GPT
+    from nanogpt.optim import make_optimizer
+    from nanogpt.rundir import register_resolvers
+    from nanogpt.step import Step, train_step
+
+    register_configs()
+    register_resolvers()
+    torch.set_num_threads(1)
+    steps_of = {}
+    for name, overrides in variants.items():
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = OmegaConf.to_object(compose("config", overrides=[*overrides, "hardware=cpu"]))
+        rt = runtime(cfg.hardware)
+        torch.manual_seed(0)
+        model = GPT(model_args(cfg.model, 65)).to(rt.device, rt.param_dtype)
+        micro, block = cfg.hardware.micro_batch_size, model.config.block_size
+        x = torch.randint(65, (micro, block + 1))
+        steps_of[name] = Step(model, model, make_optimizer(model, cfg.optim, "cpu"),
+                              torch.amp.GradScaler("cpu", enabled=False), rt, 1, cfg.optim.grad_clip,
+                              lambda it, m, x=x: (x[:, :-1], x[:, 1:]), NanGuard(rt.device))
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, step in steps_of.items():
+            for it in range(3):  # warm-up
+                train_step(step, it)
+            t = time.thread_time()
+            for it in range(steps):
+                train_step(step, it)
+            times[name].append((time.thread_time() - t) / steps * 1000)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="rounds of runs taking turns (default 3)")
@@ -133,6 +186,9 @@ def main() -> None:
     p.add_argument("--only", nargs="*", default=None, help="ablations to run (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
     p.add_argument("--out", default="bench_out/speedrun", help="output directory")
+    p.add_argument("--step-cost", action="store_true", help="only the CPU time of one training step per recipe")
+    p.add_argument("--extra", nargs="*", default=[], help="overrides for every run (a smoke test: "
+                   "task.max_iters=40 optim.warmup_iters=0)")
     args = p.parse_args()
 
     out = Path(args.out).resolve()
@@ -142,10 +198,15 @@ def main() -> None:
     if args.ablate:
         variants |= {f"speedrun_{k}": SPEEDRUN + v for k, v in ABLATIONS.items() if args.only is None or k in args.only}
     print(f"machine: {machine()}", flush=True)
+    if args.step_cost:
+        costs = step_cost(variants, max(args.rounds, 3))
+        for name, ms in costs.items():
+            print(f"{name:<28} {ms:7.1f} ms CPU per step  ({ms / costs['baseline']:.2f}x the baseline's)")
+        return
     results: dict[str, list[dict]] = {name: [] for name in variants}
     for k in range(args.rounds):
         for name, overrides in variants.items():
-            r = run(f"{name}_r{k}", overrides, out, args.threads, data_root)
+            r = run(f"{name}_r{k}", overrides, out, args.threads, data_root, args.extra)
             results[name].append(r)
             print(f"round {k} {name}: val {r['summary']['final_val_loss']:.4f} at iter {r['summary']['iters']}, "
                   f"train {r['evals'][-1]['train_time_s']:.1f}s", flush=True)
