@@ -11,9 +11,19 @@ this file validates it, turns it into plain dataclasses and hands it to the task
 """
 from __future__ import annotations
 
-import errno
-import logging
+import signal
 import sys
+
+
+def _interrupted_early(signum, frame):
+    print("error: interrupted before the task started; no training was done", file=sys.stderr, flush=True)
+    sys.exit(130)
+
+
+signal.signal(signal.SIGINT, _interrupted_early)  # Ctrl-C while torch and Hydra import: no traceback
+
+import errno  # noqa: E402 (the handler above comes first)
+import logging
 from pathlib import Path
 
 import hydra
@@ -27,6 +37,7 @@ from nanogpt.rundir import register_resolvers, remove_if_untouched, restore_run_
 
 register_configs()
 register_resolvers()
+signal.signal(signal.SIGINT, signal.default_int_handler)  # from here a KeyboardInterrupt is caught below
 log = logging.getLogger("nanogpt")
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 logging.raiseExceptions = False  # a full disk must not turn every log line into a traceback
@@ -75,7 +86,8 @@ _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.
 
 
 def _storage_message(e: OSError) -> str:
-    return (f"{e.strerror}: {e.filename or ''}. Free disk space or fix permissions; the checkpoints "
+    where = e.filename if e.filename not in (None, "", ".") else "while writing the run's files"
+    return (f"{e.strerror}: {where}. Free disk space or fix permissions; the checkpoints "
             "already written are intact, and the same command resumes from them")
 
 
@@ -104,7 +116,11 @@ def _agree_on_run_dir(dist, config) -> Path:
 
 
 if __name__ == "__main__":
-    from nanogpt.overrides import check_overrides
+    try:
+        from nanogpt.overrides import check_overrides
 
-    check_overrides(sys.argv[1:], CONF_DIR)
-    main()
+        check_overrides(sys.argv[1:], CONF_DIR)
+        main()
+    except KeyboardInterrupt:  # Ctrl-C before the task started (imports, composition): nothing to keep
+        print("error: interrupted before the task started; no training was done", file=sys.stderr, flush=True)
+        sys.exit(130)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 from nanogpt import checkpoint, dcp
-from nanogpt.data import TokenDataset
+from nanogpt.data import PREPARE_COMMANDS, TokenDataset, has_data, prepare_command
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig, padded_vocab_size
 from nanogpt.paths import dataset_dir
@@ -28,10 +28,11 @@ def open_dataset(name: str, root: str | None = None, auto_prepare: bool = False,
                  is_main: bool = True) -> TokenDataset:
     check_dataset_name(name)
     path = dataset_dir(name, root)
-    if not (path / "meta.json").exists():
+    if not has_data(path):  # meta.json, llm.c shards, or an unfinished prepare to explain
         if not (auto_prepare and name in EMBEDDED_DATASETS):
             script = Path("prepare") / f"{name}.py"
-            hint = (f"run `python prepare/{name}.py`" if (Path(__file__).parent.parent / script).exists()
+            known = name in PREPARE_COMMANDS or (Path(__file__).parent.parent / script).exists()
+            hint = (f"run `{prepare_command(name)}`" if known
                     else f"no prepare script is named {name!r}: check data=... (known: "
                          f"{', '.join(known_datasets())})")
             raise UserError(f"no prepared data for {name!r} at {path}: {hint}")
@@ -51,7 +52,9 @@ def check_dataset_name(name) -> None:
 
 def known_datasets() -> list[str]:
     here = Path(__file__).parent.parent / "prepare"
-    return sorted(p.stem for p in here.glob("*.py") if not p.stem.startswith("_") and p.stem != "common")
+    helpers = {"common", "hf", "bpe", "fineweb"}  # fineweb.py makes the datasets PREPARE_COMMANDS names
+    scripts = {p.stem for p in here.glob("*.py") if not p.stem.startswith("_")} - helpers
+    return sorted(scripts | set(PREPARE_COMMANDS))
 
 
 def model_args(mcfg, data_vocab: int | None) -> GPTConfig:
@@ -122,3 +125,25 @@ def _no_checkpoint(run_dir: Path, which: str, fallback: bool) -> str:
     hint = (f"it has {', '.join(have)}: pass --which {Path(have[0]).stem}" if have else
             "is RUN_DIR a training run's output directory (with ckpt/)?")
     return f"no checkpoint {path}; {hint}"
+
+
+def load_model_and_tokenizer(run: str | None, which: str, pretrained: str | None, path: str | None, device):
+    """(model in eval mode, tokenizer, what it is) for a task that only reads a model: a run's
+    checkpoint with the tokenizer it was trained with, or OpenAI's GPT-2 weights (model.pretrained,
+    or a local Hugging Face directory in model.path) with GPT-2's BPE."""
+    from nanogpt.tokenizer import GPT2Tokenizer, TokenizerError, load_tokenizer
+
+    try:
+        if run:
+            model, ckpt, ckpt_path = load_run(run, which, device)
+            return model, load_tokenizer(ckpt["tokenizer"]), f"{ckpt_path} (iteration {ckpt['iter']})"
+        if pretrained or path:
+            from nanogpt.pretrained import load_pretrained
+
+            model = load_pretrained(pretrained, path=path).to(device)
+            return model, GPT2Tokenizer(), str(path or pretrained)
+    except TokenizerError as e:
+        raise UserError(str(e)) from e
+    raise UserError("no model given: pass run=RUN_DIR (a training run), or OpenAI's weights with "
+                    "model=pretrained/gpt2 (gpt2_medium, gpt2_large, gpt2_xl) or model.path=DIR (a local "
+                    "Hugging Face GPT-2 directory)")

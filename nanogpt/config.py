@@ -228,6 +228,9 @@ class TrainTask(TaskConfig):
     always_save_checkpoint: bool = True  # save last.pt at each eval even when val did not improve
     on_nan: str = "stop"  # stop | skip (skip the update of a non-finite step; stop after 10 in a row)
     num_samples: int = 1  # samples printed when training ends (0: none)
+    hellaswag_interval: int = 0  # score HellaSwag every N iterations (0: never); acc_norm is logged
+    hellaswag_limit: Optional[int] = None  # its first N examples (None: all 10,042)
+    hellaswag_file: Optional[str] = None  # a local hellaswag_val.jsonl (None: Rowan/hellaswag from the hub)
     sample_tokens: int = 300
     temperature: float = 0.8  # of the samples printed when training ends
     top_k: Optional[int] = 200
@@ -248,6 +251,8 @@ class TrainTask(TaskConfig):
         at_least("task.save_interval", self.save_interval, 1)
         one_of("task.on_nan", self.on_nan, ON_NAN)
         at_least("task.num_samples", self.num_samples, 0)
+        at_least("task.hellaswag_interval", self.hellaswag_interval, 0)
+        at_least("task.hellaswag_limit", self.hellaswag_limit, 1)
         at_least("task.sample_tokens", self.sample_tokens, 1)
         at_least("task.temperature", self.temperature, 0)
         at_least("task.top_k", self.top_k, 1)
@@ -290,6 +295,22 @@ class SampleTask(TaskConfig):
 
 
 @dataclass
+class HellaSwagTask(TaskConfig):
+    name: str = "hellaswag"
+    file: Optional[str] = None  # a local jsonl in the original format; None: Rowan/hellaswag from the hub
+    limit: Optional[int] = None  # score the first N examples only (a quick look)
+    batch_size: int = 16  # examples per forward pass (4 rows each)
+    which: str = "best"  # best | last checkpoint of run=
+    out: Optional[str] = None  # JSON output; None: <run>/hellaswag.json, or the Hydra output dir
+
+    def __post_init__(self):
+        super().__post_init__()
+        at_least("task.limit", self.limit, 1)
+        at_least("task.batch_size", self.batch_size, 1)
+        one_of("task.which", self.which, ("best", "last"))
+
+
+@dataclass
 class BenchTask(TaskConfig):
     name: str = "bench"
     iters: int = 20  # timed training steps; the median is reported
@@ -324,7 +345,7 @@ class PlanTask(TaskConfig):
 
 # the task group's options: name -> schema (the function that runs each: nanogpt.tasks.TASKS)
 TASK_SCHEMAS = {"train": TrainTask, "eval": EvalTask, "sample": SampleTask, "bench": BenchTask,
-                "plan": PlanTask}
+                "hellaswag": HellaSwagTask, "plan": PlanTask}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Token memmaps and deterministic batches.
 
 A prepared dataset is a directory with train.bin / val.bin (flat uint16 or uint32 token ids) and
-meta.json (see prepare/). The bins stay memory-mapped: resident memory does not grow with the
+meta.json (see prepare/), or llm.c's token shards (nanogpt/shards.py). The tokens stay memory-mapped: resident memory does not grow with the
 corpus. A batch is a pure function of (seed, split, iteration, micro-step, rank), so resuming at
 iteration k needs no replay and every rank of a DDP job reads different data; a background
 thread builds the next batches while the model computes.
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nanogpt import shards
 from nanogpt.errors import UserError
 from nanogpt.paths import REPO_ROOT
 
@@ -27,20 +28,46 @@ SPLIT_IDS = {"train": 0, "val": 1}
 TOKEN_DTYPES = ("uint16", "uint32")
 
 
+# Datasets whose prepare command is not simply `python prepare/<name>.py`.
+PREPARE_COMMANDS = {
+    "fineweb10B": "python prepare/fineweb.py --dataset HuggingFaceFW/fineweb (or --pretokenized)",
+    "fineweb_edu10B": "python prepare/fineweb.py",
+}
+
+
+def prepare_command(name: str) -> str:
+    return PREPARE_COMMANDS.get(name, f"python prepare/{name}.py")
+
+
 def _again(path: Path) -> str:
     """What to do about a broken dataset: prepare it again."""
     script = REPO_ROOT / "prepare" / f"{path.name}.py"
-    how = f"`python prepare/{path.name}.py`" if script.exists() else "its prepare script (see prepare/)"
+    known = path.name in PREPARE_COMMANDS or script.exists()
+    how = f"`{prepare_command(path.name)}`" if known else "its prepare script (see prepare/)"
     return f"prepare the data again with {how}"
+
+
+def has_data(path: Path) -> bool:
+    """Something to open (or to explain): meta.json, llm.c shards, or an unfinished prepare."""
+    if (path / "meta.json").exists() or (path / shards.PREPARE_MARKER).exists():
+        return True
+    return path.is_dir() and bool(shards.find_shards(path))
 
 
 def read_meta(path: Path) -> dict:
     """meta.json of a prepared dataset, checked: an object with a positive integer vocab_size, a
-    tokenizer description and a token dtype."""
+    tokenizer description and a token dtype. For a folder of llm.c shards without one, a meta that
+    describes them (GPT-2 tokens, as llm.c's version-1 format holds)."""
     meta_file = path / "meta.json"
-    if not (path / "train.bin").exists() or not meta_file.exists():
+    if not meta_file.exists():
+        if (path / shards.PREPARE_MARKER).exists():
+            raise UserError(f"the preparation of {path} did not finish (it was stopped or failed): run "
+                            f"the same `{prepare_command(path.name)} ...` command again to resume it")
+        found = shards.find_shards(path) if path.is_dir() else {}
+        if found.get("train") and found.get("val"):
+            return shards.llmc_meta(path, found)
         raise UserError(f"no prepared data in {path} (train.bin / meta.json missing): "
-                        f"run `python prepare/{path.name}.py` first")
+                        f"run `{prepare_command(path.name)}` first")
     try:
         meta = json.loads(meta_file.read_text())
     except (ValueError, UnicodeDecodeError) as e:
@@ -48,6 +75,9 @@ def read_meta(path: Path) -> dict:
     problem = _meta_problem(meta)
     if problem:
         raise UserError(f"{meta_file} {problem}: {_again(path)}")
+    if meta.get("format", "flat") == "flat" and not (path / "train.bin").exists():
+        raise UserError(f"no prepared data in {path} (train.bin / meta.json missing): "
+                        f"run `{prepare_command(path.name)}` first")
     return meta
 
 
@@ -75,14 +105,19 @@ FAULT_AROUND_BYTES = 64 * 2**10
 @dataclass
 class Split:
     name: str
-    tokens: np.memmap
+    tokens: np.memmap | shards.ShardedTokens
 
     def __post_init__(self):
         self._mapped = 0  # an estimate of what the windows read since the last release have mapped
+        self._advise(mmap.MADV_RANDOM)  # random windows: no read-ahead of pages that nobody reads
+
+    def _advise(self, advice: int):
+        if isinstance(self.tokens, shards.ShardedTokens):
+            self.tokens.advise(advice)
+            return
         mm = getattr(self.tokens, "_mmap", None)  # numpy's mmap.mmap behind the array
-        self._mmap = mm if mm is not None and hasattr(mm, "madvise") else None
-        if self._mmap is not None:  # random windows: no read-ahead of pages that nobody reads
-            self._mmap.madvise(mmap.MADV_RANDOM)
+        if mm is not None and hasattr(mm, "madvise"):
+            mm.madvise(advice)
 
     def __len__(self):
         return len(self.tokens)
@@ -99,8 +134,7 @@ class Split:
         """Unmap the pages read so far. They stay in the page cache: reading them again costs a
         minor fault, not I/O. Safe while another thread reads: its pages fault back in."""
         self._mapped = 0
-        if self._mmap is not None:
-            self._mmap.madvise(mmap.MADV_DONTNEED)
+        self._advise(mmap.MADV_DONTNEED)
 
 
 class TokenDataset:
@@ -110,7 +144,29 @@ class TokenDataset:
         self.path = Path(path)
         self.meta = read_meta(self.path)
         dtype = np.dtype(self.meta.get("dtype", "uint16"))
-        self.splits = {split: Split(split, self._open(split, dtype)) for split in ("train", "val")}
+        opener = self._open_shards if self.meta.get("format") == shards.FORMAT else self._open
+        self.splits = {split: Split(split, opener(split, dtype)) for split in ("train", "val")}
+
+    def _open_shards(self, split: str, dtype: np.dtype) -> shards.ShardedTokens:
+        """A split's llm.c shards, each header checked against its file, ids checked on a sample."""
+        names = (self.meta.get("shards") or {}).get(split) or []
+        paths = [self.path / name for name in names]
+        missing = [p.name for p in paths if not p.is_file()]
+        if not paths or missing:
+            raise UserError(f"{self.path} lacks {split} shards ({', '.join(missing) or 'none listed'}): "
+                            f"{_again(self.path)}")
+        counts = [shards.read_header(p) for p in paths]
+        if sum(counts) == 0:
+            raise UserError(f"the {split} shards of {self.path} hold no tokens: {_again(self.path)}")
+        tokens = shards.ShardedTokens(paths, counts)
+        self._check_ids(tokens, f"the {split} shards of {self.path}")
+        return tokens
+
+    def _check_ids(self, tokens, what) -> None:
+        top = _sample_max(tokens)
+        if top >= self.vocab_size:
+            raise UserError(f"{what} hold token id {top}, but meta.json's vocab_size is {self.vocab_size}: "
+                            f"the files and meta.json do not belong together; {_again(self.path)}")
 
     def _open(self, split: str, dtype: np.dtype) -> np.memmap:
         """A split's tokens, checked once: a file of whole tokens, as many as meta.json says,

@@ -21,9 +21,21 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float | None,
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = Path(path).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    _replace_atomically(Path(path), json.dumps(obj, indent=2, default=_jsonable) + "\n", ".json.tmp")
+
+
+def _replace_atomically(path: Path, text: str, suffix: str) -> None:
+    """Write text beside path, then rename it over path. A failed write (a full disk) removes
+    its temp file and names the file it was writing: path itself is untouched."""
+    tmp = path.with_suffix(suffix)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None or str(e.filename) in ("", "."):
+            e.filename = str(path)
+        raise
 
 
 def _jsonable(x):
@@ -118,9 +130,7 @@ def _keep_until(path: Path, start_iter: int) -> None:
                 continue
             if record.get("iter", 0) <= start_iter:
                 kept.append(line + "\n")
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    _replace_atomically(path, "".join(kept), ".jsonl.tmp")
 
 
 def _escape(s: str) -> str:

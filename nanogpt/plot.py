@@ -94,9 +94,22 @@ def plot_run(run_dir, out=None) -> Path:
     fig, ax = _axes(None)
     _draw_curves(ax, curves, "C0", "val loss" if len(curves["val_x"]) else "train loss")
     ax.set(xlabel="tokens", ylabel="loss", title=Path(run_dir).name)
-    ax.legend()
+    handles = _draw_hellaswag(ax, run_dir)
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + handles)
     ax.grid(alpha=0.3)
     return _save(fig, out or Path(run_dir) / "loss.png")
+
+
+def _draw_hellaswag(ax, run_dir) -> list:
+    """HellaSwag acc_norm (task.hellaswag_interval) on a right-hand axis; the lines drawn."""
+    points = [m for m in read_metrics(run_dir) if m.get("kind") == "hellaswag" and m.get("acc_norm") is not None]
+    if not points:
+        return []
+    right = ax.twinx()
+    lines = right.plot([m["tokens"] for m in points], [m["acc_norm"] for m in points], color="C3", marker="s",
+                       ms=3, lw=1.5, label="HellaSwag acc_norm")
+    right.set_ylabel("HellaSwag acc_norm (0.25: chance)")
+    return lines
 
 
 def plot_runs(run_dirs, out, x: str = "tokens", ax=None) -> Path | Figure:

@@ -16,6 +16,7 @@ command fails before it trained, and removes the directory only if this process 
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -52,7 +53,8 @@ NOT_IN_RUN_NAME = [
     "hardware.num_threads", "hardware.gpus_per_node", "hardware.strategy",
     "hardware.activation_checkpointing", "hardware.fsdp_accumulation", "logger", "logger.wandb",
     "logger.mode", "logger.project", "logger.entity", "logger.name", "logger.tags",
-    "task.num_samples", "task.temperature", "task.top_k", "task.plot", "hydra.launcher", "hydra/launcher",
+    "task.num_samples", "task.temperature", "task.top_k", "task.plot", "task.hellaswag_interval",
+    "task.hellaswag_limit", "task.hellaswag_file", "hydra.launcher", "hydra/launcher",
 ]
 
 
@@ -149,6 +151,18 @@ def _make_run_dir(run_dir: Path) -> None:
             raise
 
 
+PROBE_BYTES = 32 * 1024  # more than Hydra's .hydra/ files need (~10 KB)
+
+
+def _probe_space(run_dir: Path) -> None:
+    """Write (and drop) a small file: an unwritable directory or a disk already full fails here,
+    with a message, rather than in Hydra's writing of .hydra/ with a traceback."""
+    with tempfile.TemporaryFile(dir=run_dir) as f:
+        f.write(b"\0" * PROBE_BYTES)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _trains_and_leads(config) -> bool:
     """A training command's rank 0 (or single process): the one that holds the run's lock."""
     if OmegaConf.select(config, "task.name") != "train":
@@ -165,9 +179,13 @@ class GuardRunDir(Callback):
         run_dir = Path(OmegaConf.select(config, "hydra.run.dir"))
         try:
             _make_run_dir(run_dir)
-            with tempfile.TemporaryFile(dir=run_dir):
-                pass
+            _probe_space(run_dir)
         except OSError as e:
+            if run_dir.resolve() in _created:
+                remove_if_untouched(run_dir)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                _fail(f"no space left on the disk of the run directory {run_dir}: free disk space, or "
+                      "choose a run directory on another disk with run=DIR")
             _fail(f"cannot write to the run directory {run_dir}: {e.strerror or e}. Run from "
                   "a writable directory, or choose one with run=DIR")
         if _trains_and_leads(config):

@@ -1,4 +1,5 @@
-"""`task=sample run=RUN_DIR`: text from a trained run, generated with a KV cache."""
+"""`task=sample run=RUN_DIR` (or `model=pretrained/gpt2_xl`, `model.path=DIR`): text from a trained run
+or from OpenAI's weights, generated with a KV cache."""
 from __future__ import annotations
 
 import logging
@@ -6,11 +7,10 @@ from pathlib import Path
 
 import torch
 
-from nanogpt.build import load_run
+from nanogpt.build import load_model_and_tokenizer
 from nanogpt.errors import UserError
 from nanogpt.hardware import runtime
 from nanogpt.metrics import progress
-from nanogpt.tokenizer import load_tokenizer
 
 log = logging.getLogger("nanogpt")
 
@@ -48,15 +48,15 @@ def generate_texts(model, tokenizer, prompt: str, num_samples: int, max_new_toke
 def sample(cfg, out_dir: Path) -> list[str]:
     t = cfg.task
     rt = runtime(cfg.hardware)
-    model, ckpt, path = load_run(cfg.run, t.which, rt.device)
-    tokenizer = load_tokenizer(ckpt["tokenizer"])
+    model, tokenizer, source = load_model_and_tokenizer(cfg.run, t.which, cfg.model.pretrained, cfg.model.path,
+                                                        rt.device)
     prompt = read_prompt(t.prompt)
     try:
         texts = generate_texts(model, tokenizer, prompt, t.num_samples, t.max_new_tokens,
                                t.temperature, t.top_k, cfg.seed, rt, t.use_cache)
     except ValueError as e:  # e.g. a prompt with characters the char vocabulary lacks
         raise UserError(f"cannot encode the prompt for this model: {e}") from e
-    log.info("sampled from %s (iteration %d)", path, ckpt["iter"])
+    log.info("sampled from %s", source)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "samples.txt", "w") as f:
         for text in texts:

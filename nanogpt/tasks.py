@@ -3,7 +3,7 @@ optimises (or None). Each task's keys have a schema in nanogpt.config.TASK_SCHEM
 conf/task/<name>.yaml; a new task is a module with a `run` function plus those two lines."""
 from __future__ import annotations
 
-from nanogpt import bench, evaluate, plan, sample, train
+from nanogpt import bench, evaluate, hellaswag, plan, sample, train
 
 TASKS = {"train": train.run, "eval": evaluate.run, "sample": sample.run, "bench": bench.run,
-         "plan": plan.run}
+         "hellaswag": hellaswag.run, "plan": plan.run}

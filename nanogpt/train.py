@@ -58,6 +58,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     try:
         while True:
             set_lr(s.optimizer, s.schedule(state.it))
+            if s.hellaswag and (state.it > s.start_iter or s.start_iter == 0):  # before loss.png is drawn
+                s.hellaswag.maybe_log(state.it, s.model, s.rt, s.dist, s.metrics, state.tokens_at(state.it))
             if eval_due(s, state):
                 evaluate_and_checkpoint(s, state)
             if save_due(s, state):

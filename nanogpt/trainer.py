@@ -20,6 +20,7 @@ from nanogpt.errors import UserError
 from nanogpt.evaluate import EvalPlan, plan_evaluation
 from nanogpt.guards import NanGuard, StopRequest
 from nanogpt.hardware import Runtime, peak_flops_info, runtime, why_compile
+from nanogpt.hellaswag import DuringTraining
 from nanogpt.metrics import MetricsLogger
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.optim import Schedule, make_optimizer
@@ -100,6 +101,7 @@ class Training:
     tokenizer: object | None  # for the end-of-run samples (rank 0)
     can_plot: bool  # loss.png is drawn (rank 0, task.plot, and drawing has not failed)
     peak: float | None = None  # the device's FLOP/s for MFU (rank 0)
+    hellaswag: DuringTraining | None = None  # task.hellaswag_interval: scored and logged in the loop
     prefetch: Prefetcher | None = None  # these three last: setup starts them when nothing can fail
     stop: StopRequest | None = None
     meter: Meter | None = None
@@ -144,6 +146,7 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
     dataset = _open_data(cfg, dist)
     # the end-of-run samples' tokenizer, loaded now: a missing BPE rank file fails before training
     tokenizer = load_tokenizer(dataset.meta["tokenizer"]) if tcfg.num_samples > 0 and dist.is_main else None
+    hellaswag = DuringTraining.setup(tcfg, dataset.meta["tokenizer"], dist)  # a bad file fails before training
     resume_path, ckpt = _checkpoint_to_resume(cfg, run_dir, dist)
     model, gpt_config, resume_changes = build_model(cfg, dataset, ckpt, resume_path, config_dict, run_dir, dist)
     dataset.check_block_size(gpt_config.block_size)
@@ -179,7 +182,7 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
                  eval_plan=plan_evaluation(tcfg, max_iters, tokens_per_step, eval_batch_size * block),
                  metrics=MetricsLogger(run_dir, dist.is_main, cfg.logger, config_dict, state.it),
                  start_iter=state.it, config_dict=config_dict, tokenizer=tokenizer,
-                 can_plot=dist.is_main and tcfg.plot)
+                 can_plot=dist.is_main and tcfg.plot, hellaswag=hellaswag)
     _log_header(s, state, resume_path, resume_changes)
     # last, as nothing can fail after them: the batch thread, the signal handlers, the clock
     s.prefetch = Prefetcher(Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size),

@@ -1,9 +1,9 @@
 """Helpers shared by the prepare scripts: hashing, verified downloads, the atomic dataset writer, CLI glue.
 
-A prepared dataset is a directory holding train.bin and val.bin (flat token ids) and meta.json. The
-writer fills preallocated memmaps under temporary names and renames them into place only once
-everything succeeded (meta.json last), so a failed run never leaves a partial dataset behind and
-never clobbers a good one.
+A prepared dataset is a directory holding train.bin and val.bin (flat token ids) and meta.json
+(prepare/fineweb.py writes llm.c shards instead: nanogpt/shards.py). The writer appends to files
+under temporary names and renames them into place only once everything succeeded (meta.json last),
+so a failed run never leaves a partial dataset behind and never clobbers a good one.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -91,70 +91,130 @@ def gpt2_tokenizer(rank_file: str | os.PathLike | None = None) -> GPT2Tokenizer:
         raise PrepareError(str(e)) from None
 
 
-def write_dataset(
-    out_dir: str | os.PathLike,
-    *,
-    dataset: str,
-    tokenizer,
-    source: dict,
-    sizes: Mapping[str, int],
-    fill: Callable[[str, np.ndarray], int],
-) -> dict:
-    """Writes <out_dir>/{train,val}.bin and meta.json atomically; returns the meta.
+def storage_error(e: OSError, path, what: str = "writing") -> PrepareError:
+    """A full disk, a quota or an unwritable place while preparing: the user's to fix."""
+    reason = e.strerror or str(e)
+    return PrepareError(f"{reason} while {what} {path}: free disk space (or fix permissions), or "
+                        "choose another place with --out-dir; nothing was kept, and a dataset already "
+                        "there is unchanged")
 
-    sizes: tokens per split, known up front so each .bin is preallocated at its final size.
-    fill(split, memmap): writes that split's tokens into the memmap and returns how many it wrote.
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def check_free_space(directory: Path, needed: int, what: str) -> None:
+    """Refuses up front when `directory`'s filesystem has less than `needed` bytes free."""
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise PrepareError(f"{what} needs about {human_bytes(needed)} but {directory} has "
+                           f"{human_bytes(free)} free: free disk space, or choose another place with --out-dir")
+
+
+class DatasetWriter:
+    """Writes <out_dir>/{train,val}.bin and meta.json, all or nothing.
+
+    Tokens are appended to temporary files with ordinary writes (a full disk is an OSError, never
+    the SIGBUS of a write through a memmap), and renamed into place by finish(), meta.json last: a
+    failed or interrupted prepare never leaves a partial dataset behind and never clobbers a good
+    one. Used as a context manager; leaving it without finish() removes what it wrote.
+
+        with DatasetWriter(out_dir, tokenizer, expected_tokens=n) as w:
+            w.write("train", ids) ...
+            meta = w.finish(dataset="name", source={...})
     """
-    for split, n in sizes.items():
-        if n <= 0:
-            raise PrepareError(f"the {split} split of {dataset} would be empty: the corpus is too small")
-    out_dir = Path(out_dir)
-    dtype = token_dtype(tokenizer.vocab_size)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # pid-unique temporary names: concurrent runs (e.g. DDP ranks preparing on first use) don't collide.
-    names = [f"{split}.bin" for split in sizes] + ["meta.json"]
-    tmp = {name: out_dir / f"{name}.tmp.{os.getpid()}" for name in names}
-    try:
-        for split, n in sizes.items():
-            arr = np.memmap(tmp[f"{split}.bin"], dtype=dtype, mode="w+", shape=(int(n),))
-            written = fill(split, arr)
-            if written != n:
-                raise RuntimeError(f"{split}: wrote {written} tokens into a file sized for {n}")
-            arr.flush()
-            del arr
-        meta = {
-            "dataset": dataset,
-            "tokenizer": tokenizer.to_meta(),
-            "vocab_size": tokenizer.vocab_size,
-            "dtype": dtype.name,
-            "tokens": {split: int(n) for split, n in sizes.items()},
-            "source": source,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        with open(tmp["meta.json"], "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        for name in names:  # meta.json last: its presence marks a complete dataset
-            os.replace(tmp[name], out_dir / name)
-    except BaseException:
-        for path in tmp.values():
+
+    def __init__(self, out_dir, tokenizer, splits=SPLITS, expected_tokens: int | None = None):
+        self.out_dir, self.tokenizer, self.splits = Path(out_dir), tokenizer, tuple(splits)
+        self.dtype = token_dtype(tokenizer.vocab_size)
+        self.expected_tokens = expected_tokens
+        self.counts = {split: 0 for split in self.splits}
+        # pid-unique temporary names: concurrent runs (e.g. DDP ranks preparing on first use) don't collide.
+        self.names = [f"{split}.bin" for split in self.splits] + ["meta.json"]
+        self.tmp = {name: self.out_dir / f"{name}.tmp.{os.getpid()}" for name in self.names}
+        self.files: dict = {}
+        self.created = False
+        self.finished = False
+
+    def __enter__(self) -> DatasetWriter:
+        self.created = not self.out_dir.exists()
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.expected_tokens is not None:
+                check_free_space(self.out_dir, self.expected_tokens * self.dtype.itemsize + 2**14,
+                                 f"preparing {self.out_dir.name}")
+            for split in self.splits:
+                self.files[split] = open(self.tmp[f"{split}.bin"], "wb")
+        except BaseException as e:
+            self.__exit__(type(e), e, None)
+            raise
+        return self
+
+    def write(self, split: str, ids) -> None:
+        ids = np.asarray(ids)
+        try:
+            self.files[split].write(ids.astype(self.dtype, copy=False).tobytes())
+        except OSError as e:
+            raise storage_error(e, self.out_dir / f"{split}.bin") from e
+        self.counts[split] += len(ids)
+
+    def finish(self, *, dataset: str, source: dict) -> dict:
+        for split, n in self.counts.items():
+            if n <= 0:
+                raise PrepareError(f"the {split} split of {dataset} would be empty: the corpus is too small")
+        try:
+            for f in self.files.values():
+                f.close()
+            meta = {
+                "dataset": dataset,
+                "format": "flat",
+                "tokenizer": self.tokenizer.to_meta(),
+                "vocab_size": self.tokenizer.vocab_size,
+                "dtype": self.dtype.name,
+                "tokens": dict(self.counts),
+                "source": source,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            with open(self.tmp["meta.json"], "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=2, ensure_ascii=False)
+                f.write("\n")
+        except OSError as e:
+            raise storage_error(e, self.out_dir) from e
+        for name in self.names:  # meta.json last: its presence marks a complete dataset
+            os.replace(self.tmp[name], self.out_dir / name)
+        self.finished = True
+        return meta
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.finished:
+            return
+        for f in self.files.values():
+            try:
+                f.close()
+            except OSError:  # the close of a file on a full disk fails too: it goes anyway
+                pass
+        for path in self.tmp.values():
             path.unlink(missing_ok=True)
-        if created:
-            remove_if_empty(out_dir)
-        raise
-    return meta
+        if self.created:
+            remove_if_empty(self.out_dir)
+        if isinstance(exc, OSError) and not isinstance(exc, PrepareError):
+            raise storage_error(exc, self.out_dir) from exc
 
 
 def write_arrays(out_dir, *, dataset: str, tokenizer, source: dict, arrays: Mapping[str, np.ndarray]) -> dict:
-    """write_dataset for corpora small enough to tokenize in memory (the char-level ones)."""
-
-    def fill(split: str, out: np.ndarray) -> int:
-        out[:] = arrays[split]
-        return len(arrays[split])
-
-    sizes = {split: len(ids) for split, ids in arrays.items()}
-    return write_dataset(out_dir, dataset=dataset, tokenizer=tokenizer, source=source, sizes=sizes, fill=fill)
+    """A dataset from splits already tokenized in memory (the small corpora)."""
+    for split, ids in arrays.items():
+        if len(ids) == 0:
+            raise PrepareError(f"the {split} split of {dataset} would be empty: the corpus is too small")
+    total = sum(len(ids) for ids in arrays.values())
+    with DatasetWriter(out_dir, tokenizer, splits=arrays.keys(), expected_tokens=total) as writer:
+        for split, ids in arrays.items():
+            writer.write(split, ids)
+        return writer.finish(dataset=dataset, source=source)
 
 
 def split_text(text: str, train_fraction: float = 0.9) -> dict[str, str]:

@@ -96,7 +96,7 @@ def _tiny_hf_gpt2(path: Path):
 def test_every_experiment_runs_two_iterations_in_tiny_form(experiment, tmp_path, data_root):
     for name in ("shakespeare_char", "pydoc_char"):
         write_char_dataset(data_root, name)
-    for name in ("shakespeare", "owt"):
+    for name in ("shakespeare", "owt", "fineweb_edu10B"):
         _bpe_dataset(data_root, name)
     extra = []
     if compose_cfg([f"experiment={experiment}"]).model.pretrained:
@@ -109,12 +109,13 @@ def test_every_experiment_runs_two_iterations_in_tiny_form(experiment, tmp_path,
     common = ["hardware=cpu", "hardware.compile=false", "hardware.dtype=float32", "hardware.micro_batch_size=2"]
     # the end-of-run sample decodes with GPT-2's BPE on BPE data: it needs the rank file, which a
     # clone without ../shared lacks (tiktoken's download fails offline); training is tested anyway
-    bpe = cfg.data.name in ("shakespeare", "owt")
+    bpe = cfg.data.name in ("shakespeare", "owt", "fineweb_edu10B")
     samples = 0 if bpe and not GPT2_RANKS.exists() else 1
     env = {"NANOGPT_GPT2_RANKS": str(GPT2_RANKS)} if bpe and GPT2_RANKS.exists() else None
     if task == "train":
         args = [f"experiment={experiment}", *extra, *common, "task.max_iters=2", "task.tokens_per_step=null",
-                "task.eval_iters=1", "task.eval_interval=1", f"task.num_samples={samples}", "task.sample_tokens=5"]
+                "task.eval_iters=1", "task.eval_interval=1", f"task.num_samples={samples}", "task.sample_tokens=5",
+                "task.hellaswag_interval=0"]  # HellaSwag's examples come from the hub
     else:
         args = [f"experiment={experiment}", *extra, *common, "task.eval_iters=1"]
     proc = launch(args, cwd=tmp_path, env=env)

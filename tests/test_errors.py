@@ -241,3 +241,34 @@ def test_a_full_disk_outside_a_checkpoint_is_a_message_too(tmp_path, env, mounts
     err = rejected([*QUICK, "task.max_iters=100000", "task.eval_interval=100000", f"run={disk / 'run'}"],
                    tmp_path, env)
     assert "error: No space left on device" in err and "Free disk space" in err
+    assert "No space left on device: ." not in err  # the message names what it was writing
+    assert not list(disk.rglob("*.tmp")), list(disk.rglob("*"))  # no half-written summary or metrics
+
+
+def test_a_disk_already_full_at_launch_is_a_message_and_leaves_nothing(tmp_path, env, mounts):
+    disk = tmp_path / "disk"
+    mounts(disk, "size=256k")
+    (disk / "filler").write_bytes(b"\0" * (256 * 1024 - 8192))  # a few blocks left: Hydra's .hydra/ may fit
+    proc = launch([*QUICK, "task.max_iters=3", f"run={disk / 'run'}"], cwd=tmp_path, env=env, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert f"error: no space left on the disk of the run directory {disk / 'run'}: free disk space" in proc.stderr
+    assert not (disk / "run").exists()  # nothing left behind: not even .hydra/
+
+
+def test_ctrl_c_while_the_launcher_imports_is_a_message_not_a_traceback(tmp_path, env):
+    import os
+    import signal
+    import sys
+    import time
+
+    from conftest import REPO
+
+    proc = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *QUICK], cwd=tmp_path,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # torch is still importing
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "error: interrupted" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()

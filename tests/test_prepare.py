@@ -83,25 +83,19 @@ def test_failed_write_leaves_the_previous_dataset_intact(tmp_path):
     first = common.write_arrays(tmp_path, dataset="t", tokenizer=tok, source={"kind": "python"}, arrays=arrays)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
-    def fill(split, out):
-        out[:] = 1
-        if split == "val":
-            raise KeyboardInterrupt  # even an interrupt mid-write cleans up
-        return len(out)
-
     with pytest.raises(KeyboardInterrupt):
-        common.write_dataset(tmp_path, dataset="t", tokenizer=tok, source={}, sizes={"train": 5, "val": 2}, fill=fill)
+        with common.DatasetWriter(tmp_path, tok) as writer:
+            writer.write("train", np.ones(5))
+            raise KeyboardInterrupt  # even an interrupt mid-write cleans up
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     assert read_dataset(tmp_path)[0] == first
 
 
 def test_failed_write_into_a_new_dir_removes_it(tmp_path):
-    def fill(split, out):
-        return len(out) - 1  # a miscount is a bug, caught before anything is renamed into place
-
-    with pytest.raises(RuntimeError, match="wrote 2 tokens"):
-        common.write_dataset(tmp_path / "new", dataset="t", tokenizer=CharTokenizer(["a"]), source={},
-                             sizes={"train": 3, "val": 1}, fill=fill)
+    with pytest.raises(PrepareError, match="val split of t would be empty"):
+        with common.DatasetWriter(tmp_path / "new", CharTokenizer(["a"])) as writer:
+            writer.write("train", np.zeros(3))
+            writer.finish(dataset="t", source={})  # nothing written to val: refused before any rename
     assert not (tmp_path / "new").exists()
 
 
@@ -236,8 +230,9 @@ def test_owt_files_pipeline(tmp_path, corpus):
     train_docs, val_docs = split_docs(tok, train), split_docs(tok, val)
     assert len(val_docs) == 4 and len(train_docs) == 36
     assert sorted(train_docs + val_docs) == sorted(DOCS)
-    assert meta["dataset"] == "a" and meta["source"]["kind"] == "file" and meta["source"]["seed"] == 2357
-    assert meta["source"]["sha256"] == [common.sha256_file(p) for p in corpus]
+    assert meta["dataset"] == "a" and meta["source"]["kind"] == "file" and meta["source"]["split"]["seed"] == 2357
+    assert meta["source"]["sha256"] == {str(p.resolve()): common.sha256_file(p) for p in corpus}
+    assert meta["source"]["documents"] == 40 and meta["source"]["split"]["documents"] == {"train": 36, "val": 4}
 
     # nanoGPT's split exactly: the documents (and order) datasets' seeded train_test_split picks.
     import datasets
@@ -317,7 +312,7 @@ def test_corpus_too_small_to_split(tmp_path):
 
 def test_unknown_hf_dataset_fails_fast_offline(tmp_path):
     proc = run_script("owt", "--dataset", "no-such-user/no-such-dataset", "--out-dir", tmp_path / "o")
-    assert_failed(proc, "'no-such-user/no-such-dataset'", "--files")
+    assert_failed(proc, "'no-such-user/no-such-dataset'", "--data-files")
     assert not (tmp_path / "o").exists()
 
 
