@@ -10,18 +10,15 @@ It also accepts `srun_args` (arguments of the `srun` that starts the tasks), whi
 supports and the upstream config lacks.
 
 It lives in Hydra's plugin namespace (Hydra only instantiates launchers from there; its scan
-imports the module without registering it first, so no `from __future__ import annotations`,
-which dataclasses would need to look up). The jobs run the upstream launcher's code, but unpickle
-Hydra's state, which names this module's config class: each job script puts this checkout on
-PYTHONPATH first (a `setup` line), so a job imports it wherever it starts.
+imports the module without registering it first, so no `from __future__ import annotations`).
+Its config is stored as plain data, not as a class of this module: Hydra's state, which every
+job unpickles, then names nothing a job would have to import (jobs run the upstream launcher).
 """
 
 import json
 import logging
-import shlex
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
@@ -33,13 +30,12 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class PerJobSlurmQueueConf(SlurmQueueConf):
-    _target_: str = "hydra_plugins.nanogpt_slurm_launcher.PerJobSlurmLauncher"
-    srun_args: Optional[List[str]] = None  # e.g. [--cpu-bind=none, --mpi=none]
-
-
-ConfigStore.instance().store(group="hydra/launcher", name="nanogpt_slurm", node=PerJobSlurmQueueConf,
+# the upstream SLURM launcher's keys, this launcher as the target, and srun_args (e.g.
+# ['--cpu-bind=none']); its keys are still checked (struct mode), its values by submitit
+LAUNCHER_CONFIG = {**OmegaConf.to_container(OmegaConf.structured(SlurmQueueConf)),
+                   "_target_": "hydra_plugins.nanogpt_slurm_launcher.PerJobSlurmLauncher",
+                   "srun_args": None}
+ConfigStore.instance().store(group="hydra/launcher", name="nanogpt_slurm", node=LAUNCHER_CONFIG,
                              provider="nanogpt")
 
 
@@ -50,6 +46,11 @@ def resources_per_job(load: Callable[[List[str]], DictConfig],
     for overrides in job_overrides:
         params = OmegaConf.to_container(load(list(overrides)).hydra.launcher, resolve=True)
         params.pop("_target_", None)
+        # the upstream schema's types (nodes an integer, ...), checked before anything is submitted
+        OmegaConf.merge(OmegaConf.structured(SlurmQueueConf), {k: v for k, v in params.items() if k != "srun_args"})
+        if not (params.get("srun_args") is None or isinstance(params["srun_args"], list)):
+            raise ValueError(f"hydra.launcher.srun_args={params['srun_args']!r}: give a list, e.g. "
+                             "\"hydra.launcher.srun_args=['--cpu-bind=none']\"")
         out.append(params)
     return out
 
@@ -82,9 +83,6 @@ class PerJobSlurmLauncher(SlurmLauncher):
         submits, with these settings. The callable is an upstream SlurmLauncher."""
         import submitit
 
-        root = str(Path(__file__).resolve().parent.parent)  # holds hydra_plugins/ (and nanogpt/)
-        settings = {**settings, "setup": [f"export PYTHONPATH={shlex.quote(root)}${{PYTHONPATH:+:$PYTHONPATH}}",
-                                          *(settings.get("setup") or [])]}
         executor = submitit.AutoExecutor(cluster="slurm", folder=settings["submitit_folder"],
                                          slurm_max_num_timeout=settings["max_num_timeout"])
         base = set(OmegaConf.structured(BaseQueueConf).keys())

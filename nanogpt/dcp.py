@@ -87,11 +87,9 @@ def _is_complete(path: Path) -> bool:
 
 
 def load_state(path: Path) -> dict:
-    """A save's train_state.pt (no tensors of the model: small)."""
-    loader = getattr(checkpoint, "torch_load", None)
-    if loader is not None:  # the project's weights-only loader
-        return loader(path / STATE_FILE)
-    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    """A save's train_state.pt (no tensors of the model: small), through the project's
+    weights-only loader."""
+    return checkpoint.torch_load(Path(path) / STATE_FILE)
 
 
 def find(ckpt_dir: Path) -> tuple[list[Found], list[str]]:
@@ -161,7 +159,7 @@ def save(ckpt_dir: Path, it: int, model, optimizer, train_state: dict | None, li
             checkpoint._fsync_dir(ckpt_dir)
             for link in links:
                 _link(ckpt_dir, link, final)
-            remove_orphans(ckpt_dir)
+            remove_orphans(ckpt_dir, quiet=True)
     distributed.barrier()
     return final
 
@@ -174,9 +172,10 @@ def _link(ckpt_dir: Path, link: str, target: Path) -> None:
     checkpoint._fsync_dir(ckpt_dir)
 
 
-def remove_orphans(ckpt_dir: Path) -> list[Path]:
+def remove_orphans(ckpt_dir: Path, quiet: bool = False) -> list[Path]:
     """Delete what interrupted saves left (temporary directories and links) and saves that no
-    link points to any more. Only call this while holding the run's lock."""
+    link points to any more (`quiet`: the ones a save just replaced, not worth a log line).
+    Only call this while holding the run's lock."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
@@ -190,6 +189,9 @@ def remove_orphans(ckpt_dir: Path) -> list[Path]:
             else:
                 shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
+    if removed and not quiet:
+        log.info("removed what interrupted sharded saves left, or saves no link points to: %s",
+                 ", ".join(p.name for p in removed))
     return removed
 
 

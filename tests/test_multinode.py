@@ -90,6 +90,8 @@ def test_a_sweep_over_hardware_presets_asks_each_job_for_its_own_gpus():
     settings = launcher_settings(*jobs)
     assert [(s["gpus_per_node"], s["tasks_per_node"]) for s in settings] == [(1, 1), (8, 8), (1, 1)]
     assert [indices for _, indices in group_jobs(settings)] == [[0, 2], [1]]  # two job arrays
+    with pytest.raises(Exception, match="nodes"):  # a value of the wrong type, before any submission
+        launcher_settings(["hydra.launcher.nodes=two"])
 
 
 @pytest.mark.slow
@@ -228,11 +230,14 @@ def two_node_slurm(tmp_path):
 def test_a_two_node_slurm_job_trains_as_one_process_does(tmp_path, data_root, two_node_slurm):
     args = merged(*STEP, "task.max_iters=4", "task.eval_interval=4", "hardware.dtype=float64")
     launch(["-m", "hydra/launcher=slurm_cpu", "hydra.launcher.partition=two", "hydra.launcher.nodes=2",
-            "hydra.launcher.mem_gb=1", "sweep_name=s", *args], cwd=tmp_path, env=two_node_slurm, timeout=300)
+            "hydra.launcher.mem_gb=1", "hydra.launcher.srun_args=['--kill-on-bad-exit=1']", "sweep_name=s", *args],
+           cwd=tmp_path, env=two_node_slurm, timeout=300)
     [run] = run_dirs(tmp_path / "sweeps" / "s")
     assert summary(run)["world_size"] == 2 and summary(run)["status"] == "finished"
     [script] = (tmp_path / "sweeps" / "s" / ".submitit").glob("*/*_submission.sh")
-    assert "#SBATCH --nodes=2" in script.read_text() and "#SBATCH --ntasks-per-node=1" in script.read_text()
+    job = script.read_text()
+    assert "#SBATCH --nodes=2" in job and "#SBATCH --ntasks-per-node=1" in job
+    assert "srun --unbuffered" in job and "--kill-on-bad-exit=1 " in job  # srun_args reach srun
     launch(args, cwd=tmp_path)
     [single] = run_dirs(tmp_path / "runs")
     a, b = losses(single), losses(run)
