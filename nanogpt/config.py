@@ -149,6 +149,7 @@ class MuonConfig(OptimConfig):
     nesterov: bool = True
     ns_steps: int = 5  # Newton-Schulz iterations of the orthogonalisation
     adjust_lr: str = "original"  # torch.optim.Muon's adjust_lr_fn: original | match_rms_adamw
+    ns_dtype: str = "auto"  # Newton-Schulz's: auto (bf16 where the hardware has it) | bfloat16 | float32
     weight_decay: float = 0.0  # the hidden matrices' (decoupled, as AdamW's)
     embed_lr: float = 0.0067  # AdamW's rate for the token embedding and position table
     head_lr: float = 0.0027  # AdamW's rate for an untied LM head (a tied one is the embedding)
@@ -164,6 +165,9 @@ class MuonConfig(OptimConfig):
         in_unit_interval("optim.momentum", self.momentum)
         at_least("optim.ns_steps", self.ns_steps, 1)
         one_of("optim.adjust_lr", self.adjust_lr, MUON_ADJUST_LR)
+        from nanogpt.optim import NS_DTYPES
+
+        one_of("optim.ns_dtype", self.ns_dtype, NS_DTYPES)
         at_least("optim.weight_decay", self.weight_decay, 0)
         for key in ("embed_lr", "head_lr", "scalar_lr", "adamw_weight_decay"):
             at_least(f"optim.{key}", getattr(self, key), 0)

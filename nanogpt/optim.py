@@ -89,15 +89,66 @@ def muon_groups(model: torch.nn.Module, ocfg) -> tuple[list, list[dict]]:
     return hidden, adamw
 
 
+NS_DTYPES = ("auto", "bfloat16", "float32")
+
+
+def ns_dtype_for(name: str, device_type: str) -> torch.dtype:
+    """Newton-Schulz's dtype: `auto` is bf16 (as torch.optim.Muon) on GPUs and on CPUs with bf16
+    matrix units, and float32 on other CPUs, where bf16 matmuls are emulated: on an AVX2 CPU the
+    orthogonalisation is then ~5x slower in bf16 than in float32 (BENCHMARKS.md)."""
+    if name == "auto":
+        from nanogpt.hardware import cpu_has_fast_bf16
+
+        return torch.bfloat16 if device_type != "cpu" or cpu_has_fast_bf16() else torch.float32
+    return getattr(torch, name)
+
+
+def orthogonalise(g: torch.Tensor, ns_steps: int, dtype: torch.dtype, eps: float = 1e-7) -> torch.Tensor:
+    """Newton-Schulz's quintic iteration towards U V^T of g = U S V^T, as torch.optim.Muon computes
+    it (its coefficients), but in `dtype`."""
+    from torch.optim._muon import DEFAULT_A as a, DEFAULT_B as b, DEFAULT_C as c
+
+    x = g.to(dtype)
+    wide = x.size(0) <= x.size(1)
+    x = x if wide else x.T
+    x = x / x.norm().clamp(min=eps)  # spectral norm <= 1
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x if wide else x.T
+
+
+class Float32Muon(torch.optim.Muon):
+    """torch.optim.Muon with its orthogonalisation in float32 (torch's is always bf16, which CPUs
+    without bf16 units emulate slowly). The same update: Nesterov momentum, Newton-Schulz, the
+    shape-adjusted rate, decoupled weight decay; the same state ("momentum_buffer")."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        from torch.optim._muon import _adjust_lr
+
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            self._init_group(group, params, grads, bufs)
+            lr, momentum = group["lr"], group["momentum"]
+            for param, grad, buf in zip(params, grads, bufs):
+                buf.lerp_(grad, 1 - momentum)
+                update = grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = orthogonalise(update, group["ns_steps"], torch.float32, group["eps"])
+                param.mul_(1 - lr * group["weight_decay"])
+                param.add_(update.to(param.dtype), alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
+
+
 def make_muon(model: torch.nn.Module, ocfg, device_type: str = "cpu") -> Optimizers:
     """torch.optim.Muon on the transformer's 2-D matrices, AdamW on the rest (MuonConfig)."""
     hidden, adamw_groups = muon_groups(model, ocfg)
     if not hidden:
         raise UserError("optim=muon needs 2-D hidden matrices (attention and MLP weights) to "
                         "orthogonalise, and this model has none: use optim=adamw")
-    muon = torch.optim.Muon([{"params": hidden, "lr_scale": 1.0}], lr=ocfg.lr, weight_decay=ocfg.weight_decay,
-                            momentum=ocfg.momentum, nesterov=ocfg.nesterov, ns_steps=ocfg.ns_steps,
-                            adjust_lr_fn=ocfg.adjust_lr)
+    muon_class = torch.optim.Muon if ns_dtype_for(ocfg.ns_dtype, device_type) == torch.bfloat16 else Float32Muon
+    muon = muon_class([{"params": hidden, "lr_scale": 1.0}], lr=ocfg.lr, weight_decay=ocfg.weight_decay,
+                      momentum=ocfg.momentum, nesterov=ocfg.nesterov, ns_steps=ocfg.ns_steps,
+                      adjust_lr_fn=ocfg.adjust_lr)
     adamw = torch.optim.AdamW(adamw_groups, lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.eps,
                               **_adamw_kernel(ocfg, device_type))
     return Optimizers(muon=muon, adamw=adamw)

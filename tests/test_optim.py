@@ -157,3 +157,41 @@ def test_optimizers_is_the_sum_of_its_parts():
     opt.zero_grad()
     assert a.grad is None and b.grad is None
     assert set(opt.state_dict()) == {"first", "second"}
+
+
+def test_float32_newton_schulz_is_torchs_update_in_float32():
+    """Float32Muon (optim.ns_dtype=float32, CPUs without bf16 units) takes torch.optim.Muon's step:
+    the same momentum, orthogonalisation and rate, only its matmuls in float32. Its update is
+    nearly orthogonal (singular values in Newton-Schulz's band around 1), and it agrees with
+    torch's bf16 step to bf16's precision."""
+    from nanogpt.optim import Float32Muon, orthogonalise
+
+    g = torch.randn(48, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    s = torch.linalg.svdvals(orthogonalise(g, 5, torch.float32))
+    assert s.min() > 0.5 and s.max() < 1.5
+    weights = []
+    for cls in (torch.optim.Muon, Float32Muon):
+        p = torch.nn.Parameter(torch.randn(48, 32, generator=torch.Generator().manual_seed(1)))
+        opt = cls([p], lr=0.1, weight_decay=0.1, momentum=0.9, nesterov=True)
+        for seed in range(3):
+            p.grad = torch.randn(48, 32, generator=torch.Generator().manual_seed(10 + seed))
+            opt.step()
+        weights.append(p.detach().clone())
+    start = torch.randn(48, 32, generator=torch.Generator().manual_seed(1))
+    moved = (weights[0] - start).norm()
+    assert (weights[0] - weights[1]).norm() < 0.02 * moved  # bf16 vs float32 rounding only
+    assert opt.state[p]["momentum_buffer"].shape == p.shape  # torch's state: checkpoints interchange
+
+
+@pytest.mark.parametrize("name, has_bf16, device, expect", [
+    ("auto", False, "cpu", torch.float32), ("auto", True, "cpu", torch.bfloat16),
+    ("auto", False, "cuda", torch.bfloat16), ("float32", True, "cuda", torch.float32),
+    ("bfloat16", False, "cpu", torch.bfloat16)])
+def test_newton_schulz_dtype_follows_the_hardware(monkeypatch, name, has_bf16, device, expect):
+    from nanogpt import hardware
+    from nanogpt.optim import Float32Muon, ns_dtype_for
+
+    monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: has_bf16)
+    assert ns_dtype_for(name, device) == expect
+    opt = make_muon(model_of(), MuonConfig(ns_dtype=name), device)
+    assert isinstance(opt.optimizers["muon"], Float32Muon) == (expect == torch.float32)
