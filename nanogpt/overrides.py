@@ -22,18 +22,33 @@ def _chosen_keys(group: str, args: list[str], conf_dir: Path) -> list[str]:
     another, those of any option."""
     chosen = next((a.split("=", 1)[1] for a in args if a.startswith(f"{group}=")), None)
     if chosen is None and not any(a.startswith("experiment=") for a in args):
-        chosen = _default_option(group, conf_dir)
+        model = next((a.split("=", 1)[1] for a in args if a.startswith("model=")), None)
+        chosen = _preset_choice(group, model or _default_option("model", conf_dir), conf_dir) \
+            or _default_option(group, conf_dir)
     schemas = SCHEMA_GROUPS[group]
     if chosen in schemas:
         return _fields(schemas[chosen])
     return sorted({k for schema in schemas.values() for k in _fields(schema)})
 
 
-def _default_option(group: str, conf_dir: Path) -> str | None:
+def _defaults_list(path: Path) -> list:
     import yaml
 
-    defaults = yaml.safe_load((conf_dir / "config.yaml").read_text()).get("defaults", [])
+    return (yaml.safe_load(path.read_text()) or {}).get("defaults", []) if path.is_file() else []
+
+
+def _default_option(group: str, conf_dir: Path) -> str | None:
+    defaults = _defaults_list(conf_dir / "config.yaml")
     return next((d[group] for d in defaults if isinstance(d, dict) and group in d), None)
+
+
+def _preset_choice(group: str, model: str | None, conf_dir: Path) -> str | None:
+    """The option of `group` a model preset chooses (modern_* choose optim=muon), if any."""
+    for d in _defaults_list(conf_dir / "model" / f"{model}.yaml") if model else []:
+        for key, value in (d.items() if isinstance(d, dict) else []):
+            if key.startswith(f"override /{group}"):
+                return value
+    return None
 
 
 def problems(args: list[str], conf_dir: Path) -> list[str]:

@@ -70,8 +70,9 @@ def data_root(tmp_path, monkeypatch) -> Path:
     return root
 
 
-# A model and schedule small enough that a run takes a few seconds on two cores.
-TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+# A model and schedule small enough that a run takes a few seconds on two cores: GPT-2's
+# architecture with AdamW (model=baby); the default model (modern_baby, Muon) has tests of its own.
+TINY = ["model=baby", "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
         "hardware=cpu", "hardware.dtype=float32", "hardware.micro_batch_size=4",
         "task.eval_iters=2", "task.log_interval=1", "task.num_samples=0", "task.plot=false"]
 
