@@ -27,7 +27,7 @@ import benchlib
 
 def run_once(checkout: Path, data_root: Path, out: Path, args) -> tuple[float, list[float]]:
     cmd = [sys.executable, str(checkout / "launch.py"), "hardware=cpu", "hardware.dtype=float32",
-           f"hardware.num_threads={args.threads}", f"data.name={args.data_name}",
+           f"hardware.num_threads={args.threads}", f"data.name={args.data_name}", "model=baby",
            f"model.n_layer={args.n_layer}", f"model.n_head={args.n_head}", f"model.n_embd={args.n_embd}",
            f"model.block_size={args.block}", f"hardware.micro_batch_size={args.batch}",
            f"task.max_iters={args.iters}", f"task.eval_interval={args.iters}", "task.eval_iters=1",

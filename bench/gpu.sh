@@ -20,13 +20,13 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 HW=(hardware=gpu)
 BIG=(model=gpt2_124m "hardware.micro_batch_size=$MICRO_BATCH" task.iters=30 task.warmup=5)
 # nanoGPT's config/train_shakespeare_char.py
-CHAR=(model.n_layer=6 model.n_head=6 model.n_embd=384 model.block_size=256 model.dropout=0.2
+CHAR=(model=baby model.n_layer=6 model.n_head=6 model.n_embd=384 model.block_size=256 model.dropout=0.2
       hardware.micro_batch_size=64 optim.lr=1e-3 optim.min_lr=1e-4 optim.beta2=0.99 optim.warmup_iters=100)
 if [ "${SMOKE:-0}" = 1 ]; then  # tiny stand-ins, to check the script end to end without a GPU
   HW=(hardware=cpu hardware.compile=false)
   BIG=(model.n_layer=2 model.n_head=2 model.n_embd=64 model.block_size=128 hardware.micro_batch_size=2
        task.iters=3 task.warmup=1)
-  CHAR=(model.n_layer=2 model.n_head=2 model.n_embd=64 model.block_size=64 hardware.micro_batch_size=8
+  CHAR=(model=baby model.n_layer=2 model.n_head=2 model.n_embd=64 model.block_size=64 hardware.micro_batch_size=8
         optim.warmup_iters=10)
   TRAIN_SECONDS=${SMOKE_SECONDS:-5}
 fi

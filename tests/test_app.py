@@ -229,7 +229,8 @@ def test_sampling_a_missing_run_is_a_clear_error(tmp_path, data_root):
 
 def test_default_data_is_prepared_on_first_use(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOGPT_DATA_ROOT", str(tmp_path / "data"))
-    launch(["hardware=cpu", "task.max_iters=2", "task.eval_iters=1", "task.num_samples=0",
+    # (the default schedule warms up for 20 iterations before its cooldown: none in a 2-step run)
+    launch(["hardware=cpu", "task.max_iters=2", "task.eval_iters=1", "task.num_samples=0", "optim.warmup_iters=0",
             "hardware.micro_batch_size=2", "hydra.run.dir=run"], cwd=tmp_path)
     meta = json.loads((tmp_path / "data" / "pydoc_char" / "meta.json").read_text())
     assert meta["tokenizer"]["kind"] == "char" and meta["tokens"]["train"] > 100_000

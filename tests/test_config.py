@@ -11,7 +11,7 @@ from conftest import REPO, TINY, launch
 from inprocess import make_config
 from nanogpt import optim, parallel
 from nanogpt.checkpoint import check_shape
-from nanogpt.config import (OPTIM_SCHEMAS, TASK_SCHEMAS, AdamWConfig, ConfigError, ModelConfig,
+from nanogpt.config import (OPTIM_SCHEMAS, TASK_SCHEMAS, AdamWConfig, ConfigError, ModelConfig, MuonConfig,
                             validate)
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
@@ -164,4 +164,7 @@ def test_validate_returns_plain_dataclasses():
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = validate(compose("config", overrides=["task=sample"]))
-    assert type(cfg.optim) is AdamWConfig and cfg.task.name == "sample"
+        gpt2 = validate(compose("config", overrides=["model=baby"]))
+    # the default model (modern_baby) chooses Muon; GPT-2's baby keeps AdamW
+    assert type(cfg.optim) is MuonConfig and cfg.task.name == "sample"
+    assert type(gpt2.optim) is AdamWConfig and type(gpt2.model) is ModelConfig

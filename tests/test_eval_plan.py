@@ -53,14 +53,14 @@ def test_every_recipe_spends_at_most_five_percent_evaluating(experiment):
     assert plan.final_iters >= plan.iters >= 1
 
 
-def test_the_default_run_scores_six_batches_per_split_and_four_times_that_at_the_end():
-    # 2000 steps of 12 x 128 tokens, evaluations every 250 on batches of 24 x 128: the budget of 5%
-    # allows (0.05 / 0.95) x 3 x 2000 x 1536 forward tokens, spread over 8 periodic evaluations
+def test_the_default_run_scores_three_batches_per_split_and_four_times_that_at_the_end():
+    # 500 steps of 12 x 128 tokens, evaluations at 0 and 250 on batches of 24 x 128: the budget of
+    # 5% allows (0.05 / 0.95) x 3 x 500 x 1536 forward tokens, spread over 2 periodic evaluations
     # plus a final one of 4x the size, two splits each
     plan = _plan(_compose(None))
-    allowed = 0.05 / 0.95 * 3 * 2000 * 1536
-    assert plan.iters == int(allowed / (2 * 24 * 128) // (8 + FINAL_EVAL_FACTOR)) == 6
-    assert plan.final_iters == 24 and 0.04 < plan.share <= 0.05
+    allowed = 0.05 / 0.95 * 3 * 500 * 1536
+    assert plan.iters == int(allowed / (2 * 24 * 128) // (2 + FINAL_EVAL_FACTOR)) == 3
+    assert plan.final_iters == 12 and 0.04 < plan.share <= 0.05
 
 
 def test_explicit_eval_iters_are_kept_and_the_budget_is_reported_not_imposed():
