@@ -238,15 +238,17 @@ def test_default_data_is_prepared_on_first_use(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_default_run_learns_far_below_unigram_entropy(tmp_path, monkeypatch):
-    """`python launch.py` as shipped (only the iteration count shortened for CI time; one thread,
-    because two torch threads crawl when anything else keeps a core busy)."""
+    """`python launch.py` as shipped (one thread, because two torch threads crawl when anything else
+    keeps a core busy): the README's promise, val <= 1.40 (measured ~1.27), and a sample."""
     monkeypatch.setenv("NANOGPT_DATA_ROOT", str(tmp_path / "data"))
-    proc = launch(["task.max_iters=600", "hardware.num_threads=1", "hydra.run.dir=run"], cwd=tmp_path)
+    proc = launch(["hardware.num_threads=1", "hydra.run.dir=run"], cwd=tmp_path)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     import nanogpt.data as d
 
     entropy = d.TokenDataset(tmp_path / "data" / "pydoc_char").unigram_entropy()
-    assert summary["final_val_loss"] < entropy - 1.0, (summary["final_val_loss"], entropy)
+    assert summary["iters"] == 500 and summary["final_val_loss"] <= 1.40, summary
+    assert summary["final_val_loss"] < entropy - 1.9, (summary["final_val_loss"], entropy)
+    assert "recipe train/modern_baby_pydoc_char applied" in proc.stderr + proc.stdout
     assert "sample" in proc.stdout
 
 
