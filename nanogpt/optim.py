@@ -127,6 +127,10 @@ class Float32Muon(torch.optim.Muon):
     def step(self, closure=None):
         from torch.optim._muon import _adjust_lr
 
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             params, grads, bufs = [], [], []
             self._init_group(group, params, grads, bufs)
@@ -137,6 +141,7 @@ class Float32Muon(torch.optim.Muon):
                 update = orthogonalise(update, group["ns_steps"], torch.float32, group["eps"])
                 param.mul_(1 - lr * group["weight_decay"])
                 param.add_(update.to(param.dtype), alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
+        return loss
 
 
 def make_muon(model: torch.nn.Module, ocfg, device_type: str = "cpu") -> Optimizers:

@@ -25,6 +25,9 @@ VARIANTS = {
                         "model.mlp=relu2", "model.tie_embeddings=false", "model.logit_softcap=15",
                         "model.bias=false", "optim=muon", "optim.lr=0.02", "optim.schedule=wsd",
                         "optim.decay_frac=0.5", "optim.cooldown=1-sqrt"],
+    # Newton-Schulz in float32 (Float32Muon: what optim.ns_dtype=auto picks on CPUs without bf16)
+    "muon_float32_ns": ["model.pos_emb=rope", "model.qk_norm=true", "optim=muon", "optim.lr=0.02",
+                        "optim.ns_dtype=float32"],
 }
 
 
