@@ -157,6 +157,13 @@ def test_optimizer_keys_are_checked_against_the_chosen_optimizers_schema():
     assert "unknown config key 'task.max_iters'" in err
     # with an experiment (which may choose another option) any option's keys pass here
     assert problems(["experiment=eval_gpt2", "task.max_iters=5"], conf) == []
+    # the optimizer a model preset chooses: the default model (modern_baby) trains with Muon, GPT-2's
+    # baby with AdamW, and optim= on the command line wins over both
+    assert problems(["optim.ns_dtype=float32"], conf) == []
+    (err,) = problems(["model=baby", "optim.ns_dtype=float32"], conf)
+    assert "unknown config key 'optim.ns_dtype'" in err and "beta2" in err
+    assert problems(["model=baby", "optim=muon", "optim.ns_dtype=float32"], conf) == []
+    assert problems(["optim=adamw", "optim.ns_dtype=float32"], conf) != []
 
 
 def test_validate_returns_plain_dataclasses():
