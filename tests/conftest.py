@@ -91,3 +91,19 @@ def launch(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 6
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_cache_matches_recomputation(model, x, prompt_len: int) -> None:
+    """The KV cache's logits, fed x's first prompt_len tokens and then one at a time, equal a
+    full forward pass over x (B, T) at every position after the prompt."""
+    import torch
+
+    from nanogpt.model import KVCache
+
+    full, _ = model(x, x)
+    cache = KVCache(model.config, x.size(0), model.config.block_size, "cpu", torch.float32)
+    first, _ = model(x[:, :prompt_len], cache=cache)
+    torch.testing.assert_close(first[:, -1], full[:, prompt_len - 1], atol=1e-5, rtol=1e-5)
+    for t in range(prompt_len, x.size(1)):
+        step, _ = model(x[:, t:t + 1], cache=cache)
+        torch.testing.assert_close(step[:, -1], full[:, t], atol=1e-5, rtol=1e-5)

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from nanogpt.model import GPT, GPTConfig, KVCache, padded_vocab_size
+from conftest import assert_cache_matches_recomputation
+from nanogpt.model import GPT, GPTConfig, padded_vocab_size
 
 
 def tiny(**kw):
@@ -145,15 +146,7 @@ def test_kv_cache_generation_equals_recomputation(prompt_len):
 
 
 def test_kv_cache_logits_match_full_forward():
-    model = tiny(block_size=16)
-    x = torch.randint(0, 50, (2, 12))
-    full, _ = model(x, x)
-    cache = KVCache(model.config, 2, 16, "cpu", torch.float32)
-    first, _ = model(x[:, :7], cache=cache)
-    torch.testing.assert_close(first[:, -1], full[:, 6], atol=1e-5, rtol=1e-5)
-    for t in range(7, 12):
-        step, _ = model(x[:, t:t + 1], cache=cache)
-        torch.testing.assert_close(step[:, -1], full[:, t], atol=1e-5, rtol=1e-5)
+    assert_cache_matches_recomputation(tiny(block_size=16), torch.randint(0, 50, (2, 12)), prompt_len=7)
 
 
 def test_generation_beyond_block_size_keeps_going():

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from nanogpt.model import GPT, GPTConfig, KVCache, apply_rotary, rotary_angles
+from conftest import assert_cache_matches_recomputation
+from nanogpt.model import GPT, GPTConfig, apply_rotary, rotary_angles
 import gpt2_reference_model as reference
 
 SHAPE = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=50, block_size=16, dropout=0.0)
@@ -99,15 +100,7 @@ def test_option_is_causal(name):
 
 @pytest.mark.parametrize("name", OPTIONS)
 def test_option_kv_cache_logits_equal_recomputation(name):
-    model = build(**OPTIONS[name])
-    x = torch.randint(0, 50, (2, 12))
-    full, _ = model(x, x)
-    cache = KVCache(model.config, 2, 16, "cpu", torch.float32)
-    first, _ = model(x[:, :5], cache=cache)
-    torch.testing.assert_close(first[:, -1], full[:, 4], atol=1e-5, rtol=1e-5)
-    for t in range(5, 12):
-        step, _ = model(x[:, t:t + 1], cache=cache)
-        torch.testing.assert_close(step[:, -1], full[:, t], atol=1e-5, rtol=1e-5)
+    assert_cache_matches_recomputation(build(**OPTIONS[name]), torch.randint(0, 50, (2, 12)), prompt_len=5)
 
 
 @pytest.mark.parametrize("name", OPTIONS)
