@@ -11,13 +11,17 @@ this file validates it, turns it into plain dataclasses and hands it to the task
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 
 def _interrupted_early(signum, frame):
     print("error: interrupted before the task started; no training was done", file=sys.stderr, flush=True)
-    sys.exit(130)
+    # os._exit, not sys.exit: a SystemExit raised inside a C extension's import (numpy under torch)
+    # makes the interpreter re-import it on the way out and die with an ImportError traceback.
+    # Nothing has been written yet, so there is nothing to clean up.
+    os._exit(130)
 
 
 signal.signal(signal.SIGINT, _interrupted_early)  # Ctrl-C while torch and Hydra import: no traceback
