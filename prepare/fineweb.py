@@ -25,6 +25,7 @@ to an uninterrupted run. meta.json, written last, records the source, the shards
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -272,12 +273,14 @@ def prepare(out_dir: str | Path, *, spec: hf.HFSpec, shard_tokens: int = SHARD_T
                         shard_tokens, val_tokens)
     if (out_dir / "meta.json").exists():
         return already_prepared(out_dir, settings)
-    tokenizer = gpt2_tokenizer(rank_file)  # fail fast, before any download
+    load_tokenizer = functools.cache(lambda: gpt2_tokenizer(rank_file))
     progress = load_progress(out_dir, settings)  # another command's unfinished prepare is refused here
     created = not out_dir.exists()
     if not progress.get("done"):
         num_proc = num_proc or max(1, (os.cpu_count() or 2) - 1)
-        with hf.open_corpus(spec, num_proc=num_proc, scratch_parent=out_dir.parent) as corpus:
+        with hf.open_corpus(spec, num_proc=num_proc, scratch_parent=out_dir.parent,
+                            before_download=load_tokenizer) as corpus:  # a bad input is named first
+            tokenizer = load_tokenizer()
             try:
                 out_dir.mkdir(parents=True, exist_ok=True)
                 remove_unrecorded_shards(out_dir, progress)
@@ -292,7 +295,7 @@ def prepare(out_dir: str | Path, *, spec: hf.HFSpec, shard_tokens: int = SHARD_T
         total = sum(s["tokens"] for s in progress["shards"])
         raise PrepareError(f"the corpus has {total:,} tokens, not more than --val-tokens {val_tokens:,}: "
                            "nothing is left for training; lower --val-tokens")
-    return write_meta(out_dir, progress, tokenizer)
+    return write_meta(out_dir, progress, load_tokenizer())
 
 
 def already_prepared(out_dir: Path, settings: Settings) -> dict:

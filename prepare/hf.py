@@ -24,7 +24,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from prepare.common import PrepareError, check_free_space, sha256_file
 
@@ -133,8 +133,12 @@ def local_bytes(patterns: list[str]) -> int:
     return sum(os.path.getsize(f) for p in patterns for f in glob.glob(p, recursive=True) if os.path.isfile(f))
 
 
-def open_corpus(spec: HFSpec, *, num_proc: int | None = None, scratch_parent: Path | None = None) -> Corpus:
-    """Resolves the files, refuses a partial conversion, loads (or streams) the text column."""
+def open_corpus(spec: HFSpec, *, num_proc: int | None = None, scratch_parent: Path | None = None,
+                before_download: Callable[[], object] | None = None) -> Corpus:
+    """Resolves the files, refuses a partial conversion, loads (or streams) the text column.
+    `before_download` runs once the files are known and checked, before any of them is fetched
+    from the network (a prepare loads its tokenizer there: a missing BPE file stops it before a
+    50 GB download, while a bad local input is still named first)."""
     scratch = None
     if spec.data_files:
         path, kwargs = spec.builder or builder_for(spec.data_files), {"data_files": spec.data_files}
@@ -158,6 +162,8 @@ def open_corpus(spec: HFSpec, *, num_proc: int | None = None, scratch_parent: Pa
         _check_local_parquet(files)
         if not spec.allow_partial:
             _refuse_partial(spec, files)
+        if before_download is not None and not all(_is_local(f) for f in files):
+            before_download()
         if spec.streaming and type(builder).__name__ == "Parquet":
             stream = ParquetStream(files, spec.column, spec)
             return Corpus(stream, spec, _provenance(spec, builder, files), stream.num_rows, stream.text_bytes)

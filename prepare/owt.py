@@ -18,6 +18,7 @@ is then a seeded coin per document (the same val fraction, not nanoGPT's exact d
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import sys
@@ -47,16 +48,21 @@ def prepare(out_dir: str | Path, *, spec: hf.HFSpec | None = None, files: list[s
         raise PrepareError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     out_dir = Path(out_dir)
     num_proc = num_proc or max(1, (os.cpu_count() or 2) // 2)
-    tokenizer = gpt2_tokenizer(rank_file)  # fail fast, before any download
+    load_tokenizer = functools.cache(lambda: gpt2_tokenizer(rank_file))
     if files:
         spec = files_spec(files, lines, streaming)
         name = name or out_dir.name
     spec = spec or hf.HFSpec(dataset=OWT_ID, revision=hf.KNOWN_PARQUET_REVISIONS[OWT_ID])
     name = name or (NAME if spec.dataset == OWT_ID else out_dir.name)
-    with hf.open_corpus(spec, num_proc=num_proc, scratch_parent=out_dir.parent) as corpus:
+    with hf.open_corpus(spec, num_proc=num_proc, scratch_parent=out_dir.parent,
+                        before_download=load_tokenizer) as corpus:  # a bad input is named first
         check_document_count(spec, corpus.num_documents)
         if corpus.num_documents == 0:
             raise PrepareError(f"the corpus is empty: {describe(corpus)} holds no text")
+        if not spec.streaming and corpus.num_documents < 2:
+            raise PrepareError(f"the corpus has {corpus.num_documents} non-empty document(s); a train/val "
+                               "split needs at least 2")
+        tokenizer = load_tokenizer()
         expected = corpus.text_bytes // 5 if corpus.text_bytes else None  # BPE: < 5 bytes of text per token
         with DatasetWriter(out_dir, tokenizer, expected_tokens=expected) as writer:
             if spec.streaming:
@@ -86,8 +92,6 @@ def write_split(corpus: hf.Corpus, writer: DatasetWriter, tokenizer, val_fractio
                 num_proc: int, batch_size: int) -> dict[str, int]:
     """nanoGPT's split (a seeded permutation of the documents), then each split's tokens in that order."""
     n = corpus.num_documents
-    if n < 2:
-        raise PrepareError(f"the corpus has {n} non-empty document(s); a train/val split needs at least 2")
     try:
         parts = corpus.dataset.train_test_split(test_size=val_fraction, seed=seed, shuffle=True)
     except ValueError as e:  # e.g. the fraction leaves the train split empty

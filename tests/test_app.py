@@ -91,12 +91,15 @@ def _tiny_hf_gpt2(path: Path):
     export_hf(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, vocab_size=50257, block_size=64)), path)
 
 
+BPE_DATASETS = ("shakespeare", "owt", "fineweb_edu10B", "fineweb10B")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_two_iterations_in_tiny_form(experiment, tmp_path, data_root):
     for name in ("shakespeare_char", "pydoc_char"):
         write_char_dataset(data_root, name)
-    for name in ("shakespeare", "owt", "fineweb_edu10B", "fineweb10B"):
+    for name in BPE_DATASETS:
         _bpe_dataset(data_root, name)
     extra = []
     if compose_cfg([f"experiment={experiment}"]).model.pretrained:
@@ -111,7 +114,7 @@ def test_every_experiment_runs_two_iterations_in_tiny_form(experiment, tmp_path,
     optim = ["optim.warmup_iters=0"] if task == "train" else []
     # the end-of-run sample decodes with GPT-2's BPE on BPE data: it needs the rank file, which a
     # clone without ../shared lacks (tiktoken's download fails offline); training is tested anyway
-    bpe = cfg.data.name in ("shakespeare", "owt", "fineweb_edu10B")
+    bpe = cfg.data.name in BPE_DATASETS
     samples = 0 if bpe and not GPT2_RANKS.exists() else 1
     env = {"NANOGPT_GPT2_RANKS": str(GPT2_RANKS)} if bpe and GPT2_RANKS.exists() else None
     if task == "train":

@@ -173,6 +173,32 @@ def test_bad_column_glob_and_file_type(tmp_path, owt_copy):
     assert not (tmp_path / "o").exists()
 
 
+def test_the_tokenizer_is_loaded_before_a_download_and_after_local_checks(tmp_path, monkeypatch, owt_copy):
+    """A prepare's `before_download` (its tokenizer load) stops a hub dataset before any file is
+    fetched; with local files it is not needed there, so a bad local input is named first."""
+    fetched = []
+
+    class HubBuilder:  # what datasets resolves a hub dataset to: hf:// files, fetched on demand
+        config = type("Config", (), {"data_files": {"train": ["hf://datasets/someone/corpus@abc/train.parquet"]}})()
+
+        def download_and_prepare(self, **kwargs):
+            fetched.append("download")
+
+    monkeypatch.setattr(hf, "_load_builder", lambda path, kwargs: HubBuilder())
+
+    def missing_ranks():
+        raise PrepareError("no GPT-2 rank file")
+
+    with pytest.raises(PrepareError, match="no GPT-2 rank file"):
+        hf.open_corpus(hf.HFSpec(dataset="someone/corpus"), before_download=missing_ranks)
+    assert fetched == []
+    monkeypatch.undo()
+    root, docs = owt_copy
+    spec = hf.HFSpec(dataset=None, data_files=[str(root / "plain_text" / "*.parquet")])
+    with hf.open_corpus(spec, scratch_parent=tmp_path, before_download=missing_ranks) as corpus:
+        assert corpus.num_documents == len(docs)  # local files: read without calling it
+
+
 def test_an_empty_or_corrupt_shard_is_named(tmp_path):
     write_parquet_layout(tmp_path / "e", make_docs(10), n_files=1)
     pq.write_table(pa.table({"text": pa.array([], pa.string())}), tmp_path / "e" / "plain_text" / "train-x.parquet")
