@@ -107,3 +107,11 @@ def assert_cache_matches_recomputation(model, x, prompt_len: int) -> None:
     for t in range(prompt_len, x.size(1)):
         step, _ = model(x[:, t:t + 1], cache=cache)
         torch.testing.assert_close(step[:, -1], full[:, t], atol=1e-5, rtol=1e-5)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (-n), the SLURM tests share one worker: they queue on one small cluster,
+    and a second worker's jobs would only wait behind them (and count against their timeouts)."""
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
