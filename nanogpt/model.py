@@ -112,16 +112,22 @@ def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:
 
 
 class KVCache:
-    """Keys and values of every layer for the positions generated so far, preallocated."""
+    """Keys and values of every layer for the positions generated so far, preallocated at the
+    first update in the dtype the keys come in unless `dtype` is given: the autocast dtype, or
+    the weights' own where autocast leaves them alone (float64)."""
 
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype):
-        shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype=None):
+        self.shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        self.device, self.dtype = device, dtype
+        self.k = self.v = None
         self.pos = 0  # number of positions already stored
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v for the new positions of `layer`; return all keys and values so far."""
+        if self.k is None:
+            dtype = self.dtype or k.dtype
+            self.k = torch.zeros(self.shape, device=self.device, dtype=dtype)
+            self.v = torch.zeros(self.shape, device=self.device, dtype=dtype)
         t = k.size(2)
         self.k[layer, :, :, self.pos:self.pos + t] = k
         self.v[layer, :, :, self.pos:self.pos + t] = v
@@ -393,16 +399,12 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()
         block = self.config.block_size
-        device_type = idx.device.type
-        # keys and values come out of the linears in the autocast dtype: store them as they are
-        cache_dtype = (torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
-                       else self.lm_head.weight.dtype)
         cache = None
         for _ in range(max_new_tokens):
             if use_cache:
                 if cache is None or cache.pos >= block:
                     keep = block if cache is None else max(block // 2, 1)
-                    cache = KVCache(self.config, idx.size(0), block, idx.device, cache_dtype)
+                    cache = KVCache(self.config, idx.size(0), block, idx.device)
                     logits, _ = self(idx[:, -keep:], cache=cache)
                 else:
                     logits, _ = self(idx[:, -1:], cache=cache)

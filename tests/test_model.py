@@ -145,6 +145,20 @@ def test_kv_cache_generation_equals_recomputation(prompt_len):
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("weights, autocast", [(torch.float64, torch.bfloat16), (torch.float32, torch.bfloat16)])
+def test_cached_sampling_under_autocast_keeps_the_keys_dtype(weights, autocast):
+    """Sampling a run trained in float64 on a machine whose hardware=auto picks bf16 autocast:
+    autocast leaves float64 alone, so the cache must hold the keys in the dtype they come in
+    (it was allocated in the autocast dtype: a dtype error at the first cached step)."""
+    model = tiny(block_size=16).to(weights)
+    x = torch.randint(0, 50, (2, 3))
+    outs = []
+    with torch.autocast("cpu", dtype=autocast):
+        for use_cache in (True, False):
+            outs.append(model.generate(x, 10, use_cache=use_cache, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_kv_cache_logits_match_full_forward():
     assert_cache_matches_recomputation(tiny(block_size=16), torch.randint(0, 50, (2, 12)), prompt_len=7)
 
