@@ -167,7 +167,8 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
 
     micro, block = hw.micro_batch_size, gpt_config.block_size
     flops_per_token = model.flops_per_token(block)
-    tokens_per_step, accum, max_iters = plan_steps(tcfg, micro * block, dist.world_size, micro, flops_per_token)
+    tokens_per_step, accum, max_iters = plan_steps(tcfg, micro * block, dist.world_size, micro, flops_per_token,
+                                                   ckpt)
     schedule = Schedule(cfg.optim, max_iters)
     if branch_point:
         branch.check_continuation(ckpt, resume_path, cfg, tokens_per_step, max_iters, schedule)
@@ -214,14 +215,18 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
     return s, state
 
 
-def plan_steps(tcfg, tokens_per_micro: int, world: int, micro: int, flops_per_token: int):
-    """Gradient accumulation and the number of iterations from the configured budget."""
+def plan_steps(tcfg, tokens_per_micro: int, world: int, micro: int, flops_per_token: int,
+               ckpt: dict | None = None):
+    """Gradient accumulation and the number of iterations from the configured budget. A token
+    or FLOP budget counts what the checkpoint resumed from has trained, at the batch it had: a
+    resume with another batch size trains the budget's remaining tokens, not budget / new batch."""
     tokens_per_step, accum = accumulation(tcfg.tokens_per_step, tokens_per_micro, world, micro)
     max_iters = tcfg.max_iters
-    if tcfg.max_flops:
-        max_iters = max(1, round(tcfg.max_flops / (flops_per_token * tokens_per_step)))
-    elif tcfg.max_tokens:
-        max_iters = max(1, round(tcfg.max_tokens / tokens_per_step))
+    budget = tcfg.max_flops / flops_per_token if tcfg.max_flops else tcfg.max_tokens  # in tokens
+    if budget:
+        it = ckpt["iter"] if ckpt else 0
+        done = tokens_trained(ckpt, it, tokens_per_step) if ckpt else 0
+        max_iters = max(1, it, it + round((budget - done) / tokens_per_step))
     return tokens_per_step, accum, max_iters
 
 

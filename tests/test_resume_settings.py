@@ -34,6 +34,30 @@ def test_a_different_batch_keeps_tokens_and_flops_true(tmp_path, data_root, capl
     assert [e["tokens"] for e in evals] == [0, 512, 768]
 
 
+def test_a_token_budget_counts_what_was_trained_before_a_batch_change(tmp_path, data_root):
+    """Resumed with half the batch, a budget of 1024 tokens trains the 512 it has left (8 steps of
+    64), not 1024 / 64 = 16 steps more than the 4 it had (1,280 tokens in all)."""
+    run = tmp_path / "run"
+    first = train_tiny(run, "task.max_tokens=512", "task.eval_interval=100")
+    assert (first["iters"], first["tokens"]) == (4, 512)  # 4 steps of 4 x 32 tokens
+    done = train_tiny(run, "task.max_tokens=1024", "task.eval_interval=100", "init_from=resume",
+                      "hardware.micro_batch_size=2")
+    assert (done["iters"], done["tokens"]) == (12, 1024)
+
+
+def test_a_flop_budget_counts_what_was_trained_before_a_batch_change():
+    from types import SimpleNamespace
+
+    from nanogpt.trainer import plan_steps
+
+    task = SimpleNamespace(tokens_per_step=None, max_iters=None, max_tokens=None, max_flops=1024 * 1000)
+    checkpoint = {"iter": 4, "tokens": 512}  # 4 steps of 128 tokens, then the batch halves
+    assert plan_steps(task, 64, 1, 2, 1000)[2] == 16  # fresh: 1024 tokens (of 1000 FLOPs), 64 a step
+    assert plan_steps(task, 64, 1, 2, 1000, checkpoint)[2] == 4 + 8  # the 512 left
+    spent = {"iter": 8, "tokens": 1024}
+    assert plan_steps(task, 64, 1, 2, 1000, spent)[2] == 8  # nothing left: no more steps
+
+
 @pytest.mark.parametrize("override, key", [("optim.lr=0.0005", "optim.lr"), ("seed=7", "seed"),
                                            ("model.dropout=0.1", "model.dropout")])
 def test_a_changed_training_setting_is_warned_about_and_recorded(tmp_path, data_root, caplog, override, key):
