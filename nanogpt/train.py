@@ -98,8 +98,9 @@ def count_skipped_step(s: Training, state: TrainState) -> None:
     state.bad_steps += 1
     log.warning("iter %d: non-finite loss or gradient, update skipped (%d in a row)", state.it - 1, state.bad_steps)
     if state.bad_steps >= MAX_SKIPPED:
-        raise UserError(_nan_message(state.it - state.bad_steps, state.it, state.last_loss) +
-                        f" ({MAX_SKIPPED} steps in a row were skipped)")
+        raise UserError(_nan_message(state.it - state.bad_steps, state.it, state.last_loss,
+                                     then=f"With task.on_nan=skip, {MAX_SKIPPED} steps in a row were "
+                                          "skipped: the run does not recover by itself"))
     s.guard.reset(state.it)
 
 
@@ -290,14 +291,15 @@ def _agree(flag: bool, dist) -> bool:
     return distributed.any_rank(flag)
 
 
-def _nan_message(after: int, at: int, last_loss, where: str = "training") -> str:
+def _nan_message(after: int, at: int, last_loss, where: str = "training",
+                 then: str = "To skip bad steps instead of stopping: task.on_nan=skip") -> str:
     when = f"at iteration {at}" if at - after <= 1 else f"between iterations {after} and {at}"
     last = f"{last_loss:.4f}" if last_loss is not None else "none logged yet"
     return (f"the {where} loss became NaN or infinite {when} (last good training loss: {last}). "
             "Stopped before saving it: the checkpoints in ckpt/, if any, are from before and "
             "untouched. Likely causes: a learning rate too high (lower optim.lr or lengthen "
-            "optim.warmup_iters), float16 overflow (use hardware.dtype=bfloat16 or float32), or bad "
-            "data. To skip bad steps instead of stopping: task.on_nan=skip")
+            f"optim.warmup_iters), float16 overflow (use hardware.dtype=bfloat16 or float32), or bad "
+            f"data. {then}")
 
 
 def _plot(run_dir: Path) -> bool:
