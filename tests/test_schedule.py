@@ -3,8 +3,7 @@ import math
 
 import pytest
 
-from nanogpt.errors import UserError
-from nanogpt.schedule import check_wsd, lr_at, wsd_decay_start
+from nanogpt.schedule import lr_at, wsd_decay_start
 
 
 def test_cosine_and_linear_are_nanogpts():
@@ -49,7 +48,16 @@ def test_a_branch_and_its_parent_agree_until_the_branch_cools_down():
     assert lr_at(2250, 1e-3, 0.0, 100, 2500, "wsd", 0.2) == pytest.approx(5e-4)
 
 
-def test_wsd_cooldown_must_start_after_the_warmup():
-    check_wsd(100, 1000, 0.5)
-    with pytest.raises(UserError, match=r"decay_frac=0.95 of 1000 iterations starts the cooldown at iteration 50, inside the warm-up"):
-        check_wsd(100, 1000, 0.95)
+def test_a_wsd_run_too_short_for_its_warmup_follows_the_lower_ramp():
+    """`python launch.py task.max_iters=10`: the default recipe's 20-iteration warm-up and its
+    cooldown (the last 40%: from iteration 6) overlap; the lr rises with the warm-up until the
+    cooldown line is lower, then follows it down to min_lr."""
+    lrs = [lr_at(it, 1.0, 0.0, 20, 10, "wsd", 0.4) for it in range(10)]
+    warmup = [(it + 1) / 21 for it in range(10)]
+    cooldown = [1.0] * 6 + [1 - (it - 6) / 4 for it in range(6, 10)]
+    assert lrs == pytest.approx([min(w, c) for w, c in zip(warmup, cooldown)])
+    assert lrs[:6] == pytest.approx(warmup[:6]) and lrs[-1] == pytest.approx(0.25)
+    # apart from such runs nothing changes: the warm-up, the stable phase and the cooldown as before
+    long = [lr_at(it, 1.0, 0.1, 20, 100, "wsd", 0.4) for it in range(100)]
+    assert long[:20] == pytest.approx([(it + 1) / 21 for it in range(20)])
+    assert long[20:60] == [1.0] * 40 and long[99] == pytest.approx(0.1 + 0.9 / 40)
