@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import math
 
-from nanogpt.errors import UserError
-
 SCHEDULES = ("cosine", "linear", "constant", "wsd")
 COOLDOWNS = ("linear", "cosine", "1-sqrt")
 

@@ -298,7 +298,7 @@ def _nan_message(after: int, at: int, last_loss, where: str = "training",
     return (f"the {where} loss became NaN or infinite {when} (last good training loss: {last}). "
             "Stopped before saving it: the checkpoints in ckpt/, if any, are from before and "
             "untouched. Likely causes: a learning rate too high (lower optim.lr or lengthen "
-            f"optim.warmup_iters), float16 overflow (use hardware.dtype=bfloat16 or float32), or bad "
+            "optim.warmup_iters), float16 overflow (use hardware.dtype=bfloat16 or float32), or bad "
             f"data. {then}")
 
 

@@ -20,12 +20,13 @@ NAME = "shakespeare"
 
 def prepare(out_dir: str | Path, input_path: str | Path | None = None, verify: bool = True,
             url: str = URL, rank_file: str | Path | None = None) -> dict:
-    if input_path is None:  # before the download: fail fast without the BPE ranks
-        gpt2_tokenizer(rank_file)
+    # before a download: fail fast without the BPE ranks; after a local --input's checks: its error first
+    tokenizer = gpt2_tokenizer(rank_file) if input_path is None else None
     text, source = load_corpus(Path(out_dir), input_path, verify, url)
     if not text:
         raise PrepareError(f"the corpus {source.get('path', url)} is empty")
-    tokenizer = gpt2_tokenizer(rank_file)  # after the checks of a local --input: its error comes first
+    if tokenizer is None:
+        tokenizer = gpt2_tokenizer(rank_file)
     arrays = {split: np.array(tokenizer.encode_batch([part])[0]) for split, part in split_text(text).items()}
     return write_arrays(out_dir, dataset=NAME, tokenizer=tokenizer, source=source, arrays=arrays)
 
