@@ -5,7 +5,6 @@ directories, garbled run files too. Each: one `error:` line that says what to do
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

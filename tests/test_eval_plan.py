@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY, launch, read_metrics
+from conftest import TINY, launch, read_metrics
 from nanogpt.evaluate import FINAL_EVAL_FACTOR, plan_evaluation, standard_error
 
 TRAIN_RECIPES = [None, "shakespeare_char", "shakespeare_char_cpu", "finetune_shakespeare", "train_gpt2",

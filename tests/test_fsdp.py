@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import launch, write_char_dataset
-from test_distributed import EXACT, STEP, losses, merged, run_dirs, summary, torchrun
+from test_distributed import EXACT, STEP, losses, merged, summary, torchrun
 
 # every optimizer step: 4 micro-batches of 4 x 32 tokens (4 accumulated in one process, 2 on each
 # of two ranks), clipped at 0.1 (below the gradient norm at every step: clipping always acts), a
