@@ -11,10 +11,13 @@ token and FLOP from iteration 0, so `nanogpt.scaling collect` reads each branch 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 from nanogpt import checkpoint
+from nanogpt.config import OptimConfig
 from nanogpt.errors import UserError
 from nanogpt.schedule import Schedule, wsd_decay_start
 
@@ -62,7 +65,7 @@ def check_continuation(ckpt: dict, path: Path, cfg, tokens_per_step: int, max_it
                         "a branch trains past its branch point")
     ours = schedule(k)
     parent_iters = ckpt.get("max_iters") or (parent.get("task") or {}).get("max_iters") or k
-    theirs = Schedule(_optim_view(parent.get("optim") or {}), parent_iters)(k)
+    theirs = Schedule(_saved_optim(parent.get("optim") or {}), parent_iters)(k)
     if not math.isclose(ours, theirs, rel_tol=1e-9, abs_tol=1e-15):
         raise UserError(f"this branch's learning rate at its branch point {k} is {ours:.4g}, its parent's "
                         f"was {theirs:.4g}: the cooldown must start at or after the branch point. With "
@@ -84,11 +87,9 @@ def cooldown_end(branch_iter: int, decay_frac: float) -> int:
     return end
 
 
-class _optim_view:
-    """A saved optim config (a dict) as the attributes Schedule reads."""
-
-    def __init__(self, d: dict):
-        self.lr, self.min_lr = d.get("lr"), d.get("min_lr")
-        self.warmup_iters, self.decay_iters = d.get("warmup_iters", 0), d.get("decay_iters")
-        self.schedule = d.get("schedule", "cosine")
-        self.decay_frac, self.cooldown = d.get("decay_frac", 0.2), d.get("cooldown", "linear")
+def _saved_optim(d: dict) -> SimpleNamespace:
+    """A checkpoint's saved optim config (a dict) as the attributes Schedule reads; a key an old
+    checkpoint lacks (written before the option existed) takes OptimConfig's default, which is
+    what that run trained with. Not validated: the parent ran with it."""
+    defaults = {f.name: f.default for f in dataclasses.fields(OptimConfig)}
+    return SimpleNamespace(**{**defaults, **d})
