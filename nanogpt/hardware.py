@@ -71,9 +71,19 @@ def cpu_flags() -> frozenset:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True where the CPU has bf16 matrix instructions (AVX512-BF16 or AMX): bf16 matmuls are then
-    several times faster than fp32. Elsewhere bf16 on the CPU is emulated and slower."""
-    return any(f in cpu_flags() for f in BF16_CPU_FLAGS)
+    """True where the CPU has bf16 matrix instructions (AVX512-BF16 or AMX) and torch's kernels
+    use them: bf16 matmuls are then several times faster than fp32. Elsewhere bf16 on the CPU is
+    emulated and slower: without the flags, and where the flags are there but the kernels are
+    held below them (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA, a build without them), which
+    a short measurement tells (bf16 at 2-9x fp32 with the units, 0.03-0.6x without)."""
+    return any(f in cpu_flags() for f in BF16_CPU_FLAGS) and bf16_matmul_speedup() > 1.0
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_matmul_speedup() -> float:
+    """bf16 over fp32 matmul rate (384 x 384) as this process's kernels run them (~0.2 s)."""
+    fp32 = measured_cpu_matmul_flops(torch.float32, n=384, seconds=0.05, trials=3)
+    return measured_cpu_matmul_flops(torch.bfloat16, n=384, seconds=0.05, trials=3) / fp32
 
 
 def _cpu_flags_seen() -> str:
@@ -90,6 +100,10 @@ def _why_dtype(name: str, device: torch.device, dtype: torch.dtype) -> str:
         return f"auto: float32 on {device.type}"
     if dtype == torch.bfloat16:
         return f"auto: the CPU has bf16 matrix units ({_cpu_flags_seen()}): bf16 autocast is 2-4x fp32"
+    if any(f in cpu_flags() for f in BF16_CPU_FLAGS):
+        return (f"auto: the CPU has bf16 matrix units ({_cpu_flags_seen()}) but torch's kernels here do "
+                f"not use them: bf16 matmuls measured {bf16_matmul_speedup():.2f}x float32 (is "
+                "ATEN_CPU_CAPABILITY or ONEDNN_MAX_CPU_ISA set?)")
     return (f"auto: no bf16 matrix units on this CPU ({_cpu_flags_seen()}): bf16 would be emulated, "
             "slower than float32")
 
