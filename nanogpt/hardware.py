@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -75,15 +76,28 @@ def cpu_has_fast_bf16() -> bool:
     use them: bf16 matmuls are then several times faster than fp32. Elsewhere bf16 on the CPU is
     emulated and slower: without the flags, and where the flags are there but the kernels are
     held below them (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA, a build without them), which
-    a short measurement tells (bf16 at 2-9x fp32 with the units, 0.03-0.6x without)."""
+    a short measurement tells (bf16 at 2-4x fp32 with the units, 0.02-0.3x without)."""
     return any(f in cpu_flags() for f in BF16_CPU_FLAGS) and bf16_matmul_speedup() > 1.0
 
 
 @functools.lru_cache(maxsize=None)
-def bf16_matmul_speedup() -> float:
-    """bf16 over fp32 matmul rate (384 x 384) as this process's kernels run them (~0.2 s)."""
-    fp32 = measured_cpu_matmul_flops(torch.float32, n=384, seconds=0.05, trials=3)
-    return measured_cpu_matmul_flops(torch.bfloat16, n=384, seconds=0.05, trials=3) / fp32
+def bf16_matmul_speedup(n: int = 384, calls: int = 12) -> float:
+    """How many times faster a bf16 matmul (n x n) runs than a float32 one with this process's
+    kernels (~0.05 s; ~0.2 s where bf16 is emulated). The fastest of several single calls of
+    each, taken in turns: one call fits between the scheduler's interruptions, so another
+    process's load slows both alike instead of skewing the ratio."""
+    gen = torch.Generator().manual_seed(0)  # never touch the global RNG: resume must be exact
+    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    operands = {torch.float32: (a, b), torch.bfloat16: (a.bfloat16(), b.bfloat16())}
+    fastest = dict.fromkeys(operands, math.inf)
+    for x, y in operands.values():
+        x @ y  # warm-up: thread pool, packing buffers, kernel generation
+    for _ in range(calls):
+        for dtype, (x, y) in operands.items():
+            start = time.perf_counter()
+            x @ y
+            fastest[dtype] = min(fastest[dtype], time.perf_counter() - start)
+    return fastest[torch.float32] / fastest[torch.bfloat16]
 
 
 def _cpu_flags_seen() -> str:
