@@ -77,7 +77,13 @@ def cpu_has_fast_bf16() -> bool:
     emulated and slower: without the flags, and where the flags are there but the kernels are
     held below them (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA, a build without them), which
     a short measurement tells (bf16 at 2-4x fp32 with the units, 0.02-0.3x without)."""
-    return any(f in cpu_flags() for f in BF16_CPU_FLAGS) and bf16_matmul_speedup() > 1.0
+    return cpu_has_bf16_flags() and bf16_matmul_speedup() > 1.0
+
+
+def cpu_has_bf16_flags() -> bool:
+    """The CPU says it has bf16 matrix instructions; whether torch's kernels use them is
+    cpu_has_fast_bf16's question."""
+    return any(f in cpu_flags() for f in BF16_CPU_FLAGS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,7 +120,7 @@ def _why_dtype(name: str, device: torch.device, dtype: torch.dtype) -> str:
         return f"auto: float32 on {device.type}"
     if dtype == torch.bfloat16:
         return f"auto: the CPU has bf16 matrix units ({_cpu_flags_seen()}): bf16 autocast is 2-4x fp32"
-    if any(f in cpu_flags() for f in BF16_CPU_FLAGS):
+    if cpu_has_bf16_flags():
         return (f"auto: the CPU has bf16 matrix units ({_cpu_flags_seen()}) but torch's kernels here do "
                 f"not use them: bf16 matmuls measured {bf16_matmul_speedup():.2f}x float32 (is "
                 "ATEN_CPU_CAPABILITY or ONEDNN_MAX_CPU_ISA set?)")

@@ -40,7 +40,7 @@ def test_auto_picks_float32_where_the_bf16_units_are_there_but_unused(cpu_with):
     assert "but torch's kernels here do not use them: bf16 matmuls measured 0.60x float32" in rt.why["dtype"]
 
 
-@pytest.mark.skipif(not any(f in hardware.cpu_flags() for f in hardware.BF16_CPU_FLAGS),
+@pytest.mark.skipif(not hardware.cpu_has_bf16_flags(),
                     reason="needs a CPU with bf16 matrix units (avx512_bf16 or amx_bf16)")
 def test_the_bf16_measurement_tells_kernels_held_below_the_cpu(tmp_path):
     import os
