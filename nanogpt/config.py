@@ -16,6 +16,8 @@ Extension points (docs/contributing.md):
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -44,6 +46,12 @@ def at_least(key: str, value, low) -> None:
     """value >= low; None (unset) passes."""
     if value is not None and value < low:
         raise ConfigError(f"{key}={value} is out of range: it must be >= {low}")
+
+
+def at_most(key: str, value, high) -> None:
+    """value <= high; None (unset) passes."""
+    if value is not None and value > high:
+        raise ConfigError(f"{key}={value} is out of range: it must be <= {high}")
 
 
 def above(key: str, value, low) -> None:
@@ -235,6 +243,19 @@ class HardwareConfig:
         at_least("hardware.eval_batch_size", self.eval_batch_size, 1)
         at_least("hardware.gpus_per_node", self.gpus_per_node, 1)
         at_least("hardware.num_threads", self.num_threads, 1)
+        _within_the_cores(self.num_threads)
+
+
+THREADS_PER_CORE = 4  # more torch threads than this per core only slow a run, and far more crash it
+
+
+def _within_the_cores(num_threads: Optional[int]) -> None:
+    """hardware.num_threads=100000 exhausts the process's thread limit and dies with SIGSEGV."""
+    cores = os.cpu_count() or 1
+    if num_threads is not None and num_threads > THREADS_PER_CORE * cores:
+        raise ConfigError(f"hardware.num_threads={num_threads} is out of range: this machine has {cores} "
+                          f"CPU core{'s' * (cores > 1)}; use at most {THREADS_PER_CORE * cores} "
+                          f"({THREADS_PER_CORE} per core), or leave it unset (null) for one per core")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,6 +445,7 @@ class LoggerConfig:
 
 
 INIT_FROM = ("scratch", "resume", "pretrained")
+MAX_SEED = 2**63 - 1  # torch seeds with 64 bits, and each rank adds its rank to the seed
 
 
 @dataclass
@@ -441,6 +463,7 @@ class Config:
 
     def __post_init__(self):
         at_least("seed", self.seed, 0)
+        at_most("seed", self.seed, MAX_SEED)
         one_of("init_from", self.init_from, INIT_FROM)
         branching = getattr(self.task, "branch_from", None) or getattr(self.task, "keep_checkpoints", None)
         if branching and getattr(self.hardware, "strategy", None) == "fsdp":
@@ -481,4 +504,15 @@ def validate(cfg) -> Any:
     schema's __post_init__ checks its values on the way, so a bad value raises ConfigError."""
     from omegaconf import OmegaConf
 
+    _refuse_non_finite(OmegaConf.to_container(cfg, resolve=True), "")
     return OmegaConf.to_object(cfg)
+
+
+def _refuse_non_finite(node, key: str) -> None:
+    """No key takes nan or inf (an unset one is null): before any schema's check, which may do
+    arithmetic with it (round(inf * n_embd)), and before training turns it into a NaN loss."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node} is not a finite number: use a finite value")
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for name, child in children:
+        _refuse_non_finite(child, f"{key}.{name}" if key else str(name))

@@ -88,6 +88,65 @@ def test_a_bad_value_on_the_command_line_exits_2_before_any_directory(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no run directory, no runs/
 
 
+def float_fields() -> list[tuple[list[str], str]]:
+    """(the overrides that choose a schema, key) for every float field of every schema."""
+    import typing
+
+    from nanogpt.config import GROUPS
+
+    chosen = [([], "model", ModelConfig), ([], "hardware", GROUPS["hardware"])]
+    chosen += [([f"optim={name}"], "optim", schema) for name, schema in OPTIM_SCHEMAS.items()]
+    chosen += [([f"task={name}"], "task", schema) for name, schema in TASK_SCHEMAS.items()]
+    found = []
+    for choice, group, schema in chosen:
+        for name, hint in typing.get_type_hints(schema).items():
+            if hint in (float, typing.Optional[float]):
+                found.append((choice, f"{group}.{name}"))
+    return found
+
+
+FLOAT_FIELDS = float_fields()
+
+
+@pytest.mark.parametrize("choice, key", FLOAT_FIELDS, ids=[" ".join([*c, k]) for c, k in FLOAT_FIELDS])
+def test_a_non_finite_number_is_refused_at_composition_for_every_float_key(choice, key):
+    """One rule for every float of the typed configs: nan and inf are refused by name before any
+    work (before, optim.lr=nan crashed in torch, model.mlp_ratio=inf in round(), task.temperature=nan
+    after training, and optim.weight_decay=nan trained into a NaN loss)."""
+    from hydra import compose, initialize_config_dir
+
+    assert len(FLOAT_FIELDS) > 20  # the schemas were found
+    base = [] if choice and choice[0].startswith("task=") else TINY
+    for value in ("nan", "inf", "-inf"):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=[*base, *choice, f"{key}={value}"])
+        with pytest.raises(ConfigError) as e:
+            validate(cfg)
+        assert str(e.value) == f"{key}={value} is not a finite number: use a finite value"
+
+
+def test_a_seed_beyond_64_bits_is_refused():
+    """torch seeds its generators with 64 bits (a rank is added to the seed): seed=2**64 crashed
+    in torch.manual_seed with a traceback."""
+    with pytest.raises(ConfigError) as e:
+        make_config([*TINY, f"seed={2**64}"])
+    assert str(e.value) == f"seed={2**64} is out of range: it must be <= {2**63 - 1}"
+    assert make_config([*TINY, f"seed={2**63 - 1}"]).seed == 2**63 - 1
+
+
+def test_num_threads_far_beyond_the_cores_is_refused():
+    """hardware.num_threads=100000 exhausted the thread limit and died with SIGSEGV."""
+    import os
+
+    cores = os.cpu_count()
+    with pytest.raises(ConfigError) as e:
+        make_config([*TINY, "hardware.num_threads=100000"])
+    assert str(e.value) == (f"hardware.num_threads=100000 is out of range: this machine has {cores} CPU "
+                            f"core{'s' * (cores > 1)}; use at most {4 * cores} (4 per core), or leave it "
+                            "unset (null) for one per core")
+    assert make_config([*TINY, f"hardware.num_threads={4 * cores}"]).hardware.num_threads == 4 * cores
+
+
 # ---- one model config
 
 def test_the_model_group_is_the_models_config():

@@ -87,6 +87,30 @@ def test_unknown_init_from(tmp_path, env):
     assert_no_run_left(tmp_path)
 
 
+# values that took the machine down, crashed with a traceback or failed after training
+LATE_CRASHES = [
+    (["optim.lr=nan"], "optim.lr=nan is not a finite number: use a finite value"),
+    (["optim.lr=inf"], "optim.lr=inf is not a finite number: use a finite value"),
+    (["optim.weight_decay=nan"], "optim.weight_decay=nan is not a finite number: use a finite value"),
+    (["optim=muon", "optim.embed_lr=nan"], "optim.embed_lr=nan is not a finite number: use a finite value"),
+    (["task.max_flops=inf"], "task.max_flops=inf is not a finite number: use a finite value"),
+    (["model.mlp_ratio=inf"], "model.mlp_ratio=inf is not a finite number: use a finite value"),
+    (["model.logit_softcap=inf"], "model.logit_softcap=inf is not a finite number: use a finite value"),
+    (["task.temperature=nan", "task.num_samples=1"],
+     "task.temperature=nan is not a finite number: use a finite value"),
+    ([f"seed={2**64}"], f"seed={2**64} is out of range: it must be <= {2**63 - 1}"),
+    (["hardware.num_threads=100000"], "hardware.num_threads=100000 is out of range: this machine has "),
+]
+
+
+@pytest.mark.parametrize("args, message", LATE_CRASHES, ids=[" ".join(a) for a, _ in LATE_CRASHES])
+def test_a_value_that_would_crash_late_is_refused_before_any_directory(tmp_path, env, args, message):
+    base = [a for a in QUICK if not a.startswith("hardware.num_threads=")]
+    err = rejected([*base, *args, "task.max_iters=4", "task.eval_interval=2"], tmp_path, env)
+    assert err.startswith(f"error: {message}") and len(err.strip().splitlines()) == 1, err
+    assert_no_run_left(tmp_path)
+
+
 # ---- data and model that do not fit together
 
 def test_missing_data_names_the_prepare_command(tmp_path, env):
