@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +94,25 @@ def _meta_problem(meta) -> str | None:
         return f"needs tokenizer, an object with a kind such as char or gpt2 (it has {tokenizer!r})"
     if meta.get("dtype", "uint16") not in TOKEN_DTYPES:
         return f"has dtype {meta.get('dtype')!r}: token ids are stored as uint16 or uint32"
+    return _vocabulary_problem(tokenizer, vocab)
+
+
+def _vocabulary_problem(tokenizer: dict, vocab: int) -> str | None:
+    """vocab_size must be the tokenizer's: a char list of another length fails when the samples
+    are decoded after training, and a vocab_size of millions builds a model of tens of GB."""
+    from nanogpt.tokenizer import EOT_ID
+
+    if tokenizer["kind"] == "char":
+        chars = tokenizer.get("chars")
+        if not (isinstance(chars, list) and chars and all(isinstance(c, str) and len(c) == 1 for c in chars)
+                and chars == sorted(set(chars))):
+            shown = repr(chars) if len(repr(chars)) <= 40 else repr(chars)[:40] + "..."
+            return f"needs tokenizer.chars, a sorted list of distinct single characters (it has {shown})"
+        if len(chars) != vocab:
+            return (f"has tokenizer.chars of {len(chars)} characters but vocab_size {vocab} (a char "
+                    "vocabulary has one id per character)")
+    elif tokenizer["kind"] == "gpt2" and vocab != EOT_ID + 1:
+        return f"has a gpt2 tokenizer but vocab_size {vocab} (GPT-2's vocabulary is {EOT_ID + 1} tokens)"
     return None
 
 
@@ -148,7 +169,7 @@ class TokenDataset:
         self.splits = {split: Split(split, opener(split, dtype)) for split in ("train", "val")}
 
     def _open_shards(self, split: str, dtype: np.dtype) -> shards.ShardedTokens:
-        """A split's llm.c shards, each header checked against its file, ids checked on a sample."""
+        """A split's llm.c shards, each header checked against its file, and their ids."""
         names = (self.meta.get("shards") or {}).get(split) or []
         paths = [self.path / name for name in names]
         missing = [p.name for p in paths if not p.is_file()]
@@ -158,19 +179,23 @@ class TokenDataset:
         counts = [shards.read_header(p) for p in paths]
         if sum(counts) == 0:
             raise UserError(f"the {split} shards of {self.path} hold no tokens: {_again(self.path)}")
-        tokens = shards.ShardedTokens(paths, counts)
-        self._check_ids(tokens, f"the {split} shards of {self.path}")
-        return tokens
+        for p, n in zip(paths, counts):
+            if n:
+                self._check_ids(p, shards.TOKEN_DTYPE, shards.HEADER_BYTES)
+        return shards.ShardedTokens(paths, counts)
 
-    def _check_ids(self, tokens, what) -> None:
-        top = _sample_max(tokens)
+    def _check_ids(self, file: Path, dtype: np.dtype, offset: int = 0) -> None:
+        """No id of the file is outside the vocabulary: one would fail deep in the model (an
+        IndexError, or a device-side assert on a GPU) whenever a batch drew it."""
+        top = max_token_id(file, dtype, offset)
         if top >= self.vocab_size:
-            raise UserError(f"{what} hold token id {top}, but meta.json's vocab_size is {self.vocab_size}: "
-                            f"the files and meta.json do not belong together; {_again(self.path)}")
+            raise UserError(f"{file} holds token id {top}, but meta.json's vocab_size is {self.vocab_size} "
+                            f"(dtype {dtype.name}): the file and meta.json do not belong together "
+                            f"(written with another dtype or tokenizer?); {_again(self.path)}")
 
     def _open(self, split: str, dtype: np.dtype) -> np.memmap:
         """A split's tokens, checked once: a file of whole tokens, as many as meta.json says,
-        and (on a sample) no id outside the vocabulary, which would fail deep in the model."""
+        and no id outside the vocabulary."""
         file, again = self.path / f"{split}.bin", _again(self.path)
         if not file.exists():
             raise UserError(f"{file} is missing: {again}")
@@ -183,18 +208,13 @@ class TokenDataset:
             raise UserError(f"{file} is {size:,} bytes, not a multiple of {dtype.itemsize} (one "
                             f"{dtype.name} token id, the dtype in meta.json): the file is truncated or "
                             f"was written with another dtype; {again}")
-        tokens = np.memmap(file, dtype=dtype, mode="r")
-        top = _sample_max(tokens)
-        if top >= self.vocab_size:
-            raise UserError(f"{file} holds token id {top}, but meta.json's vocab_size is {self.vocab_size} "
-                            f"(dtype {dtype.name}): the file and meta.json do not belong together "
-                            f"(written with another dtype or tokenizer?); {again}")
         counts = self.meta.get("tokens")
         expected = counts.get(split) if isinstance(counts, dict) else None
-        if isinstance(expected, int) and expected != len(tokens):
-            raise UserError(f"{file} holds {len(tokens):,} tokens but meta.json says {expected:,}: the "
-                            f"file was cut short or replaced; {again}")
-        return tokens
+        if isinstance(expected, int) and expected != size // dtype.itemsize:
+            raise UserError(f"{file} holds {size // dtype.itemsize:,} tokens but meta.json says {expected:,}: "
+                            f"the file was cut short or replaced; {again}")
+        self._check_ids(file, dtype)
+        return np.memmap(file, dtype=dtype, mode="r")
 
     @property
     def vocab_size(self) -> int:
@@ -215,12 +235,60 @@ class TokenDataset:
                     f"{self.path.name} ({len(split)} tokens): use a smaller model.block_size")
 
 
-def _sample_max(tokens: np.ndarray, chunk: int = 1 << 16, chunks: int = 32) -> int:
-    """The largest id in the first and last `chunk` tokens and in `chunks` chunks spread over
-    the file: a few MB read whatever its size."""
-    n = len(tokens)
-    starts = np.unique(np.linspace(0, max(n - chunk, 0), chunks + 2).astype(np.int64))
-    return int(max(tokens[s:s + chunk].max() for s in starts))
+# The largest id of a split is found by reading the whole file once: 0.5 s per GB from disk, 0.1 s
+# from the page cache (measured: 1 GiB of uint16, 2-core EPYC, 16 MiB reads, 43 MB peak RSS). For a
+# file this large the result is kept beside it (.NAME.max_id.json), keyed by its size, modification
+# time and inode, so that opening the data again reads nothing.
+MAX_ID_CACHE_MIN_BYTES = 64 * 2**20
+SCAN_CHUNK_BYTES = 16 * 2**20
+SETTLE_SECONDS = 2  # a file modified this recently may still change within its timestamp's tick
+
+
+def max_token_id(file: Path, dtype: np.dtype, offset: int = 0) -> int:
+    """The largest token id in `file` (the ids start at byte `offset`), read once per version."""
+    st = file.stat()
+    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "dtype": np.dtype(dtype).str,
+           "offset": offset}
+    record = file.with_name(f".{file.name}.max_id.json")
+    known = _read_max_id(record, key)
+    if known is not None:
+        return known
+    top = _scan_max_id(file, dtype, offset)
+    if st.st_size >= MAX_ID_CACHE_MIN_BYTES and time.time() - st.st_mtime > SETTLE_SECONDS:
+        _write_max_id(record, {**key, "max_id": top})
+    return top
+
+
+def _scan_max_id(file: Path, dtype: np.dtype, offset: int) -> int:
+    """Plain reads into one buffer, not a memmap: resident memory stays at the buffer's size."""
+    buf = np.empty(SCAN_CHUNK_BYTES // np.dtype(dtype).itemsize, dtype=dtype)
+    raw, top = memoryview(buf).cast("B"), -1
+    with open(file, "rb", buffering=0) as f:
+        f.seek(offset)
+        while (n := f.readinto(raw)) > 0:
+            top = max(top, int(buf[:n // buf.itemsize].max()))
+    return top
+
+
+def _read_max_id(record: Path, key: dict) -> int | None:
+    try:
+        known = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(known, dict) or any(known.get(k) != v for k, v in key.items()):
+        return None
+    top = known.get("max_id")
+    return top if isinstance(top, int) and not isinstance(top, bool) else None
+
+
+def _write_max_id(record: Path, known: dict) -> None:
+    """Atomically (temp file, rename); where the data folder is read-only, nothing is kept."""
+    tmp = record.with_name(f"{record.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, record)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 class Batches:

@@ -66,6 +66,65 @@ def test_token_ids_beyond_the_vocabulary(data):
     refused(data, "val.bin", f"token id {meta_of(data)['vocab_size'] + 5}", "vocab_size")
 
 
+def lengthen_train(d: Path, tokens: int) -> np.ndarray:
+    """train.bin repeated to `tokens` tokens, meta.json's count with it."""
+    ids = np.resize(np.fromfile(d / "train.bin", dtype=np.uint16), tokens)
+    ids.tofile(d / "train.bin")
+    set_meta(d, tokens={**meta_of(d)["tokens"], "train": tokens})
+    return ids
+
+
+def test_a_token_id_beyond_the_vocabulary_anywhere_in_a_split(data):
+    """Every id is checked, not a sample: one bad id between the places a sample of a few MB
+    reads made training fail with an IndexError when a batch drew it."""
+    ids = lengthen_train(data, 4_000_000)
+    ids[90_000] = meta_of(data)["vocab_size"]  # past the first 64k-token chunk, before the next
+    ids.tofile(data / "train.bin")
+    refused(data, "train.bin", f"token id {meta_of(data)['vocab_size']}", "vocab_size")
+
+
+def test_the_whole_file_check_is_remembered_beside_a_large_file(data, monkeypatch):
+    """A large split is read once for its largest id (about a second per GB); the result is kept
+    in a small file beside it, keyed by its size, modification time and inode, so opening it
+    again reads nothing. A file changed since is read again; a garbled record is not trusted."""
+    import os
+    import time
+
+    from nanogpt import data as data_module
+
+    monkeypatch.setattr(data_module, "MAX_ID_CACHE_MIN_BYTES", 0)  # every file counts as large
+    scans = []
+    scan = data_module._scan_max_id
+    monkeypatch.setattr(data_module, "_scan_max_id", lambda *a: scans.append(a[0].name) or scan(*a))
+
+    def settled(name: str, ids=None, age=60):  # a split written (if given) and dated `age` s ago
+        if ids is not None:
+            ids.tofile(data / name)
+        os.utime(data / name, (time.time() - age, time.time() - age))
+
+    settled("train.bin")
+    settled("val.bin")
+    TokenDataset(data)
+    assert sorted(scans) == ["train.bin", "val.bin"]
+    assert (data / ".train.bin.max_id.json").is_file() and not list(data.glob("*.tmp*"))
+    TokenDataset(data)
+    assert len(scans) == 2  # remembered
+
+    ids = np.fromfile(data / "val.bin", dtype=np.uint16)
+    ids[-1] = meta_of(data)["vocab_size"] + 1
+    settled("val.bin", ids, age=30)  # the same size, another modification time
+    refused(data, "val.bin", f"token id {meta_of(data)['vocab_size'] + 1}")
+    refused(data, "val.bin", f"token id {meta_of(data)['vocab_size'] + 1}")  # remembered too
+    assert scans[2:] == ["val.bin"]
+
+    ids[-1] = 0
+    settled("val.bin", ids, age=0)  # just written: read, but not remembered (it may still change in this tick)
+    (data / ".train.bin.max_id.json").write_text("{garbled")
+    TokenDataset(data)
+    TokenDataset(data)
+    assert scans[3:] == ["train.bin", "val.bin", "val.bin"]
+
+
 @pytest.mark.parametrize("meta, needle", [
     ([1, 2], "JSON list, not an object"),
     ({"tokenizer": {"kind": "char", "chars": ["a"]}, "dtype": "uint16"}, "vocab_size"),
@@ -77,6 +136,21 @@ def test_token_ids_beyond_the_vocabulary(data):
 def test_a_meta_json_of_the_wrong_shape(data, meta, needle):
     (data / "meta.json").write_text(json.dumps(meta))
     refused(data, "meta.json", needle)
+
+
+@pytest.mark.parametrize("tokenizer, vocab_size, needle", [
+    ({"kind": "char", "chars": 5}, None, "tokenizer.chars"),
+    ({"kind": "char", "chars": ["a", "b", "c"]}, None, "3 characters but vocab_size"),
+    ({"kind": "char", "chars": ["b", "a"]}, 2, "tokenizer.chars"),
+    (None, 10_000_000, "characters but vocab_size 10000000"),
+    ({"kind": "gpt2"}, 10_000_000, "gpt2 tokenizer but vocab_size 10000000"),
+], ids=["chars 5", "chars short", "chars unsorted", "char vocab_size 10M", "gpt2 vocab_size 10M"])
+def test_a_meta_json_whose_vocabulary_disagrees_with_its_tokenizer(data, tokenizer, vocab_size, needle):
+    """Before: chars 5 or a list shorter than vocab_size failed after training (sampling), and
+    vocab_size 10000000 built a 30 GB model; now meta.json is refused when the data is opened."""
+    meta = meta_of(data)
+    set_meta(data, tokenizer=tokenizer or meta["tokenizer"], vocab_size=vocab_size or meta["vocab_size"])
+    refused(data, str(data / "meta.json"), needle)
 
 
 def test_a_train_bin_that_is_a_directory(data):
@@ -91,12 +165,23 @@ def test_a_bin_whose_length_disagrees_with_meta(data):
     refused(data, "train.bin", "meta.json says")
 
 
-def test_a_bad_dataset_through_launch_is_one_line(tmp_path, data):
-    with open(data / "train.bin", "ab") as f:
+def add_a_byte(d: Path) -> None:
+    with open(d / "train.bin", "ab") as f:
         f.write(b"\0")
-    proc = launch([*QUICK, f"data.root={data.parent}"], cwd=tmp_path, env={"HYDRA_FULL_ERROR": "0"}, check=False)
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (add_a_byte, "not a multiple of 2"),
+    (lambda d: set_meta(d, vocab_size=10_000_000), "vocab_size 10000000"),
+    (lambda d: set_meta(d, tokenizer={"kind": "char", "chars": ["a", "b"]}), "2 characters but vocab_size"),
+], ids=["odd length", "vocab_size 10M", "chars short"])
+def test_a_bad_dataset_through_launch_is_one_line(tmp_path, data, damage, needle):
+    damage(data)
+    proc = launch([*QUICK, f"data.root={data.parent}", "task.max_iters=2", "task.num_samples=1"], cwd=tmp_path,
+                  env={"HYDRA_FULL_ERROR": "0"}, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert proc.stderr.startswith("error:") and "not a multiple of 2" in proc.stderr
+    assert proc.stderr.startswith("error:") and needle in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert "prepare" in proc.stderr
     assert not (tmp_path / "runs").exists()
 
 
