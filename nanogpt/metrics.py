@@ -118,19 +118,36 @@ class MetricsLogger:
 
 def _keep_until(path: Path, start_iter: int) -> None:
     """Rewrite metrics.jsonl with the records of iterations <= start_iter of a resumed run (none for
-    a fresh start), also dropping a line torn by a crash."""
+    a fresh start), also dropping a line torn by a crash (the last one, silently) and any line that
+    is not a record (with a warning: one bad line must not stop every resume of the run)."""
     if not path.exists():
         return
     kept = []
     if start_iter > 0:
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+        lines = path.read_text(errors="replace").splitlines()
+        for number, line in enumerate(lines, 1):
+            record = _record(line)
+            if record is None:
+                if line.strip() and number < len(lines):
+                    log.warning("%s line %d is not a metrics record (a JSON object with an integer iter): "
+                                "left out: %.80s", path, number, line)
                 continue
             if record.get("iter", 0) <= start_iter:
                 kept.append(line + "\n")
     _replace_atomically(path, "".join(kept), ".jsonl.tmp")
+
+
+def _record(line: str) -> dict | None:
+    """A metrics.jsonl line as a record, or None: not JSON, not an object, or an iter that is no
+    whole number."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    it = record.get("iter", 0)
+    return record if isinstance(it, int) and not isinstance(it, bool) else None
 
 
 def _escape(s: str) -> str:

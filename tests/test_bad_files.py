@@ -240,6 +240,27 @@ def test_a_garbled_summary_in_an_existing_run(tmp_path, data_root):
         train_tiny(run, "task.max_iters=2", "task.eval_interval=2")
 
 
+@pytest.mark.parametrize("line", ["[1]", '{"iter": "ten"}', '"text"', "{not json"])
+def test_a_malformed_metrics_line_does_not_stop_a_resume(tmp_path, data_root, caplog, line):
+    """Before, a metrics.jsonl line that is JSON but no record ([1], {"iter": "ten"}) made every
+    resume of the run fail with a traceback; now it is left out with a warning naming the line."""
+    import logging
+
+    from inprocess import train_tiny
+
+    run = tmp_path / "run"
+    train_tiny(run, "task.max_iters=2", "task.eval_interval=2")
+    metrics = run / "metrics.jsonl"
+    good = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([good[0], line, *good[1:]]) + "\n")
+    with caplog.at_level(logging.WARNING, "nanogpt"):
+        train_tiny(run, "task.max_iters=4", "task.eval_interval=2", "init_from=resume")
+    assert f"{metrics} line 2 is not a metrics record" in caplog.text and "left out" in caplog.text
+    kept = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert all(isinstance(r, dict) for r in kept) and kept[:len(good)] == [json.loads(x) for x in good]
+    assert max(r["iter"] for r in kept) == 4
+
+
 # ---- model.path directories
 
 def hf_dir(tmp_path: Path) -> Path:
