@@ -108,8 +108,8 @@ def _download(repo_id: str) -> tuple[list[Path], Path | None]:
     return [weights], config
 
 
-def _locate(name: str | None, path: str | os.PathLike | None) -> tuple[list[Path], dict | None]:
-    """(weight files, parsed config.json or None) for a local directory or a hub name."""
+def _locate(name: str | None, path: str | os.PathLike | None) -> tuple[list[Path], Path | None]:
+    """(weight files, config.json or None) for a local directory or a hub name."""
     if path is not None:
         directory = Path(path).expanduser()
         if not directory.is_dir():
@@ -123,8 +123,7 @@ def _locate(name: str | None, path: str | os.PathLike | None) -> tuple[list[Path
     else:
         raise UserError("load_pretrained needs a model name (gpt2, gpt2-medium, gpt2-large, "
                         "gpt2-xl) or a local directory (model.path=DIR)")
-    hf_config = _read_json(config_file) if config_file is not None else None
-    return files, hf_config
+    return files, config_file
 
 
 def _read_json(path: Path) -> dict:
@@ -141,16 +140,16 @@ def _read_json(path: Path) -> dict:
 # ----------------------------------------------------------------------------------------------
 # the model's shape
 
-def _gpt_config(hf_config: dict | None, name: str | None, dropout: float) -> GPTConfig:
+def _gpt_config(config_file: Path | None, name: str | None, dropout: float) -> GPTConfig:
     """GPTConfig from an HF GPT-2 config.json; without one, from GPT2_SIZES."""
-    if hf_config is None:
+    if config_file is None:
         key = _size_key(name or "")
         if key is None:
             raise UserError(f"no config.json next to the weights and {name!r} is not one of "
                             f"{', '.join(GPT2_SIZES)}: cannot tell the model's shape")
         return replace(GPT2_SIZES[key], block_size=GPT2_BLOCK_SIZE, vocab_size=GPT2_VOCAB_SIZE,
                        dropout=dropout, bias=True)
-    c = hf_config
+    c = _read_json(config_file)
     if c.get("model_type", "gpt2") != "gpt2":
         raise UserError(f"config.json has model_type {c['model_type']!r}: only GPT-2 checkpoints load")
     # Settings our GPT hard-codes; a checkpoint that differs would load but compute something else.
@@ -163,18 +162,36 @@ def _gpt_config(hf_config: dict | None, name: str | None, dropout: float) -> GPT
         problems.append("non-standard attention scaling")
     if problems:
         raise UserError("this GPT-2 variant is not supported: " + "; ".join(problems))
-    try:
-        mlp_ratio = c["n_inner"] / c["n_embd"] if c.get("n_inner") is not None else 4.0
-        config = GPTConfig(block_size=c.get("n_positions", c.get("n_ctx")), vocab_size=c["vocab_size"],
-                           n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"],
-                           dropout=dropout, bias=True, mlp_ratio=mlp_ratio)
-    except (KeyError, TypeError) as e:
-        raise UserError(f"config.json lacks a GPT-2 shape field ({e}): it needs n_layer, n_head, "
-                        "n_embd, n_positions and vocab_size") from e
+    _check_shape_fields(c, config_file)
+    mlp_ratio = c["n_inner"] / c["n_embd"] if c.get("n_inner") is not None else 4.0
+    config = GPTConfig(block_size=c.get("n_positions", c.get("n_ctx")), vocab_size=c["vocab_size"],
+                       n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"],
+                       dropout=dropout, bias=True, mlp_ratio=mlp_ratio)
     if c.get("n_inner") is not None and config.mlp_hidden != c["n_inner"]:
         raise UserError(f"this GPT-2 variant is not supported: n_inner {c['n_inner']} is no MLP "
                         f"width our GPT can hold with n_embd {c['n_embd']}")
     return config
+
+
+SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "vocab_size")
+
+
+def _check_shape_fields(c: dict, config_file: Path) -> None:
+    """Each shape field a positive whole number, the heads dividing the width: a config.json with
+    n_layer -1 or 1.5 would otherwise fail while the model is built, with a traceback."""
+    def bad(why: str) -> UserError:
+        return UserError(f"{config_file}: {why}: download the model again, or fix the file")
+
+    positions = "n_ctx" if "n_ctx" in c and "n_positions" not in c else "n_positions"  # old files: n_ctx
+    for key in (*SHAPE_FIELDS, positions, "n_inner"):
+        value = c.get(key)
+        if value is None and key != "n_inner":  # n_inner: null is 4 x n_embd
+            raise bad(f"the GPT-2 shape field {key} is missing (it needs n_layer, n_head, n_embd, "
+                      "n_positions and vocab_size)")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise bad(f"{key} is {value!r}, not a positive whole number")
+    if c["n_embd"] % c["n_head"]:
+        raise bad(f"n_head {c['n_head']} does not divide n_embd {c['n_embd']}")
 
 
 def _reference_shapes(config: GPTConfig) -> dict[str, torch.Size]:
@@ -274,8 +291,8 @@ def load_pretrained(name: str | None = "gpt2", path: str | os.PathLike | None = 
     repo holding a GPT-2) is downloaded once into huggingface_hub's cache. The shape comes from
     config.json when there is one, so small or fine-tuned GPT-2s load too.
     """
-    files, hf_config = _locate(name, path)
-    config = _gpt_config(hf_config, name, dropout)
+    files, config_file = _locate(name, path)
+    config = _gpt_config(config_file, name, dropout)
     expected = _reference_shapes(config)
     with _open_tensors(files) as tensors:
         ours_to_hf = _match_keys(tensors.keys(), expected)

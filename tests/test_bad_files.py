@@ -293,3 +293,27 @@ def test_broken_model_directories(tmp_path, case):
         (d / "model.safetensors.index.json").write_text('{"weight_map": 3}')
     with pytest.raises(UserError, match="download the model again|fix the file"):
         load_pretrained(path=d)
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("n_layer", -1, "n_layer is -1, not a positive whole number"),
+    ("vocab_size", 0, "vocab_size is 0, not a positive whole number"),
+    ("n_layer", 1.5, "n_layer is 1.5, not a positive whole number"),
+    ("n_positions", 0, "n_positions is 0, not a positive whole number"),
+    ("n_inner", -4, "n_inner is -4, not a positive whole number"),
+    ("n_layer", True, "n_layer is True, not a positive whole number"),
+    ("n_head", 5, "n_head 5 does not divide n_embd 16"),
+    ("n_head", None, "the GPT-2 shape field n_head is missing"),
+])
+def test_a_model_config_json_with_a_nonsense_shape(tmp_path, key, value, needle):
+    """Before, these ended in a ValueError or TypeError traceback while the model was built."""
+    from nanogpt.pretrained import load_pretrained
+
+    d = hf_dir(tmp_path)
+    (d / "model.safetensors").write_bytes(b"x" * 100)  # the shape is checked before any weight is read
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(UserError) as e:
+        load_pretrained(path=d)
+    assert str(e.value).startswith(f"{d / 'config.json'}: {needle}"), str(e.value)
+    assert "download the model again" in str(e.value)
