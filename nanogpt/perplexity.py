@@ -98,7 +98,11 @@ def _read_text(args) -> tuple[str, str]:
         path = Path(args.file)
         if not path.is_file():
             raise UserError(f"no text file {path}")
-        return path.read_text(encoding="utf-8"), str(path)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                            f"{e.start:,}): pass a UTF-8 text file with --file") from None
     from datasets import load_dataset
 
     try:

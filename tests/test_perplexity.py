@@ -149,6 +149,19 @@ def test_cli_on_a_char_run(tmp_path, capsys):
         main(["--run", str(run), "--file", str(tmp_path / "missing.txt")])
 
 
+def test_cli_refuses_a_file_that_is_not_utf8_text(tmp_path, capsys):
+    """Before: a UnicodeDecodeError traceback; now one error line, exit 2, before any model loads."""
+    from nanogpt.errors import run_cli
+
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, ["--file", str(binary), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: {binary} is not UTF-8 text"), err
+    assert len(err.splitlines()) == 1 and "pass a UTF-8 text file" in err
+
+
 def test_cli_dataset_text_is_joined_with_blank_lines(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     chars = sorted(set("abc \n"))
