@@ -1,7 +1,8 @@
 """Every bad data and checkpoint file is a clear error (issue 16, section 3): a dataset is
 opened and checked once (files, sizes, dtype, meta schema, the vocabulary against the tokenizer,
-every token id against the vocabulary), a checkpoint once (schema, tensor shapes against its model_args), and broken model
-directories, garbled run files too. Each: one `error:` line that says what to do, exit 2."""
+every token id against the vocabulary), a checkpoint once (schema, tensor shapes against its
+model_args), and broken model directories, garbled run files too. Each: one `error:` line that
+says what to do, exit 2 (a malformed metrics line: a warning)."""
 from __future__ import annotations
 
 import json
