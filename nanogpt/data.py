@@ -235,10 +235,11 @@ class TokenDataset:
                     f"{self.path.name} ({len(split)} tokens): use a smaller model.block_size")
 
 
-# The largest id of a split is found by reading the whole file once: 0.5 s per GB from disk, 0.1 s
-# from the page cache (measured: 1 GiB of uint16, 2-core EPYC, 16 MiB reads, 43 MB peak RSS). For a
-# file this large the result is kept beside it (.NAME.max_id.json), keyed by its size, modification
-# time and inode, so that opening the data again reads nothing.
+# The largest id of a split is found by reading the whole file once: 0.5-2.6 s per GB from disk,
+# 0.1-0.5 s from the page cache (measured: 1 GiB of uint16 on a loaded 2-core EPYC, 16 MiB reads,
+# 43 MB peak RSS; a memmap's max would map the whole file into RSS). For a file this large the
+# result is kept beside it (.NAME.max_id.json), keyed by its size, modification time and inode, so
+# that opening the data again reads nothing.
 MAX_ID_CACHE_MIN_BYTES = 64 * 2**20
 SCAN_CHUNK_BYTES = 16 * 2**20
 SETTLE_SECONDS = 2  # a file modified this recently may still change within its timestamp's tick
@@ -263,7 +264,7 @@ def _scan_max_id(file: Path, dtype: np.dtype, offset: int) -> int:
     """Plain reads into one buffer, not a memmap: resident memory stays at the buffer's size."""
     buf = np.empty(SCAN_CHUNK_BYTES // np.dtype(dtype).itemsize, dtype=dtype)
     raw, top = memoryview(buf).cast("B"), -1
-    with open(file, "rb", buffering=0) as f:
+    with open(file, "rb") as f:  # buffered: readinto fills the buffer whole until the end
         f.seek(offset)
         while (n := f.readinto(raw)) > 0:
             top = max(top, int(buf[:n // buf.itemsize].max()))
