@@ -58,5 +58,12 @@ def median_ms(seconds: list[float]) -> float:
 
 
 def set_threads(n: int | None) -> None:
+    """n threads; None: as many as the cores other processes leave free when the benchmark starts
+    (nanogpt/threads.py; fixed from then on, so the variants taking turns see the same count)."""
     if n:
         torch.set_num_threads(n)
+        return
+    from nanogpt import threads
+
+    if not threads.user_choice():
+        threads.follow_load(torch.get_num_threads())

@@ -5,12 +5,12 @@ import contextlib
 import functools
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from nanogpt import threads
 from nanogpt.errors import UserError
 
 log = logging.getLogger("nanogpt")
@@ -34,6 +34,7 @@ class Runtime:
     device: torch.device
     dtype: torch.dtype  # the autocast dtype; float32 (or float64) means no autocast
     why: dict = field(default_factory=dict)  # how each setting was chosen: device, dtype, threads
+    load: threads.LoadFollower | None = None  # CPU threads that follow the load (nanogpt/threads.py)
 
     @property
     def device_type(self) -> str:
@@ -45,6 +46,9 @@ class Runtime:
         return torch.float64 if self.dtype == torch.float64 else torch.float32
 
     def autocast(self):
+        # every forward pass enters here: the moment to re-measure the load (about once a second)
+        if self.load is not None:
+            self.load.rebalance()
         if self.dtype in (torch.float32, torch.float64):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
@@ -128,13 +132,24 @@ def _why_dtype(name: str, device: torch.device, dtype: torch.dtype) -> str:
             "slower than float32")
 
 
-def _why_threads(requested: int | None, device: torch.device) -> str:
+def _why_threads(requested: int | None, cpus: int | None, device: torch.device,
+                 load: threads.LoadFollower | None, compile: bool) -> str:
     n = torch.get_num_threads()
+    count = f"{n} thread{'s' * (n > 1)}"
     if device.type != "cpu":
-        return f"{n} CPU threads (data loading and host work only)"
+        return f"{count} on the CPU (data loading and host work only)"
+    if load is not None:
+        return load.why()
     if requested:
-        return f"{n} thread{'s' * (n > 1)} (hardware.num_threads or the CPUs of this task)"
-    return f"{n} thread{'s' * (n > 1)} (torch's default: one per core; hardware.num_threads=1 is faster when the cores are busy)"
+        return f"{count} (hardware.num_threads={requested})"
+    if threads.user_choice():
+        return f"{count} ({threads.user_choice()} is set: the count stays fixed whatever the load)"
+    where = f"the {cpus} CPUs of this task" if cpus else "one per core"
+    if compile:
+        return f"{count} ({where}; fixed: compiled kernels keep the count they were built with)"
+    if n <= 1:
+        return f"{count} ({where})"
+    return f"{count} ({where}; fixed: this system has no /proc/stat to measure the load from)"
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -173,21 +188,23 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def make_runtime(device: str, dtype: str, local_rank: int = 0, tf32: bool = True,
-                 num_threads: int | None = None) -> Runtime:
+                 num_threads: int | None = None, cpus: int | None = None, compile: bool = False) -> Runtime:
+    """num_threads: the user's fixed thread count; else `cpus` (a SLURM task's) or one per core,
+    following the load on the CPU unless the user's OpenMP settings or compiled kernels fix it."""
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    elif dev.type == "cpu":
-        warn_if_cpus_busy()
+    if num_threads or cpus:
+        torch.set_num_threads(num_threads or cpus)
+    follows_load = dev.type == "cpu" and not num_threads and not compile and not threads.user_choice()
+    load = threads.follow_load(torch.get_num_threads()) if follows_load else None
     resolved = resolve_dtype(dtype, dev)
     why = {"device": f"{dev} ({'auto: ' + _why_auto_device(dev) if device == 'auto' else 'hardware.device=' + device})",
            "dtype": f"{str(resolved).replace('torch.', '')} ({_why_dtype(dtype, dev, resolved)})",
-           "threads": _why_threads(num_threads, dev)}
-    return Runtime(dev, resolved, why)
+           "threads": _why_threads(num_threads, cpus, dev, load, compile)}
+    return Runtime(dev, resolved, why, load)
 
 
 def why_compile(compile: bool, device: torch.device) -> str:
@@ -206,23 +223,7 @@ def _why_auto_device(dev: torch.device) -> str:
 def runtime(hw, local_rank: int = 0, cpus: int | None = None) -> Runtime:
     """The Runtime of a hardware config (the hardware group); `cpus`: the thread count when
     hardware.num_threads is not set (the CPUs a SLURM task was given)."""
-    return make_runtime(hw.device, hw.dtype, local_rank, hw.tf32, hw.num_threads or cpus)
-
-
-def warn_if_cpus_busy() -> None:
-    """torch's threads meet at a barrier after every parallel op: when other processes keep the
-    cores busy, each op waits for a descheduled thread, and a step can run 10x slower than on
-    one thread (BENCHMARKS.md). Fewer threads than cores avoid it; say so rather than guess,
-    since the thread count also changes the results' last bits (and so exact resume)."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return
-    threads, cpus = torch.get_num_threads(), os.cpu_count() or 1
-    if threads > 1 and load >= cpus:
-        log.warning("the CPUs are busy (load average %.1f on %d): with %d torch threads, steps can be "
-                    "many times slower than usual; fewer threads (hardware.num_threads=1) are faster "
-                    "while it lasts", load, cpus, threads)
+    return make_runtime(hw.device, hw.dtype, local_rank, hw.tf32, hw.num_threads, cpus, hw.compile)
 
 
 @functools.lru_cache(maxsize=None)

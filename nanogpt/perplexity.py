@@ -14,13 +14,14 @@ targets, so every token after the first is scored exactly once, none is skipped 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 from pathlib import Path
 
 import torch
 
 from nanogpt.errors import UserError, run_cli
-from nanogpt.hardware import DTYPES, Runtime, resolve_device
+from nanogpt.hardware import make_runtime
 
 
 def _windows(n: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
@@ -36,12 +37,14 @@ def _windows(n: int, block_size: int, stride: int) -> list[tuple[int, int, int]]
 
 @torch.no_grad()
 def sliding_window_loss(model, ids, block_size: int | None = None, stride: int | None = None,
-                        batch_size: int = 4, device=None, progress: bool = False) -> dict:
+                        batch_size: int = 4, device=None, progress: bool = False,
+                        autocast=contextlib.nullcontext) -> dict:
     """Token-weighted mean next-token NLL of `ids` (1-D token ids) under `model`.
 
     block_size: window length (default: the model's context); stride: how far the window moves
     (default: block_size, i.e. disjoint windows); batch_size: windows per forward pass (the
-    logits take batch_size * block_size * vocab_size floats); device: default the model's.
+    logits take batch_size * block_size * vocab_size floats); device: default the model's;
+    autocast: the context each forward pass runs in (a Runtime's autocast).
     Returns {"loss": mean NLL in nats, "perplexity": exp(loss), "tokens": tokens scored}.
     """
     ids = torch.as_tensor(ids, dtype=torch.long).cpu()
@@ -78,7 +81,8 @@ def sliding_window_loss(model, ids, block_size: int | None = None, stride: int |
                 x[row, :end - begin] = ids[begin:end]
                 y[row, first:end - begin] = ids[begin + 1 + first:end + 1]  # the rest stay -1: unscored
             n = int((y != -1).sum())
-            _, loss = model(x.to(device), y.to(device))
+            with autocast():
+                _, loss = model(x.to(device), y.to(device))
             # the model's loss is the mean over this batch's scored targets: weight it by their count
             total_nll += float(loss) * n
             total_tokens += n
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from nanogpt.tokenizer import TokenizerError, load_tokenizer
 
-    rt = Runtime(resolve_device(args.device), DTYPES[args.dtype])
+    rt = make_runtime(args.device, args.dtype)
     device = rt.device
     text, text_desc = _read_text(args)  # before loading a model: a bad source fails fast
     if args.run:
@@ -172,9 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
     stride = max(block_size // 2, 1) if args.stride is None else args.stride
 
     try:
-        with rt.autocast():
-            result = sliding_window_loss(model, ids, block_size=block_size, stride=stride,
-                                         batch_size=args.batch_size, device=device, progress=True)
+        result = sliding_window_loss(model, ids, block_size=block_size, stride=stride, batch_size=args.batch_size,
+                                     device=device, progress=True, autocast=rt.autocast)
     except ValueError as e:  # block size / stride out of range, ids outside the vocabulary
         raise UserError(str(e)) from e
     print(f"{model_desc} on {text_desc}: {result['tokens']:,} tokens scored, "
