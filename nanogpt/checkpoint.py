@@ -283,15 +283,50 @@ def _schema_problem(ckpt: dict) -> str | None:
         return "its model is not a dict of named tensors"
     if not isinstance(args, dict):
         return "its model_args is not a dict"
-    for key in ("iter",):
-        if key in ckpt and (isinstance(ckpt[key], bool) or not isinstance(ckpt[key], int)):
-            return f"its {key} is {ckpt[key]!r}, not an integer"
     if "optimizer" in ckpt and not isinstance(ckpt["optimizer"], dict):
         return "its optimizer state is not a dict"
     try:
         model_config(args)
     except (TypeError, ValueError) as e:
         return f"its model_args {args} do not describe a model ({e})"
+    return _progress_problem(ckpt)
+
+
+def train_state_problem(state) -> str | None:
+    """What is wrong with a sharded save's train_state.pt (None: nothing): what a resume reads
+    from it besides the tensors, checked as a single-file checkpoint's are."""
+    if not isinstance(state, dict) or "iter" not in state or not isinstance(state.get("model_args"), dict):
+        return "its train state is not a dict with iter and model_args"
+    try:
+        model_config(state["model_args"])
+    except (TypeError, ValueError) as e:
+        return f"its model_args {state['model_args']} do not describe a model ({e})"
+    return _progress_problem(state)
+
+
+def _progress_problem(ckpt: dict) -> str | None:
+    """The iteration and the RNG states a resume continues from: a value that would only fail
+    (or train nonsense) once training starts is a bad checkpoint here."""
+    it = ckpt.get("iter")
+    if "iter" in ckpt and (isinstance(it, bool) or not isinstance(it, int) or it < 0):
+        return f"its iter is {it!r}, not an integer >= 0 (the optimizer steps it had taken)"
+    return _rng_problem(ckpt.get("rng"))
+
+
+def _rng_problem(rng) -> str | None:
+    """Each rank's RNG states, restored on resume: tried on throwaway generators, so that a
+    state that does not restore is found now, not after the model is built."""
+    if rng is None:
+        return None
+    if not isinstance(rng, list):
+        return f"its rng is a {type(rng).__name__}, not a list of RNG states (one per rank)"
+    for rank, state in enumerate(rng):
+        try:
+            torch.Generator().set_state(state["torch"])
+            np.random.RandomState().set_state(_numpy_state(state["numpy"]))
+            random.Random().setstate(_python_state(state["python"]))
+        except Exception as e:  # noqa: BLE001 - whatever a malformed state makes them raise
+            return f"its rng[{rank}] does not restore ({error_reason(e)})"
     return None
 
 
@@ -345,7 +380,7 @@ def load_latest(run_dir: Path, repair: bool = False) -> tuple[Path | None, dict 
         path = ckpt_dir / name
         if not path.exists():
             continue
-        try:  # mmap: reading the iteration costs the pickle, not the weights
+        try:  # mmap: reading the iteration and checking the optimizer's state cost no tensor reads
             peek = load(path, mmap=True)
             it = _resume_iter(peek, path)
             del peek
@@ -385,7 +420,42 @@ def _resume_iter(ckpt: dict, path: Path) -> int:
         raise BadCheckpoint(f"{path} holds a model but no training state (iter, optimizer): it can "
                             "initialise a run (model.path) but not resume one",
                             "Put a training checkpoint in ckpt/, or train in a new run directory")
+    problem = _optimizer_problem(ckpt)
+    if problem:
+        raise BadCheckpoint(f"{path}: its optimizer state does not fit its model ({problem})",
+                            "Use the run's other checkpoint (ckpt/best.pt or ckpt/last.pt), or train in "
+                            "a new run directory")
     return ckpt["iter"]
+
+
+def _optimizer_problem(ckpt: dict) -> str | None:
+    """Load the optimizer state into the optimizer its config names, built for a model on the
+    meta device (no memory, no tensor read), and compare each parameter's state with its shape:
+    torch's load_state_dict checks only the number of parameters per group, and a moment of the
+    wrong shape would fail at the first step."""
+    from nanogpt.config import OPTIM_SCHEMAS
+    from nanogpt.model import GPT
+    from nanogpt.optim import OPTIMIZERS
+
+    config = ckpt.get("config")
+    optim = config.get("optim") if isinstance(config, dict) else None
+    name = (optim.get("name") if isinstance(optim, dict) else None) or "adamw"
+    if name not in OPTIMIZERS:
+        return None  # the resume refuses it by name (optim.check_resumable)
+    with torch.device("meta"):
+        model = GPT(model_config(ckpt["model_args"]))
+    optimizer = OPTIMIZERS[name](model, OPTIM_SCHEMAS[name](), "meta")
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except Exception as e:  # noqa: BLE001 - what torch's load_state_dict raises on another layout
+        return error_reason(e)
+    for opt in getattr(optimizer, "optimizers", {"": optimizer}).values():
+        for group in opt.param_groups:
+            for p in group["params"]:
+                for key, value in opt.state.get(p, {}).items():
+                    if isinstance(value, torch.Tensor) and value.dim() and value.shape != p.shape:
+                        return f"{key} of a {tuple(p.shape)} parameter is {tuple(value.shape)}"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -103,14 +103,48 @@ def test_a_bad_dataset_through_launch_is_one_line(tmp_path, data):
 # ---- checkpoints: schema and tensor shapes
 
 def tiny_ckpt(path: Path, **changes) -> Path:
+    """A resumable checkpoint of a 1-layer model (AdamW's state after one step), with `changes`."""
     from nanogpt.model import GPT, GPTConfig
 
     model = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=1, n_head=2, n_embd=16))
     state = {"model": model.state_dict(), "model_args": dict(vars(model.config)), "iter": 3,
-             "optimizer": {}, "best_val_loss": 3.0}
+             "optimizer": adamw_state(model), "best_val_loss": 3.0}
     state.update(changes)
     checkpoint.atomic_save(state, path)
     return path
+
+
+def adamw_state(model) -> dict:
+    """The optimizer state training saves: nanogpt's AdamW (two groups) after one step."""
+    from nanogpt.config import AdamWConfig
+    from nanogpt.optim import make_adamw
+
+    optimizer = make_adamw(model, AdamWConfig())
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    return optimizer.state_dict()
+
+
+def spoil(state: dict, case: str) -> dict:
+    """A training checkpoint with one thing wrong that used to fail only once training ran."""
+    if case == "negative iter":
+        state["iter"] = -5
+    elif case == "rng not a list":
+        state["rng"] = state["rng"][0] if isinstance(state.get("rng"), list) else "abc"
+    elif case == "optimizer of another layout":  # a parameter group one parameter short
+        state["optimizer"]["param_groups"][0]["params"].pop()
+    elif case == "moments of another shape":
+        moments = next(iter(state["optimizer"]["state"].values()))
+        moments["exp_avg"] = moments["exp_avg"].reshape(-1)[1:]
+    return state
+
+
+SPOILED = {"negative iter": "its iter is -5, not an integer >= 0",
+           "rng not a list": "its rng is a",
+           "optimizer of another layout": "its optimizer state does not fit its model (ValueError: loaded state dict "
+                                          "contains a parameter group that doesn't match the size",
+           "moments of another shape": "its optimizer state does not fit its model (exp_avg of a"}
 
 
 def test_a_checkpoint_whose_tensors_disagree_with_its_model_args(tmp_path):
@@ -126,11 +160,46 @@ def test_a_checkpoint_whose_tensors_disagree_with_its_model_args(tmp_path):
     ({"model": [1, 2]}, "model"),
     ({"model_args": {"n_layer": "two"}}, "model_args"),
     ({"iter": "3"}, "iter"),
+    ({"iter": -5}, r"its iter is -5, not an integer >= 0"),
+    ({"rng": "abc"}, r"its rng is a str, not a list of RNG states \(one per rank\)"),
+    ({"rng": [{"torch": torch.zeros(3, dtype=torch.uint8), "numpy": {}, "python": []}]},
+     r"its rng\[0\] does not restore \(RuntimeError"),
 ])
 def test_a_checkpoint_of_the_wrong_schema(tmp_path, changes, needle):
     path = tiny_ckpt(tmp_path / "last.pt", **changes)
     with pytest.raises(checkpoint.BadCheckpoint, match=needle):
         checkpoint.load(path)
+
+
+@pytest.mark.parametrize("case", sorted(SPOILED))
+def test_a_bad_training_state_falls_back_to_the_other_file(tmp_path, caplog, case):
+    """Before, each of these was resumed (the newer file) and failed late: a negative iteration
+    trained from -5, an rng dict raised a KeyError, and a state of another layout or shape a
+    ValueError or a RuntimeError at the first step; or, for iter=-5, was passed over silently."""
+    import logging
+
+    tiny_ckpt(tmp_path / "ckpt" / "best.pt")
+    path = tiny_ckpt(tmp_path / "ckpt" / "last.pt", iter=5)
+    torch.save(spoil(torch.load(path, weights_only=True), case), path)
+    with caplog.at_level(logging.WARNING, "nanogpt"):
+        got, state = checkpoint.load_latest(tmp_path)
+    assert got.name == "best.pt" and state["iter"] == 3
+    assert f"{path}" in caplog.text and SPOILED[case] in caplog.text and "resuming from" in caplog.text
+
+
+@pytest.mark.parametrize("case", sorted(SPOILED))
+def test_a_bad_training_state_in_the_only_checkpoint_is_a_clear_error(tmp_path, data_root, case):
+    """A real run's checkpoint, spoiled: resuming it says which file and what, before training."""
+    from inprocess import train_tiny
+
+    run = tmp_path / "run"
+    train_tiny(run, "task.max_iters=2", "task.eval_interval=2")
+    (run / "ckpt" / "best.pt").unlink()
+    last = run / "ckpt" / "last.pt"
+    torch.save(spoil(torch.load(last, weights_only=True), case), last)
+    with pytest.raises(UserError) as e:
+        train_tiny(run, "task.max_iters=4", "task.eval_interval=2", "init_from=resume")
+    assert str(e.value).startswith(f"no checkpoint of {run} loads: ") and SPOILED[case] in str(e.value)
 
 
 def test_a_checkpoint_with_the_wrong_shapes_falls_back_to_the_other_file(tmp_path):
