@@ -211,3 +211,109 @@ def test_a_training_launch_never_prepares_a_downloaded_corpus(tmp_path, env, mon
     with pytest.raises(UserError, match=r"python prepare/owt.py"):
         open_dataset("owt", str(tmp_path / "data"), auto_prepare=True)
     assert called == []
+
+
+# ---- sharded (FSDP) checkpoints: DCP's index and the values in its shard files
+
+def train_sharded(run: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
+    """A run of hardware.strategy=fsdp in one process (the sharded checkpoint format that a
+    torchrun of any size writes and reads): ckpt/last.dcp and best.dcp."""
+    return launch([*QUICK, "hardware.strategy=fsdp", "task.max_iters=4", "task.eval_interval=2", f"run={run}",
+                   *extra], cwd=run.parent, env=env, check=False)
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory, env) -> Path:
+    run = tmp_path_factory.mktemp("sharded") / "run"
+    proc = train_sharded(run, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+def write_hostile_index(save: Path, marker: Path) -> None:
+    """DCP's .metadata replaced by a pickle whose payload touches `marker`."""
+    import pickle
+
+    (save / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
+
+
+def write_hostile_value(save: Path, marker: Path) -> None:
+    """A payload among the values DCP stores as pickles in a shard file (the optimizer's lr),
+    with an index that holds only the types DCP writes: the index points the value at it."""
+    import dataclasses
+    import io
+    import pickle
+
+    meta = pickle.loads((save / ".metadata").read_bytes())  # our own file: trusted
+    blob = io.BytesIO()
+    torch.save(Payload(marker), blob)
+    shard = save / "__0_0.distcp"
+    offset = shard.stat().st_size
+    with open(shard, "ab") as f:
+        f.write(blob.getvalue())
+    [index] = [i for i in meta.storage_data if i.fqn == "optim.param_groups.0.lr"]
+    meta.storage_data[index] = dataclasses.replace(meta.storage_data[index], offset=offset,
+                                                   length=len(blob.getvalue()))
+    (save / ".metadata").write_bytes(pickle.dumps(meta))
+
+
+HOSTILE = {"index": (write_hostile_index, ".metadata"), "shard value": (write_hostile_value, "__0_0.distcp")}
+
+
+@pytest.fixture(params=sorted(HOSTILE))
+def hostile_sharded(request, sharded_run, tmp_path) -> tuple[Path, Path, str]:
+    """A copy of a sharded run whose save carries a payload; the marker; the file that holds it."""
+    run, marker = tmp_path / "run", tmp_path / "PWNED"
+    shutil.copytree(sharded_run, run, symlinks=True)
+    write, file = HOSTILE[request.param]
+    write((run / "ckpt" / "last.dcp").resolve(), marker)
+    return run, marker, file
+
+
+def assert_sharded_refused(proc: subprocess.CompletedProcess, marker: Path, file: str) -> None:
+    assert not marker.exists(), "the sharded checkpoint's payload ran"
+    assert proc.returncode == 2, f"exit {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: "), proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert f"/{file} refused:" in line and "(posix.system), and loading them could run code" in line, line
+    assert "that nanogpt wrote" in line and "resuming from" not in proc.stderr + proc.stdout
+
+
+def test_resume_refuses_a_sharded_checkpoint_that_carries_code(hostile_sharded, env):
+    """Before: DCP's pickle.load ran the index's payload (then an AssertionError traceback), and
+    torch.load(weights_only=False) the shard value's (then training went on, exit 0)."""
+    run, marker, file = hostile_sharded
+    proc = train_sharded(run, env, "task.max_iters=8", "init_from=resume")
+    assert_sharded_refused(proc, marker, file)
+
+
+def test_the_same_command_refuses_a_sharded_one_too(hostile_sharded, env):
+    run, marker, file = hostile_sharded
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    assert_sharded_refused(train_sharded(run, env), marker, file)
+
+
+def test_consolidate_refuses_a_sharded_index_that_carries_code(sharded_run, tmp_path, env):
+    run, marker = tmp_path / "run", tmp_path / "PWNED"
+    shutil.copytree(sharded_run, run, symlinks=True)
+    write_hostile_index((run / "ckpt" / "last.dcp").resolve(), marker)
+    (run / "ckpt" / "last.pt").unlink()  # consolidation has work to do
+    proc = module(["-m", "nanogpt.checkpoint", "consolidate", str(run)], REPO, env)
+    assert_sharded_refused(proc, marker, ".metadata")
+    assert not (run / "ckpt" / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_two_ranks_refuse_a_sharded_checkpoint_that_carries_code(hostile_sharded, tmp_path, env):
+    """torchrun, 2 gloo ranks resharding a 1-process save: the index is refused by rank 0 before
+    any rank reads a tensor; a shard value by the ranks that read it, the refusal gathered by
+    DCP from every rank. No rank runs the payload."""
+    from test_distributed import torchrun
+
+    run, marker, file = hostile_sharded
+    proc = torchrun([*QUICK, "hardware.strategy=fsdp", "task.max_iters=8", "task.eval_interval=2",
+                     "init_from=resume", f"run={run}"], cwd=tmp_path, env=env, check=False)
+    assert not marker.exists(), "the sharded checkpoint's payload ran"
+    assert proc.returncode != 0
+    assert f"/{file} refused:" in proc.stderr and "could run code" in proc.stderr, proc.stderr[-3000:]
