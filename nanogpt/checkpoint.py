@@ -5,8 +5,9 @@ A checkpoint is one torch.save'd dict: model (without torch.compile's prefixes),
 the resolved config, the tokenizer meta and the latest evaluation's losses. It holds tensors and
 plain data only (dicts, lists, numbers, strings; RNG states as tensors), and is loaded with
 torch.load(weights_only=True): a checkpoint someone shares cannot run code. A file that carries
-other objects is refused (UnsafeCheckpoint); one of an older nanogpt that the user trusts is
-converted once with `python -m nanogpt.checkpoint upgrade FILE`. It is written to a temporary file in the same
+other objects is refused (UnsafeCheckpoint); one of the previous format (numpy's RNG state as
+numpy arrays) loads as it is, and `python -m nanogpt.checkpoint upgrade FILE` rewrites it as plain
+data, through the same loader. It is written to a temporary file in the same
 directory, fsync'ed, then renamed over the old one: a crash at any moment leaves either the old
 file or the new one, never a torn one. A temporary file left by a killed write is removed when
 the run resumes.
@@ -207,7 +208,11 @@ def _python_state(p) -> tuple:
 # rebuilds an array from its raw bytes with its own reconstructor, which runs no other code.
 # Allowed only while nanogpt loads a checkpoint, never globally.
 _NP_CORE = getattr(np, "_core", None) or np.core
-_LEGACY_GLOBALS = [_NP_CORE.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+_RECONSTRUCT = _NP_CORE.multiarray._reconstruct
+# numpy 1.x names the reconstructor's module numpy.core, numpy 2 numpy._core: a file written
+# under either loads under either
+_LEGACY_GLOBALS = [_RECONSTRUCT, *[(_RECONSTRUCT, f"{m}.multiarray._reconstruct") for m in ("numpy.core", "numpy._core")],
+                   np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def torch_load(path: Path, map_location="cpu", mmap: bool = False):
@@ -223,10 +228,9 @@ def torch_load(path: Path, map_location="cpu", mmap: bool = False):
             raise
         raise UnsafeCheckpoint(
             f"{path} refused: it holds Python objects that no checkpoint needs "
-            f"({_unsafe_names(path, e)}), and loading them could run code. nanogpt loads tensors "
-            "and plain data only; do not use files from sources you do not trust. If it is a "
-            "checkpoint of an older nanogpt that you trust, convert it once: "
-            f"python -m nanogpt.checkpoint upgrade {path}") from None
+            f"({_unsafe_names(path, e)}), and loading them could run code: it is not a checkpoint "
+            "that nanogpt wrote, of this version or an older one. nanogpt loads tensors and plain "
+            "data only; do not use files from sources you do not trust") from None
 
 
 def error_reason(e: Exception) -> str:
@@ -246,7 +250,7 @@ def _unsafe_names(path: Path, error: Exception) -> str:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # reads, runs nothing
     except Exception:
         names = []
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _LEGACY_GLOBALS}
+    allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in _LEGACY_GLOBALS}
     names = [n for n in names if n not in allowed] or re.findall(r"GLOBAL (\S+)", str(error))
     return ", ".join(names[:5]) or "unsupported objects"
 
@@ -462,9 +466,10 @@ def _optimizer_problem(ckpt: dict) -> str | None:
 # python -m nanogpt.checkpoint upgrade FILE...
 
 def upgrade(path: Path) -> bool:
-    """Rewrite a checkpoint of an older nanogpt as tensors and plain data. It is loaded with
-    torch.load(weights_only=False), which runs whatever the file holds: only for files the user
-    trusts, which is why this is a command they run themselves. False if it was plain already."""
+    """Rewrite a checkpoint of an older nanogpt as tensors and plain data. It is read by the
+    loader every checkpoint goes through, which admits the previous format's numpy arrays and
+    nothing else: a file carrying other objects is refused (UnsafeCheckpoint) and left as it was,
+    its code never run. False if it was plain already."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint file {path}")
@@ -473,7 +478,12 @@ def upgrade(path: Path) -> bool:
             return False
     except Exception as e:
         raise UserError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})") from e
-    state = torch.load(path, map_location="cpu", weights_only=False)  # trusted: the user's choice
+    try:
+        state = torch_load(path)
+    except UnsafeCheckpoint as e:
+        raise UnsafeCheckpoint(f"{e}. {path} was left unchanged") from None
+    except Exception as e:  # noqa: BLE001 - a torn file
+        raise UserError(f"{path} does not load ({error_reason(e)}): it was left unchanged") from e
     atomic_save(_plain(state), path)
     try:
         torch.load(path, map_location="cpu", weights_only=True)
@@ -509,8 +519,9 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(prog="python -m nanogpt.checkpoint", description="Maintain checkpoints.")
     sub = p.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("upgrade", help="rewrite checkpoints of an older nanogpt as tensors and plain "
-                        "data (loads them with weights_only=False: only files you trust)")
+    up = sub.add_parser("upgrade", help="rewrite checkpoints of an older nanogpt (numpy's RNG state as "
+                        "numpy arrays) as tensors and plain data; a file holding any other object is "
+                        "refused, unchanged")
     up.add_argument("files", nargs="+", type=Path)
     co = sub.add_parser("consolidate", help="write ckpt/last.pt and ckpt/best.pt of a run trained with "
                         "hardware.strategy=fsdp from its sharded checkpoints (the weights that sample, "

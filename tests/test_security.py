@@ -68,7 +68,8 @@ def assert_refused(proc: subprocess.CompletedProcess, run: Path, marker: Path) -
     assert proc.returncode == 2, f"exit {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "refused" in proc.stderr and "could run code" in proc.stderr and "posix.system" in proc.stderr
-    assert "python -m nanogpt.checkpoint upgrade" in proc.stderr
+    # and it sends no one to `upgrade`, which refuses such a file too
+    assert "not a checkpoint that nanogpt wrote" in proc.stderr and "upgrade" not in proc.stderr
 
 
 def module(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -177,6 +178,39 @@ def test_upgrade_rewrites_an_old_checkpoint_as_plain_data(trained_run, tmp_path)
     assert all(torch.equal(new["model"][k], v) for k, v in ref["model"].items())
 
 
+def test_upgrade_reads_a_previous_format_file_written_under_numpy_1(trained_run, tmp_path):
+    """numpy 1.x names its array reconstructor numpy.core.multiarray._reconstruct (numpy 2:
+    numpy._core): upgrade, which no longer unpickles arbitrary objects, still reads it."""
+    import zipfile
+
+    previous_format(trained_run / "ckpt" / "last.pt", tmp_path / "np2.pt")
+    with zipfile.ZipFile(tmp_path / "np2.pt") as zin, zipfile.ZipFile(tmp_path / "old.pt", "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            zout.writestr(info, data)
+    assert "numpy.core.multiarray._reconstruct" in torch.serialization.get_unsafe_globals_in_checkpoint(
+        tmp_path / "old.pt")
+    proc = module(["-m", "nanogpt.checkpoint", "upgrade", str(tmp_path / "old.pt")], REPO, {})
+    assert proc.returncode == 0 and "upgraded" in proc.stdout, proc.stderr
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "old.pt") == []
+
+
+def test_upgrade_refuses_a_file_that_carries_code_and_leaves_it_unchanged(trained_run, tmp_path):
+    """Before, upgrade loaded the file with weights_only=False: the payload ran, then `upgraded`."""
+    marker = tmp_path / "PWNED"
+    write_malicious(tmp_path / "x.pt", marker, like=trained_run / "ckpt" / "last.pt")
+    before = (tmp_path / "x.pt").read_bytes()
+    proc = module(["-m", "nanogpt.checkpoint", "upgrade", str(tmp_path / "x.pt")], REPO, {})
+    assert not marker.exists(), "the file's payload ran"
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"error: {tmp_path / 'x.pt'} refused: it holds Python objects that no "
+                                  "checkpoint needs (posix.system), and loading them could run code")
+    assert f"{tmp_path / 'x.pt'} was left unchanged" in proc.stderr and "upgraded" not in proc.stdout
+    assert (tmp_path / "x.pt").read_bytes() == before
+
+
 def test_upgrade_of_a_missing_file_is_a_clear_error(tmp_path):
     proc = module(["-m", "nanogpt.checkpoint", "upgrade", str(tmp_path / "nope.pt")], REPO, {})
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and "nope.pt" in proc.stderr
@@ -257,7 +291,12 @@ def write_hostile_value(save: Path, marker: Path) -> None:
     (save / ".metadata").write_bytes(pickle.dumps(meta))
 
 
-HOSTILE = {"index": (write_hostile_index, ".metadata"), "shard value": (write_hostile_value, "__0_0.distcp")}
+def write_hostile_train_state(save: Path, marker: Path) -> None:
+    write_malicious(save / "train_state.pt", marker, like=save / "train_state.pt")
+
+
+HOSTILE = {"index": (write_hostile_index, ".metadata"), "shard value": (write_hostile_value, "__0_0.distcp"),
+           "train state": (write_hostile_train_state, "train_state.pt")}
 
 
 @pytest.fixture(params=sorted(HOSTILE))
@@ -281,7 +320,8 @@ def assert_sharded_refused(proc: subprocess.CompletedProcess, marker: Path, file
 
 def test_resume_refuses_a_sharded_checkpoint_that_carries_code(hostile_sharded, env):
     """Before: DCP's pickle.load ran the index's payload (then an AssertionError traceback), and
-    torch.load(weights_only=False) the shard value's (then training went on, exit 0)."""
+    torch.load(weights_only=False) the shard value's (then training went on, exit 0); a train
+    state's was refused but passed over as a corrupt save, as a single-file one never is."""
     run, marker, file = hostile_sharded
     proc = train_sharded(run, env, "task.max_iters=8", "init_from=resume")
     assert_sharded_refused(proc, marker, file)
