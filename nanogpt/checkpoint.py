@@ -5,8 +5,9 @@ A checkpoint is one torch.save'd dict: model (without torch.compile's prefixes),
 the resolved config, the tokenizer meta and the latest evaluation's losses. It holds tensors and
 plain data only (dicts, lists, numbers, strings; RNG states as tensors), and is loaded with
 torch.load(weights_only=True): a checkpoint someone shares cannot run code. A file that carries
-other objects is refused (UnsafeCheckpoint); one of an older nanogpt that the user trusts is
-converted once with `python -m nanogpt.checkpoint upgrade FILE`. It is written to a temporary file in the same
+other objects is refused (UnsafeCheckpoint); one of the previous format (numpy's RNG state as
+numpy arrays) loads as it is, and `python -m nanogpt.checkpoint upgrade FILE` rewrites it as plain
+data, through the same loader. It is written to a temporary file in the same
 directory, fsync'ed, then renamed over the old one: a crash at any moment leaves either the old
 file or the new one, never a torn one. A temporary file left by a killed write is removed when
 the run resumes.
@@ -207,7 +208,11 @@ def _python_state(p) -> tuple:
 # rebuilds an array from its raw bytes with its own reconstructor, which runs no other code.
 # Allowed only while nanogpt loads a checkpoint, never globally.
 _NP_CORE = getattr(np, "_core", None) or np.core
-_LEGACY_GLOBALS = [_NP_CORE.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+_RECONSTRUCT = _NP_CORE.multiarray._reconstruct
+# numpy 1.x names the reconstructor's module numpy.core, numpy 2 numpy._core: a file written
+# under either loads under either
+_LEGACY_GLOBALS = [_RECONSTRUCT, *[(_RECONSTRUCT, f"{m}.multiarray._reconstruct") for m in ("numpy.core", "numpy._core")],
+                   np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def torch_load(path: Path, map_location="cpu", mmap: bool = False):
@@ -223,10 +228,9 @@ def torch_load(path: Path, map_location="cpu", mmap: bool = False):
             raise
         raise UnsafeCheckpoint(
             f"{path} refused: it holds Python objects that no checkpoint needs "
-            f"({_unsafe_names(path, e)}), and loading them could run code. nanogpt loads tensors "
-            "and plain data only; do not use files from sources you do not trust. If it is a "
-            "checkpoint of an older nanogpt that you trust, convert it once: "
-            f"python -m nanogpt.checkpoint upgrade {path}") from None
+            f"({_unsafe_names(path, e)}), and loading them could run code: it is not a checkpoint "
+            "that nanogpt wrote, of this version or an older one. nanogpt loads tensors and plain "
+            "data only; do not use files from sources you do not trust") from None
 
 
 def error_reason(e: Exception) -> str:
@@ -246,7 +250,7 @@ def _unsafe_names(path: Path, error: Exception) -> str:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)  # reads, runs nothing
     except Exception:
         names = []
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _LEGACY_GLOBALS}
+    allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in _LEGACY_GLOBALS}
     names = [n for n in names if n not in allowed] or re.findall(r"GLOBAL (\S+)", str(error))
     return ", ".join(names[:5]) or "unsupported objects"
 
@@ -283,15 +287,50 @@ def _schema_problem(ckpt: dict) -> str | None:
         return "its model is not a dict of named tensors"
     if not isinstance(args, dict):
         return "its model_args is not a dict"
-    for key in ("iter",):
-        if key in ckpt and (isinstance(ckpt[key], bool) or not isinstance(ckpt[key], int)):
-            return f"its {key} is {ckpt[key]!r}, not an integer"
     if "optimizer" in ckpt and not isinstance(ckpt["optimizer"], dict):
         return "its optimizer state is not a dict"
     try:
         model_config(args)
     except (TypeError, ValueError) as e:
         return f"its model_args {args} do not describe a model ({e})"
+    return _progress_problem(ckpt)
+
+
+def train_state_problem(state) -> str | None:
+    """What is wrong with a sharded save's train_state.pt (None: nothing): what a resume reads
+    from it besides the tensors, checked as a single-file checkpoint's are."""
+    if not isinstance(state, dict) or "iter" not in state or not isinstance(state.get("model_args"), dict):
+        return "its train state is not a dict with iter and model_args"
+    try:
+        model_config(state["model_args"])
+    except (TypeError, ValueError) as e:
+        return f"its model_args {state['model_args']} do not describe a model ({e})"
+    return _progress_problem(state)
+
+
+def _progress_problem(ckpt: dict) -> str | None:
+    """The iteration and the RNG states a resume continues from: a value that would only fail
+    (or train nonsense) once training starts is a bad checkpoint here."""
+    it = ckpt.get("iter")
+    if "iter" in ckpt and (isinstance(it, bool) or not isinstance(it, int) or it < 0):
+        return f"its iter is {it!r}, not an integer >= 0 (the optimizer steps it had taken)"
+    return _rng_problem(ckpt.get("rng"))
+
+
+def _rng_problem(rng) -> str | None:
+    """Each rank's RNG states, restored on resume: tried on throwaway generators, so that a
+    state that does not restore is found now, not after the model is built."""
+    if rng is None:
+        return None
+    if not isinstance(rng, list):
+        return f"its rng is a {type(rng).__name__}, not a list of RNG states (one per rank)"
+    for rank, state in enumerate(rng):
+        try:
+            torch.Generator().set_state(state["torch"])
+            np.random.RandomState().set_state(_numpy_state(state["numpy"]))
+            random.Random().setstate(_python_state(state["python"]))
+        except Exception as e:  # noqa: BLE001 - whatever a malformed state makes them raise
+            return f"its rng[{rank}] does not restore ({error_reason(e)})"
     return None
 
 
@@ -345,7 +384,7 @@ def load_latest(run_dir: Path, repair: bool = False) -> tuple[Path | None, dict 
         path = ckpt_dir / name
         if not path.exists():
             continue
-        try:  # mmap: reading the iteration costs the pickle, not the weights
+        try:  # mmap: reading the iteration and checking the optimizer's state cost no tensor reads
             peek = load(path, mmap=True)
             it = _resume_iter(peek, path)
             del peek
@@ -385,16 +424,52 @@ def _resume_iter(ckpt: dict, path: Path) -> int:
         raise BadCheckpoint(f"{path} holds a model but no training state (iter, optimizer): it can "
                             "initialise a run (model.path) but not resume one",
                             "Put a training checkpoint in ckpt/, or train in a new run directory")
+    problem = _optimizer_problem(ckpt)
+    if problem:
+        raise BadCheckpoint(f"{path}: its optimizer state does not fit its model ({problem})",
+                            "Use the run's other checkpoint (ckpt/best.pt or ckpt/last.pt), or train in "
+                            "a new run directory")
     return ckpt["iter"]
+
+
+def _optimizer_problem(ckpt: dict) -> str | None:
+    """Load the optimizer state into the optimizer its config names, built for a model on the
+    meta device (no memory, no tensor read), and compare each parameter's state with its shape:
+    torch's load_state_dict checks only the number of parameters per group, and a moment of the
+    wrong shape would fail at the first step."""
+    from nanogpt.config import OPTIM_SCHEMAS
+    from nanogpt.model import GPT
+    from nanogpt.optim import OPTIMIZERS
+
+    config = ckpt.get("config")
+    optim = config.get("optim") if isinstance(config, dict) else None
+    name = (optim.get("name") if isinstance(optim, dict) else None) or "adamw"
+    if name not in OPTIMIZERS:
+        return None  # the resume refuses it by name (optim.check_resumable)
+    with torch.device("meta"):
+        model = GPT(model_config(ckpt["model_args"]))
+    optimizer = OPTIMIZERS[name](model, OPTIM_SCHEMAS[name](), "meta")
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except Exception as e:  # noqa: BLE001 - what torch's load_state_dict raises on another layout
+        return error_reason(e)
+    for opt in getattr(optimizer, "optimizers", {"": optimizer}).values():
+        for group in opt.param_groups:
+            for p in group["params"]:
+                for key, value in opt.state.get(p, {}).items():
+                    if isinstance(value, torch.Tensor) and value.dim() and value.shape != p.shape:
+                        return f"{key} of a {tuple(p.shape)} parameter is {tuple(value.shape)}"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
 # python -m nanogpt.checkpoint upgrade FILE...
 
 def upgrade(path: Path) -> bool:
-    """Rewrite a checkpoint of an older nanogpt as tensors and plain data. It is loaded with
-    torch.load(weights_only=False), which runs whatever the file holds: only for files the user
-    trusts, which is why this is a command they run themselves. False if it was plain already."""
+    """Rewrite a checkpoint of an older nanogpt as tensors and plain data. It is read by the
+    loader every checkpoint goes through, which admits the previous format's numpy arrays and
+    nothing else: a file carrying other objects is refused (UnsafeCheckpoint) and left as it was,
+    its code never run. False if it was plain already."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint file {path}")
@@ -403,7 +478,12 @@ def upgrade(path: Path) -> bool:
             return False
     except Exception as e:
         raise UserError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {e})") from e
-    state = torch.load(path, map_location="cpu", weights_only=False)  # trusted: the user's choice
+    try:
+        state = torch_load(path)
+    except UnsafeCheckpoint as e:
+        raise UnsafeCheckpoint(f"{e}. {path} was left unchanged") from None
+    except Exception as e:  # noqa: BLE001 - a torn file
+        raise UserError(f"{path} does not load ({error_reason(e)}): it was left unchanged") from e
     atomic_save(_plain(state), path)
     try:
         torch.load(path, map_location="cpu", weights_only=True)
@@ -439,8 +519,9 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(prog="python -m nanogpt.checkpoint", description="Maintain checkpoints.")
     sub = p.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("upgrade", help="rewrite checkpoints of an older nanogpt as tensors and plain "
-                        "data (loads them with weights_only=False: only files you trust)")
+    up = sub.add_parser("upgrade", help="rewrite checkpoints of an older nanogpt (numpy's RNG state as "
+                        "numpy arrays) as tensors and plain data; a file holding any other object is "
+                        "refused, unchanged")
     up.add_argument("files", nargs="+", type=Path)
     co = sub.add_parser("consolidate", help="write ckpt/last.pt and ckpt/best.pt of a run trained with "
                         "hardware.strategy=fsdp from its sharded checkpoints (the weights that sample, "

@@ -17,12 +17,19 @@ DCP's `.metadata` is written only once every rank's shards are), completed with 
 renamed to its final name, and only then do the links move to it. A kill at any moment leaves
 the links on complete saves; the temporary or orphaned directory it leaves is removed when the
 run resumes (under the run's lock).
+
+No code runs from a save: DCP reads `.metadata` with plain pickle.load and the non-tensor values
+in the shard files (the optimizer's lr, betas...) with torch.load(weights_only=False). Here the
+index goes through an unpickler that admits only the types DCP writes into it, and those values
+through torch.load(weights_only=True); anything else is refused (checkpoint.UnsafeCheckpoint).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import pickle
 import re
 import secrets
 import shutil
@@ -93,8 +100,11 @@ def load_state(path: Path) -> dict:
 
 
 def find(ckpt_dir: Path) -> tuple[list[Found], list[str]]:
-    """The complete saves the links point to, newest first, and what is wrong with the others."""
-    found, problems = [], []
+    """The complete saves the links point to, newest first, and what is wrong with the others.
+    A file that carries code is refused outright (UnsafeCheckpoint), as a single-file checkpoint
+    is; any other problem (a garbled index, a train state or tensors that do not fit) skips
+    that save, as a corrupt file is skipped."""
+    found, problems, checked = [], [], {}
     for name in LINKS:
         link = Path(ckpt_dir) / name
         if not os.path.lexists(link):
@@ -103,14 +113,34 @@ def find(ckpt_dir: Path) -> tuple[list[Found], list[str]]:
         if not _is_complete(target):
             problems.append(f"{link} points to {target.name}, which is missing or incomplete")
             continue
-        try:
-            state = load_state(target)
-        except Exception as e:  # noqa: BLE001 - reported, the other link may still resume
-            problems.append(f"{target / STATE_FILE} does not load ({type(e).__name__}: {e})")
-            continue
-        found.append(Found(name, target, state))
+        if target not in checked:  # both links on one save: checked (and reported) once
+            try:
+                checked[target] = _checked_save(target)
+            except checkpoint.UnsafeCheckpoint:
+                raise
+            except checkpoint.BadCheckpoint as e:
+                checked[target] = None
+                problems.append(e.problem)
+            except Exception as e:  # noqa: BLE001 - reported, the other link may still resume
+                checked[target] = None
+                problems.append(f"{target / STATE_FILE} does not load ({checkpoint.error_reason(e)})")
+        if checked[target] is not None:
+            found.append(Found(name, target, checked[target]))
     found.sort(key=lambda f: (-f.iter, LINKS.index(f.link)))
     return found, problems
+
+
+def _checked_save(path: Path) -> dict:
+    """A save's train state, once its index, its train state and the shapes its index records
+    are checked: BadCheckpoint (or UnsafeCheckpoint) otherwise, before DCP reads a tensor."""
+    metadata = read_metadata(path)
+    state = load_state(path)
+    problem = checkpoint.train_state_problem(state)
+    if problem is None:
+        problem = _shape_problem(metadata, state["model_args"])
+    if problem:
+        raise checkpoint.BadCheckpoint(f"the sharded checkpoint {path} is not usable: {problem}", _ADVICE)
+    return state
 
 
 def latest(run_dir: Path, repair: bool = False) -> Found | None:
@@ -122,7 +152,7 @@ def latest(run_dir: Path, repair: bool = False) -> Found | None:
     found, problems = find(ckpt_dir)
     if not found:
         if problems:
-            raise UserError(f"no sharded checkpoint of {run_dir} is complete: {' | '.join(problems)}. "
+            raise UserError(f"no sharded checkpoint of {run_dir} loads: {' | '.join(problems)}. "
                             f"Move {ckpt_dir} aside to start over, or train in a new run directory")
         return None
     best = found[0]
@@ -197,6 +227,9 @@ def remove_orphans(ckpt_dir: Path, quiet: bool = False) -> list[Path]:
 
 # ---- loading
 
+_ADVICE = "Use the run's other sharded checkpoint, or train in a new run directory"
+
+
 def load_into(path: Path, model, optimizer) -> None:
     """Load a save's model and optimizer state into this rank's (sharded or plain) model and
     optimizer: each rank reads the chunks its shards need, whatever world size wrote them."""
@@ -205,8 +238,9 @@ def load_into(path: Path, model, optimizer) -> None:
 
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    with _one_process():
-        dcp.load(state, checkpoint_id=path)
+    reader, planner = _safe_reader_and_planner()
+    with _one_process(), _load_errors(path):
+        dcp.load(state, checkpoint_id=path, storage_reader=reader(path), planner=planner(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
@@ -215,9 +249,167 @@ def load_model_weights(path: Path, model) -> None:
     import torch.distributed.checkpoint as dcp
 
     state = {"model": model.state_dict()}
-    with _one_process():
-        dcp.load(state, checkpoint_id=path, no_dist=True)
+    reader, planner = _safe_reader_and_planner()
+    with _one_process(), _load_errors(path):
+        dcp.load(state, checkpoint_id=path, storage_reader=reader(path), planner=planner(path), no_dist=True)
     model.load_state_dict(state["model"])
+
+
+class _Forbidden(pickle.UnpicklingError):
+    """A global that no index of a sharded checkpoint holds (its name is the message)."""
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """pickle's unpickler restricted to the globals DCP writes into `.metadata` (Python's own
+    "restricting globals" recipe). torch's weights-only unpickler would be the natural choice,
+    but it reads pickle protocol 2 only, and DCP writes its index with protocol 4 or later."""
+
+    def find_class(self, module: str, name: str):
+        allowed = _metadata_globals().get(f"{module}.{name}")
+        if allowed is None:
+            raise _Forbidden(f"{module}.{name}")
+        return allowed
+
+
+@functools.cache
+def _metadata_globals() -> dict[str, object]:
+    """What `.metadata` may name: DCP's metadata classes (plain dataclasses and one enum),
+    torch.Size, dtypes and layouts, and the path the save was written to. Each only builds a
+    value from its arguments; none runs other code."""
+    import pathlib
+
+    from torch.distributed.checkpoint import filesystem, metadata as m
+
+    classes = [m.Metadata, m.TensorStorageMetadata, m.BytesStorageMetadata, m.ChunkStorageMetadata,
+               m.TensorProperties, m._MEM_FORMAT_ENCODING, m.MetadataIndex, m.StorageMeta,
+               filesystem._StorageInfo, torch.Size, torch.serialization._get_layout]
+    allowed = {f"{c.__module__}.{c.__qualname__}": c for c in classes}
+    allowed.update({str(d): d for d in vars(torch).values() if isinstance(d, torch.dtype)})
+    # StorageMeta.checkpoint_id (Python 3.13 pickles PosixPath from pathlib._local)
+    allowed.update({"pathlib.PosixPath": pathlib.PosixPath, "pathlib._local.PosixPath": pathlib.PosixPath})
+    return allowed
+
+
+def read_metadata(path: Path):
+    """A save's index (DCP's Metadata: every tensor's size, dtype and chunks, and where each
+    is stored), read without running code. UnsafeCheckpoint when it names any other global
+    (a payload: os.system ...); BadCheckpoint when it is not an index at all."""
+    from torch.distributed.checkpoint.metadata import Metadata
+
+    file = Path(path) / METADATA
+    try:
+        with open(file, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+    except _Forbidden as e:
+        raise checkpoint.UnsafeCheckpoint(
+            f"{file} refused: it holds Python objects that the index of a sharded checkpoint never "
+            f"holds ({e}), and loading them could run code: it is not a file that nanogpt wrote. Do "
+            "not use files from sources you do not trust") from None
+    except Exception as e:  # noqa: BLE001 - random bytes, a truncated file: whatever pickle raises
+        raise checkpoint.BadCheckpoint(f"{file} is corrupt or incomplete, not the index of a sharded checkpoint "
+                                       f"({checkpoint.error_reason(e)})", _ADVICE) from None
+    if not isinstance(metadata, Metadata):
+        raise checkpoint.BadCheckpoint(f"{file} is not the index of a sharded checkpoint (it holds a "
+                                       f"{type(metadata).__name__})", _ADVICE)
+    return metadata
+
+
+def _shape_problem(metadata, model_args: dict) -> str | None:
+    """The tensors an index records against a model built (on the meta device, no memory) from
+    the save's model_args: every weight, and the optimizer state of each parameter (AdamW's
+    moments have the parameter's shape). Caught here, not as an error deep inside DCP's load."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from nanogpt.model import GPT
+
+    with torch.device("meta"):
+        model = GPT(checkpoint.model_config(model_args))
+    params = {k: tuple(p.shape) for k, p in model.named_parameters(remove_duplicate=False)}
+    expected = {f"model.{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(m.size) for k, m in metadata.state_dict_metadata.items() if isinstance(m, TensorStorageMetadata)}
+    problems = [f"{k}: {got[k]} vs {v}" for k, v in expected.items() if k in got and got[k] != v]
+    problems += [f"missing {k}" for k in expected if k not in got]
+    problems += [f"unexpected {k}" for k in got if k.startswith("model.") and k not in expected]
+    for k, size in got.items():
+        if not k.startswith("optim.state."):
+            continue
+        param = k[len("optim.state."):].rsplit(".", 1)[0]
+        if param not in params:
+            problems.append(f"optimizer state of no parameter: {k}")
+        elif size and size != params[param]:
+            problems.append(f"{k}: {size} vs the parameter's {params[param]}")
+    if not problems:
+        return None
+    return ("its tensors do not match its model_args: " + "; ".join(problems[:6])
+            + (f"; ... ({len(problems)} in all)" if len(problems) > 6 else ""))
+
+
+@functools.cache
+def _safe_reader_and_planner():
+    """DCP's FileSystemReader and DefaultLoadPlanner, each with its one unsafe read replaced:
+    the index through read_metadata, and the values that are not tensors (the optimizer's
+    lr, betas...: pickles inside the shard files) through torch.load(weights_only=True)."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+    from torch.distributed.checkpoint.default_planner import set_element
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class Reader(FileSystemReader):
+        def read_metadata(self):  # no **kwargs: DCP then never falls back to per-rank index files
+            metadata = read_metadata(Path(self.path))
+            metadata.storage_meta = metadata.storage_meta or StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class Planner(DefaultLoadPlanner):
+        def __init__(self, path: Path):
+            super().__init__()
+            self.path = Path(path)
+
+        def load_bytes(self, read_item, value) -> None:
+            fqn = read_item.dest_index.fqn
+            try:
+                obj = torch.load(value, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - a payload, or bytes that are not torch.save's
+                raise _value_error(self.path / self.metadata.storage_data[read_item.storage_index].relative_path,
+                                   fqn, e) from None
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[fqn], obj)
+            else:
+                self.state_dict[fqn] = obj
+
+    return Reader, Planner
+
+
+def _value_error(file: Path, fqn: str, e: Exception) -> UserError:
+    """Why a value of a shard file did not load. One-argument exceptions only: DCP pickles a
+    failure to gather it from every rank."""
+    names = re.findall(r"GLOBAL (\S+)", str(e))
+    if names:
+        return checkpoint.UnsafeCheckpoint(
+            f"{file} refused: its value {fqn} holds Python objects that no sharded checkpoint holds "
+            f"({', '.join(dict.fromkeys(names))}), and loading them could run code: it is not a file "
+            "that nanogpt wrote. Do not use files from sources you do not trust")
+    return UserError(f"{file} is damaged: its value {fqn} does not load ({checkpoint.error_reason(e)}). "
+                     f"{_ADVICE}")
+
+
+@contextlib.contextmanager
+def _load_errors(path: Path):
+    """DCP reports any failure of a load as a CheckpointException (a BaseException, gathered
+    from every rank): our own refusal is re-raised as it is, anything else (a shard file cut
+    short, a chunk that does not fit) as a UserError naming the save."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except CheckpointException as e:
+        failures = [exc for exc, _ in e.failures.values()]
+        for failure in failures:
+            if isinstance(failure, UserError):
+                raise failure from None
+        why = checkpoint.error_reason(failures[0]) if failures else str(e).splitlines()[0]
+        raise UserError(f"the sharded checkpoint {path} does not load ({why}): its shard files are damaged "
+                        f"or incomplete. {_ADVICE}") from None
 
 
 @contextlib.contextmanager
@@ -285,7 +477,5 @@ def stale_consolidation(run_dir: Path, name: str) -> str | None:
 
 def saved_dtype(path: Path) -> torch.dtype:
     """The dtype the weights were saved in (float32; float64 in numerical checks)."""
-    import torch.distributed.checkpoint as dcp
-
-    meta = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    meta = read_metadata(path).state_dict_metadata
     return meta["model.lm_head.weight"].properties.dtype

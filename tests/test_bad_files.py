@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, launch, write_char_dataset
+from conftest import REPO, TINY, launch, write_char_dataset
 from nanogpt import checkpoint
 from nanogpt.data import TokenDataset
 from nanogpt.errors import UserError
@@ -189,14 +189,48 @@ def test_a_bad_dataset_through_launch_is_one_line(tmp_path, data, damage, needle
 # ---- checkpoints: schema and tensor shapes
 
 def tiny_ckpt(path: Path, **changes) -> Path:
+    """A resumable checkpoint of a 1-layer model (AdamW's state after one step), with `changes`."""
     from nanogpt.model import GPT, GPTConfig
 
     model = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=1, n_head=2, n_embd=16))
     state = {"model": model.state_dict(), "model_args": dict(vars(model.config)), "iter": 3,
-             "optimizer": {}, "best_val_loss": 3.0}
+             "optimizer": adamw_state(model), "best_val_loss": 3.0}
     state.update(changes)
     checkpoint.atomic_save(state, path)
     return path
+
+
+def adamw_state(model) -> dict:
+    """The optimizer state training saves: nanogpt's AdamW (two groups) after one step."""
+    from nanogpt.config import AdamWConfig
+    from nanogpt.optim import make_adamw
+
+    optimizer = make_adamw(model, AdamWConfig())
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    return optimizer.state_dict()
+
+
+def spoil(state: dict, case: str) -> dict:
+    """A training checkpoint with one thing wrong that used to fail only once training ran."""
+    if case == "negative iter":
+        state["iter"] = -5
+    elif case == "rng not a list":
+        state["rng"] = state["rng"][0] if isinstance(state.get("rng"), list) else "abc"
+    elif case == "optimizer of another layout":  # a parameter group one parameter short
+        state["optimizer"]["param_groups"][0]["params"].pop()
+    elif case == "moments of another shape":
+        moments = next(iter(state["optimizer"]["state"].values()))
+        moments["exp_avg"] = moments["exp_avg"].reshape(-1)[1:]
+    return state
+
+
+SPOILED = {"negative iter": "its iter is -5, not an integer >= 0",
+           "rng not a list": "its rng is a",
+           "optimizer of another layout": "its optimizer state does not fit its model (ValueError: loaded state dict "
+                                          "contains a parameter group that doesn't match the size",
+           "moments of another shape": "its optimizer state does not fit its model (exp_avg of a"}
 
 
 def test_a_checkpoint_whose_tensors_disagree_with_its_model_args(tmp_path):
@@ -212,11 +246,46 @@ def test_a_checkpoint_whose_tensors_disagree_with_its_model_args(tmp_path):
     ({"model": [1, 2]}, "model"),
     ({"model_args": {"n_layer": "two"}}, "model_args"),
     ({"iter": "3"}, "iter"),
+    ({"iter": -5}, r"its iter is -5, not an integer >= 0"),
+    ({"rng": "abc"}, r"its rng is a str, not a list of RNG states \(one per rank\)"),
+    ({"rng": [{"torch": torch.zeros(3, dtype=torch.uint8), "numpy": {}, "python": []}]},
+     r"its rng\[0\] does not restore \(RuntimeError"),
 ])
 def test_a_checkpoint_of_the_wrong_schema(tmp_path, changes, needle):
     path = tiny_ckpt(tmp_path / "last.pt", **changes)
     with pytest.raises(checkpoint.BadCheckpoint, match=needle):
         checkpoint.load(path)
+
+
+@pytest.mark.parametrize("case", sorted(SPOILED))
+def test_a_bad_training_state_falls_back_to_the_other_file(tmp_path, caplog, case):
+    """Before, each of these was resumed (the newer file) and failed late: a negative iteration
+    trained from -5, an rng dict raised a KeyError, and a state of another layout or shape a
+    ValueError or a RuntimeError at the first step; or, for iter=-5, was passed over silently."""
+    import logging
+
+    tiny_ckpt(tmp_path / "ckpt" / "best.pt")
+    path = tiny_ckpt(tmp_path / "ckpt" / "last.pt", iter=5)
+    torch.save(spoil(torch.load(path, weights_only=True), case), path)
+    with caplog.at_level(logging.WARNING, "nanogpt"):
+        got, state = checkpoint.load_latest(tmp_path)
+    assert got.name == "best.pt" and state["iter"] == 3
+    assert f"{path}" in caplog.text and SPOILED[case] in caplog.text and "resuming from" in caplog.text
+
+
+@pytest.mark.parametrize("case", sorted(SPOILED))
+def test_a_bad_training_state_in_the_only_checkpoint_is_a_clear_error(tmp_path, data_root, case):
+    """A real run's checkpoint, spoiled: resuming it says which file and what, before training."""
+    from inprocess import train_tiny
+
+    run = tmp_path / "run"
+    train_tiny(run, "task.max_iters=2", "task.eval_interval=2")
+    (run / "ckpt" / "best.pt").unlink()
+    last = run / "ckpt" / "last.pt"
+    torch.save(spoil(torch.load(last, weights_only=True), case), last)
+    with pytest.raises(UserError) as e:
+        train_tiny(run, "task.max_iters=4", "task.eval_interval=2", "init_from=resume")
+    assert str(e.value).startswith(f"no checkpoint of {run} loads: ") and SPOILED[case] in str(e.value)
 
 
 def test_a_checkpoint_with_the_wrong_shapes_falls_back_to_the_other_file(tmp_path):
@@ -227,6 +296,122 @@ def test_a_checkpoint_with_the_wrong_shapes_falls_back_to_the_other_file(tmp_pat
     torch.save(state, path)
     got, state = checkpoint.load_latest(tmp_path)
     assert got.name == "best.pt" and state["iter"] == 3
+
+
+# ---- sharded (FSDP) checkpoints: the index and the train state of a save
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory) -> tuple[Path, dict]:
+    """A one-process hardware.strategy=fsdp run (the format torchrun of any size writes)."""
+    from test_security import train_sharded
+
+    root = tmp_path_factory.mktemp("sharded")
+    env = {"NANOGPT_DATA_ROOT": str(write_char_dataset(root / "data").parent), "HYDRA_FULL_ERROR": "0"}
+    proc = train_sharded(root / "run", env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run", env
+
+
+def copy_run(sharded_run, tmp_path) -> tuple[Path, Path]:
+    """A copy of the sharded run, and the save its last.dcp points to."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(sharded_run[0], run, symlinks=True)
+    return run, (run / "ckpt" / "last.dcp").resolve()
+
+
+GARBLED = b"\x80\x04not an index" + bytes(range(256)) * 4
+
+
+@pytest.mark.parametrize("command", ["resume", "consolidate"])
+def test_a_garbled_sharded_index_is_one_error_line(sharded_run, tmp_path, command):
+    """Before: an AssertionError traceback from inside DCP (and DCP's own logged traceback)."""
+    import os
+    import subprocess
+    import sys
+
+    from test_security import train_sharded
+
+    run, save = copy_run(sharded_run, tmp_path)
+    (save / ".metadata").write_bytes(GARBLED)
+    if command == "resume":
+        proc = train_sharded(run, sharded_run[1], "task.max_iters=8", "init_from=resume")
+        opening = f"error: no sharded checkpoint of {run} loads: "
+    else:
+        (run / "ckpt" / "last.pt").unlink()
+        proc = subprocess.run([sys.executable, "-m", "nanogpt.checkpoint", "consolidate", str(run)], cwd=REPO,
+                              capture_output=True, text=True, env={**os.environ, **sharded_run[1]})
+        opening = f"error: {run} has no sharded checkpoint to consolidate (ckpt/last.dcp or ckpt/best.dcp): "
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(opening) and f"{save / '.metadata'} is corrupt or incomplete, not the index of a " \
+        "sharded checkpoint (UnpicklingError" in line, line
+
+
+def test_a_shard_file_cut_short_is_one_error_line(sharded_run, tmp_path):
+    """Tensors DCP cannot read (a shard file truncated after the index was checked): before, a
+    CheckpointException, which is not even an Exception, with every rank's traceback."""
+    from test_security import train_sharded
+
+    run, save = copy_run(sharded_run, tmp_path)
+    shard = save / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    proc = train_sharded(run, sharded_run[1], "task.max_iters=8", "init_from=resume")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: the sharded checkpoint {save} does not load (") and \
+        "its shard files are damaged or incomplete" in line, line
+
+
+def test_a_garbled_sharded_index_falls_back_to_the_other_save(sharded_run, tmp_path, caplog):
+    import logging
+    import os
+    import shutil
+
+    from nanogpt import dcp
+
+    run, save = copy_run(sharded_run, tmp_path)
+    other = save.with_name("iter-00000004-abcdef.dcp")
+    shutil.copytree(save, other)
+    os.unlink(run / "ckpt" / "best.dcp")
+    os.symlink(other.name, run / "ckpt" / "best.dcp")
+    (save / ".metadata").write_bytes(GARBLED)
+    with caplog.at_level(logging.WARNING, "nanogpt"):
+        found = dcp.latest(run)
+    assert found.path == other and found.iter == 4
+    assert f"{save / '.metadata'} is corrupt or incomplete" in caplog.text and "resuming from" in caplog.text
+
+
+SHARDED_SPOILED = {"negative iter": "its iter is -5, not an integer >= 0",
+                   "rng not a list": "its rng is a dict, not a list of RNG states",
+                   "moments of another shape": "its tensors do not match its model_args: "
+                                               "optim.state.transformer.wte.weight.exp_avg: (3, 32) vs the "
+                                               "parameter's"}
+
+
+@pytest.mark.parametrize("case", sorted(SHARDED_SPOILED))
+def test_a_bad_sharded_save_is_a_clear_error_before_any_tensor_is_read(sharded_run, tmp_path, case):
+    """Before: iter=-5 resumed at -5, an rng dict was a KeyError once the model was built, and a
+    moment of another shape an error from inside DCP's load."""
+    import dataclasses
+    import pickle
+
+    from nanogpt import dcp
+
+    run, save = copy_run(sharded_run, tmp_path)
+    if case == "moments of another shape":
+        meta = pickle.loads((save / ".metadata").read_bytes())  # our own file: trusted
+        key = "optim.state.transformer.wte.weight.exp_avg"
+        meta.state_dict_metadata[key] = dataclasses.replace(meta.state_dict_metadata[key], size=torch.Size([3, 32]))
+        (save / ".metadata").write_bytes(pickle.dumps(meta))
+    else:
+        state = spoil(torch.load(save / "train_state.pt", weights_only=True), case)
+        torch.save(state, save / "train_state.pt")
+    with pytest.raises(UserError) as e:
+        dcp.latest(run)
+    assert str(e.value).startswith(f"no sharded checkpoint of {run} loads: the sharded checkpoint {save} is not "
+                                   f"usable: {SHARDED_SPOILED[case]}"), str(e.value)
 
 
 # ---- a run's own files

@@ -14,7 +14,9 @@ import torch
 from nanogpt import checkpoint, rundir
 from nanogpt.build import load_run
 from nanogpt.errors import UserError
+from nanogpt.config import AdamWConfig
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.optim import make_adamw
 
 
 def training_state(it: int, seed: int = 0) -> dict:
@@ -22,7 +24,7 @@ def training_state(it: int, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     cfg = GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=1, n_embd=8)
     model = GPT(cfg)
-    opt = torch.optim.AdamW(model.parameters())
+    opt = make_adamw(model, AdamWConfig())  # the layout training saves (resume checks it)
     return {"model": model.state_dict(), "model_args": cfg.__dict__, "optimizer": opt.state_dict(),
             "iter": it, "best_val_loss": 2.0, "tokenizer": {"kind": "char", "chars": list("abcdefghijklmnop")},
             "config": {}}
