@@ -33,7 +33,7 @@ def check_resume(ckpt: dict, config: dict, tokenizer_meta: dict, world_size: int
     old = ckpt.get("config")
     if not isinstance(old, dict):
         return {}
-    _same_data(old, config, ckpt.get("tokenizer"), tokenizer_meta, run_dir)
+    check_same_data(ckpt, config, tokenizer_meta, run_dir)
     before, now = flatten(old), flatten(config)
     before["world_size"], now["world_size"] = len(ckpt.get("rng") or [None]), world_size
     changed = {k: [before.get(k), now.get(k)] for k in sorted(now)
@@ -46,7 +46,11 @@ def check_resume(ckpt: dict, config: dict, tokenizer_meta: dict, world_size: int
     return changed
 
 
-def _same_data(old: dict, config: dict, old_tokenizer, tokenizer_meta: dict, run_dir) -> None:
+def check_same_data(ckpt: dict, config: dict, tokenizer_meta: dict, run_dir) -> None:
+    """Refuse to resume a run on another dataset or tokenizer than it was trained on."""
+    old, old_tokenizer = ckpt.get("config"), ckpt.get("tokenizer")
+    if not isinstance(old, dict):
+        return
     was = (old.get("data") or {}).get("name")
     now = config["data"]["name"]
     if was is not None and was != now:

@@ -25,7 +25,7 @@ from nanogpt.hellaswag import DuringTraining
 from nanogpt.metrics import MetricsLogger
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.optim import check_resumable, make_optimizer
-from nanogpt.resume import check_resume, tokens_trained
+from nanogpt.resume import check_resume, check_same_data, tokens_trained
 from nanogpt.schedule import Schedule
 from nanogpt.step import Step
 from nanogpt.tokenizer import load_tokenizer
@@ -283,6 +283,8 @@ def build_model(cfg, dataset, ckpt, resume_path, config_dict, run_dir, dist) -> 
     a fresh one; and what a resume changed in the settings (rundir's record of it)."""
     mcfg = cfg.model
     if ckpt is not None:
+        # the data first: another dataset (of another vocabulary) is refused as such, not as a shape
+        check_same_data(ckpt, config_dict, dataset.meta["tokenizer"], run_dir)
         gpt_config = model_args(mcfg, dataset.vocab_size)
         if mcfg.pretrained or mcfg.path:  # finetuning may crop the block: the checkpoint knows
             gpt_config.vocab_size = ckpt["model_args"]["vocab_size"]

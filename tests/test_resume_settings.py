@@ -89,6 +89,18 @@ def test_another_dataset_of_the_same_vocabulary_is_refused(tmp_path, data_root):
         train_tiny(run, "task.max_iters=4", "task.eval_interval=2", "init_from=resume", "data.name=other_char")
 
 
+def test_another_dataset_of_another_vocabulary_is_refused_as_a_dataset_not_a_shape(tmp_path, data_root):
+    """A char run resumed on data of another alphabet (as data=shakespeare on a char run): its
+    vocabulary differs, and the model's shape with it, but what the user changed is the data."""
+    write_char_dataset(data_root, "other_char", text="xyz XYZ 0123456789\n" * 2000)
+    run = tmp_path / "run"
+    train_tiny(run, "task.max_iters=2", "task.eval_interval=2")
+    with pytest.raises(UserError) as e:
+        train_tiny(run, "task.max_iters=4", "task.eval_interval=2", "init_from=resume", "data.name=other_char")
+    assert "trained on 'tiny_char'; this command has data.name=other_char" in str(e.value)
+    assert "model shape" not in str(e.value)
+
+
 def test_init_from_scratch_on_a_run_with_checkpoints_is_an_error(tmp_path, data_root):
     env = {"HYDRA_FULL_ERROR": "0", "NANOGPT_DATA_ROOT": str(data_root)}
     args = ["data.name=tiny_char", *TINY, "hardware.num_threads=1", "task.max_iters=4", "task.eval_interval=2"]
