@@ -179,3 +179,31 @@ def test_export_next_to_the_runs_still_works(small_run, tmp_path):
 
     out = export_main([str(small_run), str(tmp_path / "exports" / "a")])
     assert (out / "model.safetensors").exists() and (small_run / "ckpt" / "best.pt").exists()
+
+
+def test_export_force_replaces_an_earlier_export_and_nothing_else(small_run, tmp_path, data_root):
+    """--force onto the data root replaced every prepared dataset, and onto a run directory that
+    held only .hydra/ replaced it: --force only replaces what an export wrote."""
+    proc = subprocess.run([sys.executable, "-m", "nanogpt.export", str(small_run), str(data_root), "--force"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: {data_root} is not an earlier export") and "Traceback" not in proc.stderr
+    assert "--force only replaces a directory that python -m nanogpt.export wrote" in proc.stderr
+    assert (data_root / "tiny_char" / "train.bin").exists()
+
+    from nanogpt.errors import UserError
+    from nanogpt.export import main as export_main
+
+    starting = tmp_path / "runs" / "starting"  # a run directory as Hydra makes it, before training
+    (starting / ".hydra").mkdir(parents=True)
+    (starting / ".hydra" / "config.yaml").write_text("a run's config\n")
+    with pytest.raises(UserError, match="is not an earlier export"):
+        export_main([str(small_run), str(starting), "--force"])
+    assert (starting / ".hydra" / "config.yaml").read_text() == "a run's config\n"
+
+    out = tmp_path / "exports" / "a"
+    with pytest.warns(UserWarning, match="records no tokenizer"):
+        export_main([str(small_run), str(out)])
+        (out / "notes.txt").write_text("added to the export")
+        export_main([str(small_run), str(out), "--force"])  # an earlier export: replaced as a whole
+    assert (out / "model.safetensors").exists() and not (out / "notes.txt").exists()
