@@ -62,7 +62,8 @@ def progress(iterable=None, *, total=None, desc=None, is_main=True, leave=True, 
 class MetricsLogger:
     """start_iter: the iteration a run starts (or resumes) at. metrics.jsonl keeps the records of
     iterations up to a resumed checkpoint and drops the later ones, which the run is about to
-    redo, so the file reads as if the run had never stopped."""
+    redo, so the file reads as if the run had never stopped. A resume record of start_iter goes
+    too: it described a session whose steps are redone now (this session records its own)."""
 
     def __init__(self, run_dir: Path, enabled: bool = True, wandb_cfg=None, config: dict | None = None,
                  start_iter: int = 0):
@@ -118,7 +119,7 @@ class MetricsLogger:
 
 def _keep_until(path: Path, start_iter: int) -> None:
     """Rewrite metrics.jsonl with the records of iterations <= start_iter of a resumed run (none for
-    a fresh start), also dropping a line torn by a crash."""
+    a fresh start; no resume record of start_iter), also dropping a line torn by a crash."""
     if not path.exists():
         return
     kept = []
@@ -128,7 +129,8 @@ def _keep_until(path: Path, start_iter: int) -> None:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if record.get("iter", 0) <= start_iter:
+            it = record.get("iter", 0)
+            if it < start_iter or (it == start_iter and record.get("kind") != "resume"):
                 kept.append(line + "\n")
     _replace_atomically(path, "".join(kept), ".jsonl.tmp")
 

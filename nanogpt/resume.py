@@ -5,7 +5,8 @@ refused (the run's data or tokenizer: the run would become another experiment un
 name; the model's shape is checked by checkpoint.check_shape), warned about and recorded (what
 is trained changes: batch, learning-rate schedule, optimizer, seed, dropout, precision, number of
 ranks), or only recorded (a longer budget, hardware that changes speed, not the maths). Recorded
-changes go to metrics.jsonl as {"kind": "resume", "iter": N, "changed": {key: [old, new]}}.
+changes go to metrics.jsonl as {"kind": "resume", "iter": N, "changed": {key: [old, new]}}, once
+the resumed session's first step has run with them.
 Everything else (logging, evaluation cadence, plots) may change freely.
 """
 from __future__ import annotations

@@ -74,6 +74,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
                 break
             loss = train_step(s.step, state.it)
             state.it += 1
+            if s.resume_record:
+                record_resume(s)
             if loss is None:  # a non-finite step, skipped (task.on_nan=skip)
                 count_skipped_step(s, state)
                 continue
@@ -92,6 +94,14 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # the steps of the loop
+
+def record_resume(s: Training) -> None:
+    """The settings this resume changed, into metrics.jsonl once a step has run with them: a
+    session stopped before its first step leaves no record of settings nothing trained with (and
+    a record whose steps a later resume redoes is dropped with them: metrics.MetricsLogger)."""
+    s.metrics.log(s.resume_record)
+    s.resume_record = None
+
 
 def count_skipped_step(s: Training, state: TrainState) -> None:
     """A non-finite step was skipped (task.on_nan=skip): warn; stop after MAX_SKIPPED in a row."""

@@ -109,6 +109,7 @@ class Training:
     can_plot: bool  # loss.png is drawn (rank 0, task.plot, and drawing has not failed)
     peak: float | None = None  # the device's FLOP/s for MFU (rank 0)
     hellaswag: DuringTraining | None = None  # task.hellaswag_interval: scored and logged in the loop
+    resume_record: dict | None = None  # the settings a resume changed, for metrics.jsonl after its first step
     prefetch: Prefetcher | None = None  # these three last: setup starts them when nothing can fail
     stop: StopRequest | None = None
     meter: Meter | None = None
@@ -331,8 +332,8 @@ def _log_header(s: Training, state: TrainState, resume_path, resume_changes: dic
              tcfg.eval_interval, s.eval_plan.final_iters, 100 * s.eval_plan.share)
     if state.it:
         log.info("resuming from %s at iteration %d", resume_path, state.it)
-    if resume_changes:
-        s.metrics.log({"kind": "resume", "iter": state.it, "changed": resume_changes})
+    if resume_changes:  # recorded once a step has run with them (nanogpt.train.record_resume)
+        s.resume_record = {"kind": "resume", "iter": state.it, "changed": resume_changes}
 
 
 def non_embedding_params(model: GPT) -> int:
