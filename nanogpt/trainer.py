@@ -113,6 +113,7 @@ class Training:
     prefetch: Prefetcher | None = None  # these three last: setup starts them when nothing can fail
     stop: StopRequest | None = None
     meter: Meter | None = None
+    stop_signal: int | None = None  # the signal that stopped the run, the same on every rank
 
     @property
     def tcfg(self):
@@ -140,6 +141,12 @@ def finished_run(cfg, run_dir: Path) -> dict | None:
     further (init_from=resume): then there is nothing to do."""
     done = rundir.finished_summary(run_dir)
     if done is None or cfg.init_from == "resume":
+        return None
+    missing = rundir.missing_outputs(run_dir, done)
+    if missing:  # its summary was written first (an older nanogpt), then the run was killed
+        log.info("%s finished training but %s missing: writing %s now", run_dir,
+                    " and ".join(missing) + (" is" if len(missing) == 1 else " are"),
+                    "it" if len(missing) == 1 else "them")
         return None
     log.info("%s already finished (best val loss %s); nothing to do. To train further: "
              "init_from=resume run=%s task.max_iters=N", run_dir, done.get("best_val_loss"), run_dir)

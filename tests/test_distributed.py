@@ -137,6 +137,51 @@ def test_a_failing_rank_ends_the_torchrun_job(tmp_path, data_root):
     assert time.monotonic() - start < 60  # rank 0 did not wait in a collective for its timeout
 
 
+def rank_pid(torchrun_pid: int, rank: int) -> int | None:
+    """The pid of a torchrun worker of the given rank (a child of torchrun, RANK in its environment)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            env = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == torchrun_pid and f"RANK={rank}".encode() in env:
+            return int(stat.parent.name)
+    return None
+
+
+def test_sigterm_to_one_rank_stops_every_rank_and_records_that_signal(tmp_path, data_root):
+    """SIGTERM to rank 1 alone: rank 0 saved, then died with KeyError: None (its own stop_signal
+    was None), and summary.json said stop_signal: null. Every rank now records the signal the
+    ranks agreed on and exits as a single process does (128 + 15), without a traceback of ours."""
+    import signal
+
+    run, log_path = tmp_path / "r", tmp_path / "torchrun.log"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "launch.py"), *STEP, "task.max_iters=100000", "task.eval_interval=1000", f"run={run}"]
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "WANDB_MODE": "offline"})
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / "metrics.jsonl").exists() and len(losses(run)) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.05)
+        os.kill(rank_pid(proc.pid, 1), signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    out = log_path.read_text()
+    assert "KeyError" not in out and f'File "{REPO}' not in out, out[-3000:]  # no traceback of ours
+    assert "exitcode  : 143" in out  # each rank: 128 + SIGTERM (torchrun reports a worker's non-zero exit)
+    done = summary(run)
+    assert (done["status"], done["stop_signal"]) == ("interrupted", "SIGTERM")
+    from nanogpt import checkpoint
+
+    assert checkpoint.load(run / "ckpt" / "last.pt")["iter"] == done["iters"] > 2
+    assert f"stopped at iteration {done['iters']}; checkpoint saved" in out
+
+
 # ---- sweeps on this machine
 
 @pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
