@@ -312,6 +312,55 @@ def test_slurm_job_is_requeued_on_signal_and_resumes_to_the_same_loss(tmp_path, 
 
 @pytest.mark.slurm
 @needs_slurm
+def test_a_cancelled_sweep_job_is_one_line_that_says_how_to_resume(tmp_path, data_root):
+    """A plain scancel of a sweep point ended the sweep command with submitit's
+    UncompletedJobError traceback."""
+    args = [*STEP, "task.max_iters=100000", "task.eval_interval=1000", "task.log_interval=10", "optim.lr=1e-3,2e-3"]
+    sweep = tmp_path / "sweeps" / "s"
+    cmd = [sys.executable, str(REPO / "launch.py"), "-m", "hydra/launcher=slurm_cpu", *args, "sweep_name=s"]
+    with open(tmp_path / "sweep.log", "w") as out:
+        sweeper = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+        try:
+            deadline = time.monotonic() + 120
+            while not any(len(p.read_text().splitlines()) >= 2 for p in sweep.glob("*_*/metrics.jsonl")):
+                assert time.monotonic() < deadline, (tmp_path / "sweep.log").read_text()[-3000:]
+                time.sleep(0.2)
+            jobs = job_ids(sweep)
+            subprocess.run(["scancel", *jobs], check=True)  # both points: the sweep ends sooner
+            code = sweeper.wait(timeout=240)
+        finally:
+            sweeper.kill()
+    log = (tmp_path / "sweep.log").read_text()
+    assert code == 2, log[-3000:]
+    assert "Traceback" not in log and "UncompletedJobError" not in log, log[-3000:]
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(errors) == len(jobs) == 2, log[-3000:]
+    for i, (job, line) in enumerate(zip(jobs, errors)):
+        assert line.startswith(f"error: SLURM job {job} (sweep point #{i}: optim.lr=0.00{i + 1}) was cancelled "
+                               "before it finished (CANCELLED"), line
+        assert "its run directory in sweeps/s keeps the checkpoints it wrote. To resume it, run the same " \
+               "command again: points that finished are not trained again" in line
+
+
+def test_a_cancelled_job_of_an_unnamed_sweep_is_told_the_sweeps_name():
+    """Without sweep_name, the sweep's directory is named after the time it started: the same
+    command would start a new one, so the message gives the name to resume this one."""
+    from types import SimpleNamespace
+
+    from hydra_plugins.nanogpt_slurm_launcher import ended_message, swept
+
+    job = SimpleNamespace(job_id="7_1", watcher=SimpleNamespace(get_state=lambda *a, **k: "NODE_FAIL"))
+    points = [["model.n_layer=2", "optim.lr=0.001"], ["model.n_layer=2", "optim.lr=0.002"]]
+    assert swept(points[1], points) == ["optim.lr=0.002"]
+    message = ended_message(1, job, "optim.lr=0.002", Path("sweeps/2026-01-01_10-00-00"), ["optim.lr=0.001,0.002"])
+    assert message.startswith("SLURM job 7_1 (sweep point #1: optim.lr=0.002) ended without a result before it "
+                              "finished (NODE_FAIL)")
+    assert "run the same command again with sweep_name=2026-01-01_10-00-00: points that finished" in message
+
+
+@pytest.mark.slurm
+@needs_slurm
 def test_a_failing_rank_fails_the_slurm_job(tmp_path, data_root):
     start = time.monotonic()
     proc = slurm_sweep(["hydra.launcher.tasks_per_node=2", *STEP, "task.max_iters=50", "sweep_name=s"],
