@@ -9,9 +9,9 @@ array per distinct set of settings (points that ask for the same resources still
 It also accepts `srun_args` (arguments of the `srun` that starts the tasks), which submitit
 supports and the upstream config lacks.
 
-A job that ends without a result (scancel, a node failure) ends the sweep command with one line
-per such job, saying which sweep point it was and how to resume it, and exit status 2, rather
-than submitit's UncompletedJobError traceback. The other jobs are waited for first.
+A cancelled job (scancel) ends the sweep command with one line per such job, saying which sweep
+point it was and how to resume it, and exit status 2, rather than submitit's UncompletedJobError
+traceback. The other jobs are waited for first.
 
 It lives in Hydra's plugin namespace (Hydra only instantiates launchers from there; its scan
 imports the module without registering it first, so no `from __future__ import annotations`).
@@ -107,23 +107,39 @@ class PerJobSlurmLauncher(SlurmLauncher):
 
 def collect_results(jobs: list, job_overrides: Sequence[Sequence[str]], first_idx: int, sweep_dir: Path,
                     command: Sequence[str]) -> list[JobReturn]:
-    """Each job's result, in order. Jobs that ended without one (cancelled, or their node lost)
-    are named once every job has ended, one line each, and the sweep exits with status 2; a job
-    that failed (an exception, a task's non-zero exit) still raises submitit's error."""
+    """Each job's result, in order. Jobs that were cancelled (scancel) are named once every job
+    has ended, one line each, and the sweep exits with status 2; a job that failed (an
+    exception, a task's non-zero exit) still raises submitit's error, which shows why."""
     from submitit.core.utils import UncompletedJobError
 
-    results, ended = [], []
+    results, cancelled = [], []
     for i, job in enumerate(jobs):
         try:
             results.append(job.results()[0])
         except UncompletedJobError:
-            ended.append((first_idx + i, job, job_overrides[i]))
-    for idx, job, overrides in ended:
-        point = " ".join(swept(overrides, job_overrides))
-        print(f"error: {ended_message(idx, job, point, sweep_dir, command)}", file=sys.stderr, flush=True)
-    if ended:
+            state = job_state(job)
+            if not state.startswith("CANCELLED"):
+                _report(cancelled)
+                raise
+            cancelled.append(cancelled_message(first_idx + i, job.job_id, " ".join(swept(job_overrides[i], job_overrides)),
+                                               state, sweep_dir, command))
+    if cancelled:
+        _report(cancelled)
         sys.exit(2)
     return results
+
+
+def _report(messages: list[str]) -> None:
+    for message in messages:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def job_state(job) -> str:
+    """The job's state in SLURM's accounting, read now (CANCELLED by 0, FAILED, ...)."""
+    try:
+        return job.watcher.get_state(job.job_id, mode="force")
+    except Exception:  # noqa: BLE001 - sacct unreachable: say what is known
+        return "UNKNOWN"
 
 
 def swept(overrides: Sequence[str], all_overrides: Sequence[Sequence[str]]) -> list[str]:
@@ -137,15 +153,10 @@ def swept(overrides: Sequence[str], all_overrides: Sequence[Sequence[str]]) -> l
     return [o for o in own if len(values[o.partition("=")[0]]) > 1] or list(own)
 
 
-def ended_message(idx: int, job, point: str, sweep_dir: Path, command: Sequence[str]) -> str:
-    """Which sweep point's job ended without a result, and how to resume it."""
-    try:
-        state = job.watcher.get_state(job.job_id, mode="force")
-    except Exception:  # noqa: BLE001 - sacct unreachable: say what is known
-        state = "UNKNOWN"
-    what = "was cancelled" if state.startswith("CANCELLED") else "ended without a result"
+def cancelled_message(idx: int, job_id: str, point: str, state: str, sweep_dir: Path, command: Sequence[str]) -> str:
+    """Which sweep point's job was cancelled, and how to resume it."""
     named = any(str(o).lstrip("+").startswith("sweep_name=") for o in command)
     again = "the same command again" if named else f"the same command again with sweep_name={sweep_dir.name}"
-    return (f"SLURM job {job.job_id} (sweep point #{idx}: {point}) {what} "
-            f"before it finished ({state}); its run directory in {sweep_dir} keeps the checkpoints it "
-            f"wrote. To resume it, run {again}: points that finished are not trained again")
+    return (f"SLURM job {job_id} (sweep point #{idx}: {point}) was cancelled before it finished ({state}); "
+            f"its run directory in {sweep_dir} keeps the checkpoints it wrote. To resume it, run {again}: "
+            "points that finished are not trained again")

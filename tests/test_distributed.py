@@ -346,16 +346,14 @@ def test_a_cancelled_sweep_job_is_one_line_that_says_how_to_resume(tmp_path, dat
 def test_a_cancelled_job_of_an_unnamed_sweep_is_told_the_sweeps_name():
     """Without sweep_name, the sweep's directory is named after the time it started: the same
     command would start a new one, so the message gives the name to resume this one."""
-    from types import SimpleNamespace
+    from hydra_plugins.nanogpt_slurm_launcher import cancelled_message, swept
 
-    from hydra_plugins.nanogpt_slurm_launcher import ended_message, swept
-
-    job = SimpleNamespace(job_id="7_1", watcher=SimpleNamespace(get_state=lambda *a, **k: "NODE_FAIL"))
     points = [["model.n_layer=2", "optim.lr=0.001"], ["model.n_layer=2", "optim.lr=0.002"]]
     assert swept(points[1], points) == ["optim.lr=0.002"]
-    message = ended_message(1, job, "optim.lr=0.002", Path("sweeps/2026-01-01_10-00-00"), ["optim.lr=0.001,0.002"])
-    assert message.startswith("SLURM job 7_1 (sweep point #1: optim.lr=0.002) ended without a result before it "
-                              "finished (NODE_FAIL)")
+    message = cancelled_message(1, "7_1", "optim.lr=0.002", "CANCELLED by 0", Path("sweeps/2026-01-01_10-00-00"),
+                                ["optim.lr=0.001,0.002"])
+    assert message.startswith("SLURM job 7_1 (sweep point #1: optim.lr=0.002) was cancelled before it "
+                              "finished (CANCELLED by 0)")
     assert "run the same command again with sweep_name=2026-01-01_10-00-00: points that finished" in message
 
 
