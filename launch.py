@@ -39,7 +39,12 @@ from omegaconf import DictConfig
 from nanogpt.config import register_configs, validate
 from nanogpt.errors import UserError
 from nanogpt.guards import raise_interrupted
-from nanogpt.rundir import register_resolvers, remove_if_untouched, restore_run_record, undo_launch
+from nanogpt.rundir import (
+    register_resolvers,
+    remove_if_untouched,
+    restore_run_record,
+    undo_launch,
+)
 
 register_configs()
 register_resolvers()

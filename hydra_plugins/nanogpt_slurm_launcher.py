@@ -121,8 +121,8 @@ def collect_results(jobs: list, job_overrides: Sequence[Sequence[str]], first_id
             if not state.startswith("CANCELLED"):
                 _report(cancelled)
                 raise
-            cancelled.append(cancelled_message(first_idx + i, job.job_id, " ".join(swept(job_overrides[i], job_overrides)),
-                                               state, sweep_dir, command))
+            point = " ".join(swept(job_overrides[i], job_overrides))
+            cancelled.append(cancelled_message(first_idx + i, job.job_id, point, state, sweep_dir, command))
     if cancelled:
         _report(cancelled)
         sys.exit(2)
@@ -153,7 +153,8 @@ def swept(overrides: Sequence[str], all_overrides: Sequence[Sequence[str]]) -> l
     return [o for o in own if len(values[o.partition("=")[0]]) > 1] or list(own)
 
 
-def cancelled_message(idx: int, job_id: str, point: str, state: str, sweep_dir: Path, command: Sequence[str]) -> str:
+def cancelled_message(idx: int, job_id: str, point: str, state: str, sweep_dir: Path,
+                      command: Sequence[str]) -> str:
     """Which sweep point's job was cancelled, and how to resume it."""
     named = any(str(o).lstrip("+").startswith("sweep_name=") for o in command)
     again = "the same command again" if named else f"the same command again with sweep_name={sweep_dir.name}"

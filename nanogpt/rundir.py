@@ -135,9 +135,7 @@ def remove_if_untouched(out: Path) -> None:
     """A command rejected before any work leaves no directory behind (Hydra made it up front,
     with any missing parents such as runs/: those go too when empty). Only a directory this
     process created: another process's new run (whose lock this one lost) is not ours to remove."""
-    leftovers = (".hydra", "launch.log", LOCK_FILE)
-    untouched = lambda p: p.name in leftovers or (p.name == "ckpt" and p.is_dir() and not any(p.iterdir()))  # noqa: E731
-    if created_here(out) and out.is_dir() and all(untouched(p) for p in out.iterdir()):
+    if created_here(out) and out.is_dir() and all(_left_before_work(p) for p in out.iterdir()):
         shutil.rmtree(out, ignore_errors=True)
         cwd = Path.cwd().resolve()
         for parent in out.resolve().parents:
@@ -147,6 +145,13 @@ def remove_if_untouched(out: Path) -> None:
                 parent.rmdir()  # only if empty
             except OSError:
                 break
+
+
+def _left_before_work(p: Path) -> bool:
+    """What a launch leaves in a run directory before any work: Hydra's record and log, the
+    lock, a ckpt/ that an interrupted first save left empty."""
+    empty_ckpt = p.name == "ckpt" and p.is_dir() and not any(p.iterdir())
+    return p.name in (".hydra", "launch.log", LOCK_FILE) or empty_ckpt
 
 
 def undo_launch() -> Path | None:

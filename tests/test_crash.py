@@ -226,7 +226,8 @@ def test_a_second_ctrl_c_at_any_moment_leaves_the_summary_at_the_newest_checkpoi
     out = log_of(proc)
     assert "Traceback" not in out
     summary, newest = json.loads((run / "summary.json").read_text()), newest_checkpoint_iter(run)
-    assert (summary["status"], summary["iters"], summary["stop_signal"]) == ("interrupted", newest, "SIGINT"), out[-2000:]
+    stopped = (summary["status"], summary["iters"], summary["stop_signal"])
+    assert stopped == ("interrupted", newest, "SIGINT"), out[-2000:]
     assert f"stopped at iteration {newest}; checkpoint saved" in out or \
         f"the newest checkpoint (iteration {newest}) is intact" in out
     assert "checkpoints already written are intact" not in out

@@ -315,7 +315,8 @@ def test_slurm_job_is_requeued_on_signal_and_resumes_to_the_same_loss(tmp_path, 
 def test_a_cancelled_sweep_job_is_one_line_that_says_how_to_resume(tmp_path, data_root):
     """A plain scancel of a sweep point ended the sweep command with submitit's
     UncompletedJobError traceback."""
-    args = [*STEP, "task.max_iters=100000", "task.eval_interval=1000", "task.log_interval=10", "optim.lr=1e-3,2e-3"]
+    args = [*STEP, "task.max_iters=100000", "task.eval_interval=1000", "task.log_interval=10",
+            "optim.lr=1e-3,2e-3"]
     sweep = tmp_path / "sweeps" / "s"
     cmd = [sys.executable, str(REPO / "launch.py"), "-m", "hydra/launcher=slurm_cpu", *args, "sweep_name=s"]
     with open(tmp_path / "sweep.log", "w") as out:

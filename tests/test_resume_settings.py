@@ -98,7 +98,7 @@ def test_a_resume_record_says_only_what_steps_ran_with(tmp_path, data_root, monk
     run = tmp_path / "run"
     args = ("task.max_iters=4", "task.eval_interval=2")
     train_tiny(run, "task.max_iters=2", "task.eval_interval=2")
-    resumes = lambda: [m for m in read_metrics(run) if m["kind"] == "resume"]  # noqa: E731
+    resumes = lambda: [m for m in read_metrics(run) if m["kind"] == "resume"]
 
     with monkeypatch.context() as m:
         kill_at_step(m, 1)
