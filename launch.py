@@ -17,7 +17,8 @@ import sys
 
 
 def _interrupted_early(signum, frame):
-    print("error: interrupted before the task started; no training was done", file=sys.stderr, flush=True)
+    print(f"error: interrupted ({signal.Signals(signum).name}) before the task started: no training was done",
+          file=sys.stderr, flush=True)
     # os._exit, not sys.exit: a SystemExit raised inside a C extension's import (numpy under torch)
     # makes the interpreter re-import it on the way out and die with an ImportError traceback.
     # Nothing has been written yet, so there is nothing to clean up.
@@ -37,11 +38,23 @@ from omegaconf import DictConfig
 
 from nanogpt.config import register_configs, validate
 from nanogpt.errors import UserError
-from nanogpt.rundir import register_resolvers, remove_if_untouched, restore_run_record
+from nanogpt.guards import raise_interrupted
+from nanogpt.rundir import (
+    register_resolvers,
+    remove_if_untouched,
+    restore_run_record,
+    undo_launch,
+)
 
 register_configs()
 register_resolvers()
-signal.signal(signal.SIGINT, signal.default_int_handler)  # from here a KeyboardInterrupt is caught below
+# from here a signal is an exception that the handlers below clean up after (training has its
+# own: the first Ctrl-C or SIGTERM finishes the step and saves). Not SIGTERM under a launcher of
+# several processes: it stops the ranks with it, and a Python handler would wait for a rank
+# blocked in a collective
+signal.signal(signal.SIGINT, raise_interrupted)
+if all(os.environ.get(k, "1").strip() in ("", "1") for k in ("WORLD_SIZE", "SLURM_STEP_NUM_TASKS")):
+    signal.signal(signal.SIGTERM, raise_interrupted)
 log = logging.getLogger("nanogpt")
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 logging.raiseExceptions = False  # a full disk must not turn every log line into a traceback
@@ -77,12 +90,16 @@ def main(cfg: DictConfig):
             raise  # a bug keeps its traceback; a sweep records this job as failed
         print(f"error: {_storage_message(e) if storage else e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except KeyboardInterrupt:  # training's second Ctrl-C (its first saves), or eval/sample's first
-        if dist.is_main:
+    except KeyboardInterrupt as e:  # training's second Ctrl-C (its first saves), eval/sample's first,
+        # or a signal before training started
+        signum = getattr(e, "signum", signal.SIGINT)
+        own_dir = Path(HydraConfig.get().runtime.output_dir)
+        if dist.is_main:  # the run's record as it was; a directory this command made goes
             restore_run_record()
-        print("error: interrupted, stopped at once without saving; checkpoints already written are "
-              "intact and the same command resumes from the last one", file=sys.stderr, flush=True)
-        sys.exit(130)
+            remove_if_untouched(own_dir)
+        message = getattr(e, "message", None) or _stopped_before_work(signum, cfg.task.name, own_dir)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
 
 
 # a full disk or an unwritable place: the user's to fix, not a bug
@@ -93,6 +110,28 @@ def _storage_message(e: OSError) -> str:
     where = e.filename if e.filename not in (None, "", ".") else "while writing the run's files"
     return (f"{e.strerror}: {where}. Free disk space or fix permissions; the checkpoints "
             "already written are intact, and the same command resumes from them")
+
+
+def _stopped_before_work(signum: int, task: str, own_dir: Path) -> str:
+    """What a signal before the task's work means (training's own stops say what they kept)."""
+    what = f"interrupted ({signal.Signals(signum).name})"
+    if task != "train":
+        return f"{what}: task={task} stopped at once{_kept(own_dir)}"
+    return f"{what} before training started: no training was done{_kept(own_dir)}"
+
+
+def _kept(run_dir: Path | None) -> str:
+    """What is left of the run directory, once restore_run_record and remove_if_untouched ran."""
+    from nanogpt import checkpoint, dcp
+
+    if run_dir is None:
+        return ""
+    if not run_dir.exists():
+        return f", and {run_dir}, which this command created, was removed"
+    ckpt = run_dir / "ckpt"
+    if any((ckpt / n).exists() for n in checkpoint.RESUMABLE) or dcp.has_sharded(ckpt):
+        return f"; {run_dir} is as it was, and the same command resumes it from its checkpoints"
+    return f"; {run_dir} is as it was"
 
 
 def _log_recipe() -> None:
@@ -125,6 +164,9 @@ if __name__ == "__main__":
 
         check_overrides(sys.argv[1:], CONF_DIR)
         main()
-    except KeyboardInterrupt:  # Ctrl-C before the task started (imports, composition): nothing to keep
-        print("error: interrupted before the task started; no training was done", file=sys.stderr, flush=True)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # a signal before the task started (composition, Hydra writing .hydra/)
+        signum = getattr(e, "signum", signal.SIGINT)
+        run_dir = undo_launch()  # the run's record as it was, and no directory this command made
+        print(f"error: interrupted ({signal.Signals(signum).name}) before the task started: no training "
+              f"was done{_kept(run_dir)}", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)

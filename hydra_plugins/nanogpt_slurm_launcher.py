@@ -9,6 +9,10 @@ array per distinct set of settings (points that ask for the same resources still
 It also accepts `srun_args` (arguments of the `srun` that starts the tasks), which submitit
 supports and the upstream config lacks.
 
+A cancelled job (scancel) ends the sweep command with one line per such job, saying which sweep
+point it was and how to resume it, and exit status 2, rather than submitit's UncompletedJobError
+traceback. The other jobs are waited for first.
+
 It lives in Hydra's plugin namespace (Hydra only instantiates launchers from there; its scan
 imports the module without registering it first, so no `from __future__ import annotations`).
 Its config is stored as plain data, not as a class of this module: Hydra's state, which every
@@ -17,6 +21,7 @@ job unpickles, then names nothing a job would have to import (jobs run the upstr
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Callable, List, Sequence
 
@@ -76,7 +81,8 @@ class PerJobSlurmLauncher(SlurmLauncher):
         for settings, indices in groups:
             submitted = self._submit(settings, [(i, job_overrides[i]) for i in indices], initial_job_idx)
             jobs.update(zip(indices, submitted))
-        return [jobs[i].results()[0] for i in range(len(job_overrides))]
+        return collect_results([jobs[i] for i in range(len(job_overrides))], job_overrides, initial_job_idx,
+                               sweep_dir, self.config.hydra.overrides.task)
 
     def _submit(self, settings: dict, jobs: list[tuple[int, Sequence[str]]], first_idx: int) -> list:
         """One job array of `jobs` (index in the sweep, overrides), as the upstream launcher
@@ -97,3 +103,61 @@ class PerJobSlurmLauncher(SlurmLauncher):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
         return executor.map_array(runner, *zip(*args))
+
+
+def collect_results(jobs: list, job_overrides: Sequence[Sequence[str]], first_idx: int, sweep_dir: Path,
+                    command: Sequence[str]) -> list[JobReturn]:
+    """Each job's result, in order. Jobs that were cancelled (scancel) are named once every job
+    has ended, one line each, and the sweep exits with status 2; a job that failed (an
+    exception, a task's non-zero exit) still raises submitit's error, which shows why."""
+    from submitit.core.utils import UncompletedJobError
+
+    results, cancelled = [], []
+    for i, job in enumerate(jobs):
+        try:
+            results.append(job.results()[0])
+        except UncompletedJobError:
+            state = job_state(job)
+            if not state.startswith("CANCELLED"):
+                _report(cancelled)
+                raise
+            point = " ".join(swept(job_overrides[i], job_overrides))
+            cancelled.append(cancelled_message(first_idx + i, job.job_id, point, state, sweep_dir, command))
+    if cancelled:
+        _report(cancelled)
+        sys.exit(2)
+    return results
+
+
+def _report(messages: list[str]) -> None:
+    for message in messages:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def job_state(job) -> str:
+    """The job's state in SLURM's accounting, read now (CANCELLED by 0, FAILED, ...)."""
+    try:
+        return job.watcher.get_state(job.job_id, mode="force")
+    except Exception:  # noqa: BLE001 - sacct unreachable: say what is known
+        return "UNKNOWN"
+
+
+def swept(overrides: Sequence[str], all_overrides: Sequence[Sequence[str]]) -> list[str]:
+    """A point's overrides of the keys the sweep varies (all of them when none varies)."""
+    values: dict[str, set] = {}
+    for point in all_overrides:
+        for o in filter_overrides(point):
+            key, _, value = o.partition("=")
+            values.setdefault(key, set()).add(value)
+    own = filter_overrides(overrides)
+    return [o for o in own if len(values[o.partition("=")[0]]) > 1] or list(own)
+
+
+def cancelled_message(idx: int, job_id: str, point: str, state: str, sweep_dir: Path,
+                      command: Sequence[str]) -> str:
+    """Which sweep point's job was cancelled, and how to resume it."""
+    named = any(str(o).lstrip("+").startswith("sweep_name=") for o in command)
+    again = "the same command again" if named else f"the same command again with sweep_name={sweep_dir.name}"
+    return (f"SLURM job {job_id} (sweep point #{idx}: {point}) was cancelled before it finished ({state}); "
+            f"its run directory in {sweep_dir} keeps the checkpoints it wrote. To resume it, run {again}: "
+            "points that finished are not trained again")

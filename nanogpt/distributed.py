@@ -139,11 +139,16 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
 
 def any_rank(flag: bool) -> bool:
     """True on every rank if it is true on any: ranks must take the same branch before a collective."""
+    return bool(max_over_ranks(int(flag)))
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of every rank's value, on every rank (e.g. the signal that stops the run)."""
     if not (td.is_available() and td.is_initialized()):
-        return flag
-    t = torch.tensor([int(flag)])  # a CPU tensor: gloo, no GPU sync
+        return value
+    t = torch.tensor([value])  # a CPU tensor: gloo, no GPU sync
     td.all_reduce(t, op=td.ReduceOp.MAX)
-    return bool(t.item())
+    return int(t.item())
 
 
 def end_interrupted_slurm_job(dist: Dist, signum: int | None) -> None:

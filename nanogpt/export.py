@@ -6,7 +6,8 @@ OUT_DIR gets config.json + model.safetensors, which `transformers.GPT2LMHeadMode
 loads as is, and, when the run's data used GPT-2 BPE, the tokenizer files (vocab.json, merges.txt,
 tokenizer.json, tokenizer_config.json, special_tokens_map.json) rebuilt from the local tiktoken rank
 file, so no download is needed. A char-level run keeps its alphabet in nanogpt_tokenizer.json:
-Hugging Face has no GPT-2 tokenizer for it.
+Hugging Face has no GPT-2 tokenizer for it. The marker file .nanogpt-export says that nanogpt
+wrote the directory: --force replaces an earlier export, and refuses any other directory.
 """
 from __future__ import annotations
 
@@ -162,13 +163,40 @@ def hf_config(config: GPTConfig, dtype: torch.dtype, eos_token_id: int | None) -
     }
 
 
+# written into every export: --force replaces a directory only when it holds this
+MARKER = ".nanogpt-export"
+# what an export holds (exports written before MARKER existed are recognised by these alone)
+EXPORT_FILES = {"config.json", "model.safetensors", "nanogpt_tokenizer.json", "vocab.json", "merges.txt",
+                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", MARKER}
+
+
 def _check_target(out_dir: Path, force: bool, run_dir: Path | None = None) -> None:
     _refuse_run_dirs(Path(out_dir), run_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise UserError(f"{out_dir} is not empty: choose a new directory, or pass --force "
-                        "(force=True) to replace its contents")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise UserError(f"{out_dir} is not empty: choose a new directory, or pass --force "
+                            "(force=True) to replace an earlier export there")
+        if not _is_export(out_dir):
+            raise UserError(f"{out_dir} is not an earlier export (no {MARKER} in it): --force only "
+                            "replaces a directory that python -m nanogpt.export wrote, never data, "
+                            "runs or other files; choose a new or empty OUT_DIR, e.g. exports/NAME")
+
+
+def _is_export(d: Path) -> bool:
+    """A directory an export wrote: its marker, or (an export older than the marker) only export
+    files, with nanogpt's record in config.json."""
+    if (d / MARKER).is_file():
+        return True
+    entries = list(d.iterdir())
+    if not all(p.is_file() and p.name in EXPORT_FILES for p in entries):
+        return False
+    try:
+        config = json.loads((d / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "nanogpt" in config
 
 
 def _is_run_dir(d: Path) -> bool:
@@ -233,6 +261,7 @@ def export_hf(model: GPT, out_dir, tokenizer_meta: dict | None = None, rank_file
     try:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        (tmp / MARKER).write_text("written by python -m nanogpt.export: --force may replace this directory\n")
         for name, text in tokenizer_files.items():
             (tmp / name).write_text(text, encoding="utf-8")
         _default_permissions(tmp)
@@ -262,7 +291,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("run_dir", help="the training run's directory (holds ckpt/best.pt, ckpt/last.pt)")
     p.add_argument("out_dir", help="the model directory to write")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint (default: best)")
-    p.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    p.add_argument("--force", action="store_true", help="replace an earlier export in OUT_DIR")
     p.add_argument("--rank-file", default=None,
                    help="GPT-2 BPE ranks (r50k_base.tiktoken) for the tokenizer files; default: "
                         "$NANOGPT_GPT2_RANKS, tiktoken's cache, the shared data folder")
@@ -279,7 +308,7 @@ def main(argv: list[str] | None = None) -> Path:
               "iter": ckpt.get("iter"), "dataset": dataset}
     out = export_hf(model, args.out_dir, tokenizer_meta=ckpt.get("tokenizer"),
                     rank_file=args.rank_file, force=args.force, source=source)
-    files = ", ".join(sorted(f.name for f in out.iterdir()))
+    files = ", ".join(sorted(f.name for f in out.iterdir() if f.name != MARKER))
     print(f"exported {source['checkpoint']} (iter {source['iter']}, data {dataset}, "
           f"{model.num_params(non_embedding=False) / 1e6:.2f}M parameters) to {out}: {files}")
     print(f"load it with transformers: GPT2LMHeadModel.from_pretrained({str(out)!r})")

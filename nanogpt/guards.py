@@ -10,6 +10,20 @@ import torch
 log = logging.getLogger("nanogpt")
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM that stops a command at once. `message` says what was kept (None: the
+    command stopped before its work began); launch.py prints it and exits with 128 + signum."""
+
+    def __init__(self, signum: int = signal.SIGINT, message: str | None = None):
+        super().__init__(message or signal.Signals(signum).name)
+        self.signum, self.message = signum, message
+
+
+def raise_interrupted(signum, frame):
+    """A signal handler: stop at once, with an exception that cleanup code sees."""
+    raise Interrupted(signum)
+
+
 class StopRequest:
     """SIGTERM / SIGINT (Ctrl-C, a scheduler's notice) ask the loop to finish its step, save
     and exit; a second Ctrl-C exits at once."""
@@ -25,7 +39,7 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise Interrupted(signal.SIGINT)
         self.signum = signum
         log.warning("received %s: finishing this step, then saving a checkpoint",
                     signal.Signals(signum).name)

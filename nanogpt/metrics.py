@@ -24,18 +24,41 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     _replace_atomically(Path(path), json.dumps(obj, indent=2, default=_jsonable) + "\n", ".json.tmp")
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """path holds text, whole, or what it held before: never a part (samples.txt)."""
+    path = Path(path)
+    _replace_atomically(path, text, path.suffix + ".tmp")
+
+
 def _replace_atomically(path: Path, text: str, suffix: str) -> None:
-    """Write text beside path, then rename it over path. A failed write (a full disk) removes
-    its temp file and names the file it was writing: path itself is untouched."""
+    """Write text beside path, fsync it, then rename it over path: a kill or a power cut leaves
+    the old file or the new one. A failed write (a full disk) removes its temp file and names the
+    file it was writing: path itself is untouched."""
     tmp = path.with_suffix(suffix)
     try:
-        tmp.write_text(text)
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # a kill's KeyboardInterrupt too: no temp file left behind
         tmp.unlink(missing_ok=True)
-        if e.filename is None or str(e.filename) in ("", "."):
+        if isinstance(e, OSError) and (e.filename is None or str(e.filename) in ("", ".")):
             e.filename = str(path)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """The rename must reach the disk too, or a power cut could bring the old file back."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def _jsonable(x):
@@ -62,7 +85,8 @@ def progress(iterable=None, *, total=None, desc=None, is_main=True, leave=True, 
 class MetricsLogger:
     """start_iter: the iteration a run starts (or resumes) at. metrics.jsonl keeps the records of
     iterations up to a resumed checkpoint and drops the later ones, which the run is about to
-    redo, so the file reads as if the run had never stopped."""
+    redo, so the file reads as if the run had never stopped. A resume record of start_iter goes
+    too: it described a session whose steps are redone now (this session records its own)."""
 
     def __init__(self, run_dir: Path, enabled: bool = True, wandb_cfg=None, config: dict | None = None,
                  start_iter: int = 0):
@@ -97,15 +121,16 @@ class MetricsLogger:
             self.wandb.summary.update({k: v for k, v in summary.items()
                                        if k != "config" and not isinstance(v, (dict, list))})
 
-    def samples(self, text: str) -> None:
+    def samples(self, texts: list[str]) -> None:
+        """samples.txt: the run's samples, all at once (atomically: a kill leaves all or none)."""
         if not self.enabled:
             return
-        with open(self.run_dir / "samples.txt", "a") as f:
-            f.write(text + "\n")
+        write_text_atomic(self.run_dir / "samples.txt", "".join(text + "\n" for text in texts))
         if self.wandb is not None:
             import wandb
 
-            self.wandb.log({"samples": wandb.Html(f"<pre>{_escape(text)}</pre>")})
+            for text in texts:
+                self.wandb.log({"samples": wandb.Html(f"<pre>{_escape(text)}</pre>")})
 
     def close(self, failed: bool = False) -> None:
         if not self.enabled or self.file.closed:
@@ -118,8 +143,9 @@ class MetricsLogger:
 
 def _keep_until(path: Path, start_iter: int) -> None:
     """Rewrite metrics.jsonl with the records of iterations <= start_iter of a resumed run (none for
-    a fresh start), also dropping a line torn by a crash (the last one, silently) and any line that
-    is not a record (with a warning: one bad line must not stop every resume of the run)."""
+    a fresh start; no resume record of start_iter), also dropping a line torn by a crash (the last
+    one, silently) and any line that is not a record (with a warning: one bad line must not stop
+    every resume of the run)."""
     if not path.exists():
         return
     kept = []
@@ -132,7 +158,8 @@ def _keep_until(path: Path, start_iter: int) -> None:
                     log.warning("%s line %d is not a metrics record (a JSON object with an integer iter): "
                                 "left out: %.80s", path, number, line)
                 continue
-            if record.get("iter", 0) <= start_iter:
+            it = record.get("iter", 0)
+            if it < start_iter or (it == start_iter and record.get("kind") != "resume"):
                 kept.append(line + "\n")
     _replace_atomically(path, "".join(kept), ".jsonl.tmp")
 

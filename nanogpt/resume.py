@@ -5,7 +5,8 @@ refused (the run's data or tokenizer: the run would become another experiment un
 name; the model's shape is checked by checkpoint.check_shape), warned about and recorded (what
 is trained changes: batch, learning-rate schedule, optimizer, seed, dropout, precision, number of
 ranks), or only recorded (a longer budget, hardware that changes speed, not the maths). Recorded
-changes go to metrics.jsonl as {"kind": "resume", "iter": N, "changed": {key: [old, new]}}.
+changes go to metrics.jsonl as {"kind": "resume", "iter": N, "changed": {key: [old, new]}}, once
+the resumed session's first step has run with them.
 Everything else (logging, evaluation cadence, plots) may change freely.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ def check_resume(ckpt: dict, config: dict, tokenizer_meta: dict, world_size: int
     old = ckpt.get("config")
     if not isinstance(old, dict):
         return {}
-    _same_data(old, config, ckpt.get("tokenizer"), tokenizer_meta, run_dir)
+    check_same_data(ckpt, config, tokenizer_meta, run_dir)
     before, now = flatten(old), flatten(config)
     before["world_size"], now["world_size"] = len(ckpt.get("rng") or [None]), world_size
     changed = {k: [before.get(k), now.get(k)] for k in sorted(now)
@@ -46,7 +47,11 @@ def check_resume(ckpt: dict, config: dict, tokenizer_meta: dict, world_size: int
     return changed
 
 
-def _same_data(old: dict, config: dict, old_tokenizer, tokenizer_meta: dict, run_dir) -> None:
+def check_same_data(ckpt: dict, config: dict, tokenizer_meta: dict, run_dir) -> None:
+    """Refuse to resume a run on another dataset or tokenizer than it was trained on."""
+    old, old_tokenizer = ckpt.get("config"), ckpt.get("tokenizer")
+    if not isinstance(old, dict):
+        return
     was = (old.get("data") or {}).get("name")
     now = config["data"]["name"]
     if was is not None and was != now:

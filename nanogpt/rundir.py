@@ -45,6 +45,7 @@ _before: dict[Path, bytes | None] = {}
 # run directories (resolved) this process created, and the lock files it holds
 _created: set[Path] = set()
 _locks: dict[Path, object] = {}
+_guarded: list[Path] = []  # the run directories GuardRunDir checked, in order
 
 
 # settings that do not change what is trained stay out of a run's name (Hydra's exclude_keys)
@@ -134,8 +135,7 @@ def remove_if_untouched(out: Path) -> None:
     """A command rejected before any work leaves no directory behind (Hydra made it up front,
     with any missing parents such as runs/: those go too when empty). Only a directory this
     process created: another process's new run (whose lock this one lost) is not ours to remove."""
-    leftovers = (".hydra", "launch.log", LOCK_FILE)
-    if created_here(out) and out.is_dir() and all(p.name in leftovers for p in out.iterdir()):
+    if created_here(out) and out.is_dir() and all(_left_before_work(p) for p in out.iterdir()):
         shutil.rmtree(out, ignore_errors=True)
         cwd = Path.cwd().resolve()
         for parent in out.resolve().parents:
@@ -145,6 +145,23 @@ def remove_if_untouched(out: Path) -> None:
                 parent.rmdir()  # only if empty
             except OSError:
                 break
+
+
+def _left_before_work(p: Path) -> bool:
+    """What a launch leaves in a run directory before any work: Hydra's record and log, the
+    lock, a ckpt/ that an interrupted first save left empty."""
+    empty_ckpt = p.name == "ckpt" and p.is_dir() and not any(p.iterdir())
+    return p.name in (".hydra", "launch.log", LOCK_FILE) or empty_ckpt
+
+
+def undo_launch() -> Path | None:
+    """A launch stopped before its task started (a signal while Hydra set up): the run's record
+    as it was, and no directory this process created and nothing wrote into. Returns the run
+    directory it was launched on (None: Hydra had not chosen it yet)."""
+    restore_run_record()
+    for created in list(_created):
+        remove_if_untouched(created)
+    return _guarded[-1] if _guarded else None
 
 
 def _make_run_dir(run_dir: Path) -> None:
@@ -185,6 +202,7 @@ class GuardRunDir(Callback):
         HydraConfig.instance().set_config(config)  # as run_job does next: resolves ${hydra:...}
         _validate_or_exit(config)  # every value checked before the run directory exists
         run_dir = Path(OmegaConf.select(config, "hydra.run.dir"))
+        _guarded.append(run_dir)
         try:
             _make_run_dir(run_dir)
             _probe_space(run_dir)
@@ -302,7 +320,8 @@ def refuse_scratch_over_checkpoints(run_dir: Path, overrides) -> None:
 
 def finished_summary(run_dir: Path) -> dict | None:
     """The summary of a run that finished (it has a checkpoint and its summary says so), else
-    None. A garbled summary.json is a UserError: whether the run is done cannot be told."""
+    None. A garbled summary.json is a UserError: whether the run is done cannot be told.
+    (missing_outputs: what one that an older version marked finished too early still lacks.)"""
     run_dir = Path(run_dir)
     summary = read_summary(run_dir, strict=True)
     has_ckpt = (any((run_dir / "ckpt" / name).exists() for name in checkpoint.RESUMABLE)
@@ -310,6 +329,19 @@ def finished_summary(run_dir: Path) -> dict | None:
     if has_ckpt and summary is not None and summary.get("status") == "finished":
         return summary
     return None
+
+
+def missing_outputs(run_dir: Path, summary: dict) -> list[str]:
+    """What a finished run promised but lacks: a sharded run's consolidated ckpt/*.pt (what
+    sample, eval and export read), the samples its task asked for."""
+    run_dir = Path(run_dir)
+    missing = [f"ckpt/{name}.pt" for name in ("last", "best") if dcp.stale_consolidation(run_dir, name)]
+    config = summary.get("config")
+    task = config.get("task") if isinstance(config, dict) else None
+    asked = task.get("num_samples") if isinstance(task, dict) else None
+    if isinstance(asked, int) and asked > 0 and not (run_dir / "samples.txt").is_file():
+        missing.append("samples.txt")
+    return missing
 
 
 def remove_stale_temps(ckpt_dir: Path) -> list[Path]:

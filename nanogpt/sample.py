@@ -10,7 +10,7 @@ import torch
 from nanogpt.build import load_model_and_tokenizer
 from nanogpt.errors import UserError
 from nanogpt.hardware import runtime
-from nanogpt.metrics import progress
+from nanogpt.metrics import progress, write_text_atomic
 
 log = logging.getLogger("nanogpt")
 
@@ -58,10 +58,9 @@ def sample(cfg, out_dir: Path) -> list[str]:
         raise UserError(f"cannot encode the prompt for this model: {e}") from e
     log.info("sampled from %s", source)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "samples.txt", "w") as f:
-        for text in texts:
-            print(f"{text}\n---------------", flush=True)
-            f.write(text + "\n---------------\n")
+    write_text_atomic(out_dir / "samples.txt", "".join(f"{text}\n---------------\n" for text in texts))
+    for text in texts:
+        print(f"{text}\n---------------", flush=True)
     return texts
 
 

@@ -23,6 +23,7 @@ import torch
 
 from nanogpt import branch, checkpoint, dcp, distributed, fsdp, rundir
 from nanogpt.errors import UserError
+from nanogpt.guards import Interrupted
 from nanogpt.build import load_run
 from nanogpt.evaluate import estimate_loss
 from nanogpt.metrics import mfu
@@ -50,48 +51,71 @@ def run(cfg, run_dir: Path, dist: distributed.Dist) -> float | None:
 
 
 def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
-    """Train (or resume) the run in run_dir; returns its summary (rank 0; {} on the others)."""
+    """Train (or resume) the run in run_dir; returns its summary (rank 0; on the others, its
+    status and stop signal)."""
     done = finished_run(cfg, Path(run_dir))
     if done is not None:
         return done
     s, state = setup(cfg, Path(run_dir), dist)
     try:
-        while True:
-            set_lr(s.optimizer, s.schedule(state.it))
-            if s.hellaswag and (state.it > s.start_iter or s.start_iter == 0):  # before loss.png is drawn
-                s.hellaswag.maybe_log(state.it, s.model, s.rt, s.dist, s.metrics, state.tokens_at(state.it))
-            if eval_due(s, state):
-                evaluate_and_checkpoint(s, state)
-            if save_due(s, state):
-                save_checkpoint(s, state, "last.pt")
-            if keep_due(s, state):
-                keep_checkpoint(s, state)
-            if state.it >= s.max_iters:
-                break
-            if stop_requested(s):
-                if state.saved_at != state.it:
-                    save_checkpoint(s, state, "last.pt")
-                break
-            loss = train_step(s.step, state.it)
-            state.it += 1
-            if loss is None:  # a non-finite step, skipped (task.on_nan=skip)
-                count_skipped_step(s, state)
-                continue
-            state.bad_steps = 0
-            s.meter.iters_since_log += 1
-            if state.it % s.tcfg.log_interval == 0:
-                log_step(s, state, loss)
-    except BaseException:
+        try:
+            train_loop(s, state)
+        finally:
+            s.prefetch.close()
+            s.stop.restore()
+        summary = finish(s, state)
+    except KeyboardInterrupt as e:  # a second Ctrl-C, or a signal during the end-of-run samples
+        signum = getattr(e, "signum", signal.SIGINT)
+        raise Interrupted(signum, record_interrupt(s, state, signum)) from None
+    except Exception:
         record_failure(s, state)
         raise
-    finally:
-        s.prefetch.close()
-        s.stop.restore()
-    return finish(s, state)
+    if summary.get("status") == "interrupted":  # a SLURM job leaves here, to be requeued (or cancelled)
+        distributed.end_interrupted_slurm_job(s.dist, s.stop.signum)
+    return summary
+
+
+def train_loop(s: Training, state: TrainState) -> None:
+    """Steps until max_iters, or until a signal on any rank asks to stop (after saving)."""
+    while True:
+        set_lr(s.optimizer, s.schedule(state.it))
+        if s.hellaswag and (state.it > s.start_iter or s.start_iter == 0):  # before loss.png is drawn
+            s.hellaswag.maybe_log(state.it, s.model, s.rt, s.dist, s.metrics, state.tokens_at(state.it))
+        if eval_due(s, state):
+            evaluate_and_checkpoint(s, state)
+        if save_due(s, state):
+            save_checkpoint(s, state, "last.pt")
+        if keep_due(s, state):
+            keep_checkpoint(s, state)
+        if state.it >= s.max_iters:
+            break
+        if stop_requested(s):
+            if state.saved_at != state.it:
+                save_checkpoint(s, state, "last.pt")
+            break
+        loss = train_step(s.step, state.it)
+        state.it += 1
+        if s.resume_record:
+            record_resume(s)
+        if loss is None:  # a non-finite step, skipped (task.on_nan=skip)
+            count_skipped_step(s, state)
+            continue
+        state.bad_steps = 0
+        s.meter.iters_since_log += 1
+        if state.it % s.tcfg.log_interval == 0:
+            log_step(s, state, loss)
 
 
 # ----------------------------------------------------------------------------------------------
 # the steps of the loop
+
+def record_resume(s: Training) -> None:
+    """The settings this resume changed, into metrics.jsonl once a step has run with them: a
+    session stopped before its first step leaves no record of settings nothing trained with (and
+    a record whose steps a later resume redoes is dropped with them: metrics.MetricsLogger)."""
+    s.metrics.log(s.resume_record)
+    s.resume_record = None
+
 
 def count_skipped_step(s: Training, state: TrainState) -> None:
     """A non-finite step was skipped (task.on_nan=skip): warn; stop after MAX_SKIPPED in a row."""
@@ -230,8 +254,12 @@ def train_state(s: Training, state: TrainState, rng: list) -> dict:
 
 
 def stop_requested(s: Training) -> bool:
-    """A signal on any rank (Ctrl-C, a scheduler's notice) stops every rank."""
-    return _agree(s.stop.requested, s.dist)
+    """A signal on any rank (Ctrl-C, a scheduler's notice) stops every rank, and every rank
+    records the same one: the highest-numbered signal any rank received (SIGTERM over SIGINT)."""
+    signum = distributed.max_over_ranks(s.stop.signum or 0)
+    if signum:
+        s.stop_signal = signum
+    return bool(signum)
 
 
 def write_summary(s: Training, state: TrainState, status: str) -> None:
@@ -250,7 +278,7 @@ def write_summary(s: Training, state: TrainState, status: str) -> None:
         "eval_time_s": s.meter.eval_time,
         "tokens_per_s": tok_s, "mfu": mfu(per_token, tok_s, s.peak, s.dist.world_size) if tok_s else None,
         "world_size": s.dist.world_size, "device": str(s.rt.device), "dtype": str(s.rt.dtype).replace("torch.", ""),
-        "stop_signal": signal.Signals(s.stop.signum).name if s.stop.signum else None, "config": s.config_dict})
+        "stop_signal": signal.Signals(s.stop_signal).name if s.stop_signal else None, "config": s.config_dict})
 
 
 def record_failure(s: Training, state: TrainState) -> None:
@@ -262,25 +290,81 @@ def record_failure(s: Training, state: TrainState) -> None:
             log.warning("could not record the failure in %s: %s", s.run_dir, e)
 
 
+def record_interrupt(s: Training, state: TrainState, signum: int) -> str:
+    """Stopped at once (a second Ctrl-C while saving, a signal during the end-of-run samples):
+    the summary describes the newest checkpoint on disk, where the same command resumes, whatever
+    moment the signal came at (mid-write, between the write and its bookkeeping, or after).
+    Returns what to tell the user."""
+    s.stop_signal = signum
+    if not s.dist.is_main:
+        return "stopped at once; rank 0 reports what was kept"
+    with _signals_held():  # a third Ctrl-C must not leave this write half done
+        saved = newest_saved_state(s)
+        try:
+            if saved is not None:
+                at = TrainState(state.tokens_per_step)
+                at.load_state_dict({k: v for k, v in saved.items() if k != "rng"})
+                at.losses = saved.get("eval_losses") if isinstance(saved.get("eval_losses"), dict) else None
+                write_summary(s, at, "interrupted")
+            s.metrics.close(failed=True)
+        except OSError as e:
+            log.warning("could not record the interruption in %s: %s", s.run_dir, e)
+    if saved is None:
+        return "stopped at once, before this run wrote its first checkpoint: no training was kept"
+    return (f"stopped at once without saving: the newest checkpoint (iteration {saved['iter']}) is "
+            "intact, and the same command resumes from it")
+
+
+def newest_saved_state(s: Training) -> dict | None:
+    """The train state of the run's newest checkpoint on disk (what a resume starts from), or None."""
+    ckpt_dir = s.run_dir / "ckpt"
+    if s.sharded:
+        found, _ = dcp.find(ckpt_dir)
+        return found[0].state if found else None
+    states = []
+    for name in checkpoint.RESUMABLE:
+        if (ckpt_dir / name).exists():
+            with contextlib.suppress(UserError):  # a torn file: the other one is the newest
+                states.append(checkpoint.load(ckpt_dir / name, mmap=True))
+    states = [c for c in states if isinstance(c.get("iter"), int)]
+    return max(states, key=lambda c: c["iter"], default=None)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM ignored for the few milliseconds of a last write."""
+    held = {}
+    with contextlib.suppress(ValueError):  # not the main thread: signals reach it anyway
+        held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+
+
 def finish(s: Training, state: TrainState) -> dict:
-    """The end of a session: the summary, the samples of a finished run, or how to resume an
-    interrupted one (a SLURM job is requeued). Returns the summary (rank 0)."""
+    """The end of a session. A finished run writes what it promises (a sharded run's consolidated
+    checkpoints, samples.txt) before its summary says finished: a kill before that leaves it
+    resumable at max_iters, and the same command completes it. An interrupted one says how to
+    resume. Returns the summary (rank 0; on the others, the status and the agreed stop signal)."""
     finished = state.it >= s.max_iters
-    write_summary(s, state, "finished" if finished else "interrupted")
+    status = "finished" if finished else "interrupted"
+    if finished and s.dist.is_main:
+        if state.losses:
+            log.info("val loss %.4f nats/token vs the corpus's unigram entropy %.4f: what a model "
+                     "that ignores context scores", state.losses["val"], s.dataset.unigram_entropy())
+        write_promised_files(s)
+    write_summary(s, state, status)
     if not finished and s.dist.is_main:
         if s.can_plot:
             _plot(s.run_dir)
         log.warning("stopped at iteration %d; checkpoint saved. Resume with the same command, or "
                     "`python launch.py init_from=resume run=%s`", state.it, s.run_dir)
-    if finished and s.dist.is_main:
-        if state.losses:
-            log.info("val loss %.4f nats/token vs the corpus's unigram entropy %.4f: what a model "
-                     "that ignores context scores", state.losses["val"], s.dataset.unigram_entropy())
-        _samples(s)
     s.metrics.close()
-    if not finished:  # a SLURM job leaves here, to be requeued (or cancelled)
-        distributed.end_interrupted_slurm_job(s.dist, s.stop.signum)
-    return json.loads((s.run_dir / "summary.json").read_text()) if s.dist.is_main else {}
+    if not s.dist.is_main:
+        return {"status": status, "stop_signal": signal.Signals(s.stop_signal).name if s.stop_signal else None}
+    return json.loads((s.run_dir / "summary.json").read_text())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,10 +399,12 @@ def _plot(run_dir: Path) -> bool:
         return False
 
 
-def _samples(s: Training) -> None:
-    """Samples at the end of a finished run, with the task's sampling settings. A sharded run is
+def write_promised_files(s: Training) -> None:
+    """What a finished run writes besides its training checkpoints (rank 0). A sharded run is
     consolidated first (ckpt/last.pt, ckpt/best.pt: what sample, eval and export read), and
-    samples from those weights: rank 0 alone cannot run a sharded model."""
+    samples from those weights: rank 0 alone cannot run a sharded model. Then the samples, with
+    the task's sampling settings: samples.txt written whole (temp file, fsync, rename), so a kill
+    leaves all of them or none."""
     tcfg, model = s.tcfg, s.model
     if s.sharded:
         dcp.consolidate(s.run_dir)
@@ -327,6 +413,6 @@ def _samples(s: Training) -> None:
     if tcfg.num_samples > 0:
         texts = generate_texts(model, s.tokenizer, "", tcfg.num_samples, tcfg.sample_tokens,
                                tcfg.temperature, tcfg.top_k, s.cfg.seed, s.rt, with_prompt=False)
+        s.metrics.samples(texts)
         for text in texts:
             print(f"---------- sample ----------\n{text}", flush=True)
-            s.metrics.samples(text)

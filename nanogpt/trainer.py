@@ -25,7 +25,7 @@ from nanogpt.hellaswag import DuringTraining
 from nanogpt.metrics import MetricsLogger
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.optim import check_resumable, make_optimizer
-from nanogpt.resume import check_resume, tokens_trained
+from nanogpt.resume import check_resume, check_same_data, tokens_trained
 from nanogpt.schedule import Schedule
 from nanogpt.step import Step
 from nanogpt.tokenizer import load_tokenizer
@@ -109,9 +109,11 @@ class Training:
     can_plot: bool  # loss.png is drawn (rank 0, task.plot, and drawing has not failed)
     peak: float | None = None  # the device's FLOP/s for MFU (rank 0)
     hellaswag: DuringTraining | None = None  # task.hellaswag_interval: scored and logged in the loop
+    resume_record: dict | None = None  # the settings a resume changed, for metrics.jsonl after its first step
     prefetch: Prefetcher | None = None  # these three last: setup starts them when nothing can fail
     stop: StopRequest | None = None
     meter: Meter | None = None
+    stop_signal: int | None = None  # the signal that stopped the run, the same on every rank
 
     @property
     def tcfg(self):
@@ -139,6 +141,12 @@ def finished_run(cfg, run_dir: Path) -> dict | None:
     further (init_from=resume): then there is nothing to do."""
     done = rundir.finished_summary(run_dir)
     if done is None or cfg.init_from == "resume":
+        return None
+    missing = rundir.missing_outputs(run_dir, done)
+    if missing:  # its summary was written first (an older nanogpt), then the run was killed
+        log.info("%s finished training but %s missing: writing %s now", run_dir,
+                    " and ".join(missing) + (" is" if len(missing) == 1 else " are"),
+                    "it" if len(missing) == 1 else "them")
         return None
     log.info("%s already finished (best val loss %s); nothing to do. To train further: "
              "init_from=resume run=%s task.max_iters=N", run_dir, done.get("best_val_loss"), run_dir)
@@ -283,6 +291,8 @@ def build_model(cfg, dataset, ckpt, resume_path, config_dict, run_dir, dist) -> 
     a fresh one; and what a resume changed in the settings (rundir's record of it)."""
     mcfg = cfg.model
     if ckpt is not None:
+        # the data first: another dataset (of another vocabulary) is refused as such, not as a shape
+        check_same_data(ckpt, config_dict, dataset.meta["tokenizer"], run_dir)
         gpt_config = model_args(mcfg, dataset.vocab_size)
         if mcfg.pretrained or mcfg.path:  # finetuning may crop the block: the checkpoint knows
             gpt_config.vocab_size = ckpt["model_args"]["vocab_size"]
@@ -329,8 +339,8 @@ def _log_header(s: Training, state: TrainState, resume_path, resume_changes: dic
              tcfg.eval_interval, s.eval_plan.final_iters, 100 * s.eval_plan.share)
     if state.it:
         log.info("resuming from %s at iteration %d", resume_path, state.it)
-    if resume_changes:
-        s.metrics.log({"kind": "resume", "iter": state.it, "changed": resume_changes})
+    if resume_changes:  # recorded once a step has run with them (nanogpt.train.record_resume)
+        s.resume_record = {"kind": "resume", "iter": state.it, "changed": resume_changes}
 
 
 def non_embedding_params(model: GPT) -> int:

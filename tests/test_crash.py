@@ -182,3 +182,52 @@ def test_sigterm_saves_and_a_second_process_on_the_same_run_is_refused(tmp_path,
     assert "received SIGTERM" in out and "Resume with the same command" in out
     stopped = json.loads((run / "summary.json").read_text())["iters"]
     assert checkpoint.load(run / "ckpt" / "last.pt")["iter"] == stopped > 2
+
+
+def newest_checkpoint_iter(run: Path) -> int:
+    return max(checkpoint.load(run / "ckpt" / n)["iter"] for n in ("last.pt", "best.pt")
+               if (run / "ckpt" / n).exists())
+
+
+def test_a_kill_while_the_samples_are_written_leaves_a_run_the_same_command_completes(tmp_path, env):
+    """SIGKILL after the summary said finished, before samples.txt was written: the re-run said
+    "already finished ... nothing to do" and the samples never appeared."""
+    run = tmp_path / "run"
+    sampled = ["task.max_iters=8", "task.num_samples=4", "task.sample_tokens=3000"]
+    proc = start_logged(run, env, *sampled)
+    wait_until(proc, lambda: "unigram entropy" in log_of(proc), "the end-of-run samples")  # logged just before
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((run / "summary.json").read_text())["status"] != "finished"
+    assert not (run / "samples.txt").exists() or len((run / "samples.txt").read_text()) == 4 * 3001
+
+    proc = start_logged(run, env, *sampled)
+    assert proc.wait(timeout=300) == 0, log_of(proc)[-3000:]
+    assert "nothing to do" not in log_of(proc) and log_of(proc).count("---------- sample ----------") == 4
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    assert len((run / "samples.txt").read_text()) == 4 * 3001  # 4 samples of 3000 characters, each + "\n"
+
+
+@pytest.mark.parametrize("gap_s", [0.0, 0.02, 0.05, 0.1])
+def test_a_second_ctrl_c_at_any_moment_leaves_the_summary_at_the_newest_checkpoint(tmp_path, env, gap_s):
+    """A second Ctrl-C 50 ms after the first left summary.json at `running, 700` (the last
+    evaluation's) while last.pt held iteration 799."""
+    run = tmp_path / "run"
+    proc = start_logged(run, env, "task.max_iters=100000", "task.eval_interval=5")
+    try:
+        wait_until(proc, lambda: last_train_iter(run) >= 7, "iteration 7")
+        proc.send_signal(signal.SIGINT)
+        time.sleep(gap_s)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        proc.kill()
+    out = log_of(proc)
+    assert "Traceback" not in out
+    summary, newest = json.loads((run / "summary.json").read_text()), newest_checkpoint_iter(run)
+    stopped = (summary["status"], summary["iters"], summary["stop_signal"])
+    assert stopped == ("interrupted", newest, "SIGINT"), out[-2000:]
+    assert f"stopped at iteration {newest}; checkpoint saved" in out or \
+        f"the newest checkpoint (iteration {newest}) is intact" in out
+    assert "checkpoints already written are intact" not in out

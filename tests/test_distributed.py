@@ -137,6 +137,51 @@ def test_a_failing_rank_ends_the_torchrun_job(tmp_path, data_root):
     assert time.monotonic() - start < 60  # rank 0 did not wait in a collective for its timeout
 
 
+def rank_pid(torchrun_pid: int, rank: int) -> int | None:
+    """The pid of a torchrun worker of the given rank (a child of torchrun, RANK in its environment)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            env = (stat.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == torchrun_pid and f"RANK={rank}".encode() in env:
+            return int(stat.parent.name)
+    return None
+
+
+def test_sigterm_to_one_rank_stops_every_rank_and_records_that_signal(tmp_path, data_root):
+    """SIGTERM to rank 1 alone: rank 0 saved, then died with KeyError: None (its own stop_signal
+    was None), and summary.json said stop_signal: null. Every rank now records the signal the
+    ranks agreed on and exits as a single process does (128 + 15), without a traceback of ours."""
+    import signal
+
+    run, log_path = tmp_path / "r", tmp_path / "torchrun.log"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "launch.py"), *STEP, "task.max_iters=100000", "task.eval_interval=1000", f"run={run}"]
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "WANDB_MODE": "offline"})
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / "metrics.jsonl").exists() and len(losses(run)) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.05)
+        os.kill(rank_pid(proc.pid, 1), signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    out = log_path.read_text()
+    assert "KeyError" not in out and f'File "{REPO}' not in out, out[-3000:]  # no traceback of ours
+    assert "exitcode  : 143" in out  # each rank: 128 + SIGTERM (torchrun reports a worker's non-zero exit)
+    done = summary(run)
+    assert (done["status"], done["stop_signal"]) == ("interrupted", "SIGTERM")
+    from nanogpt import checkpoint
+
+    assert checkpoint.load(run / "ckpt" / "last.pt")["iter"] == done["iters"] > 2
+    assert f"stopped at iteration {done['iters']}; checkpoint saved" in out
+
+
 # ---- sweeps on this machine
 
 @pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
@@ -263,6 +308,54 @@ def test_slurm_job_is_requeued_on_signal_and_resumes_to_the_same_loss(tmp_path, 
     assert losses(run) == pytest.approx(losses(ref), rel=1e-6)  # every logged step, before and after
     assert done["final_val_loss"] == pytest.approx(summary(ref)["final_val_loss"], rel=1e-6)
     assert done["final_train_loss"] == pytest.approx(summary(ref)["final_train_loss"], rel=1e-6)
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_a_cancelled_sweep_job_is_one_line_that_says_how_to_resume(tmp_path, data_root):
+    """A plain scancel of a sweep point ended the sweep command with submitit's
+    UncompletedJobError traceback."""
+    args = [*STEP, "task.max_iters=100000", "task.eval_interval=1000", "task.log_interval=10",
+            "optim.lr=1e-3,2e-3"]
+    sweep = tmp_path / "sweeps" / "s"
+    cmd = [sys.executable, str(REPO / "launch.py"), "-m", "hydra/launcher=slurm_cpu", *args, "sweep_name=s"]
+    with open(tmp_path / "sweep.log", "w") as out:
+        sweeper = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+        try:
+            deadline = time.monotonic() + 120
+            while not any(len(p.read_text().splitlines()) >= 2 for p in sweep.glob("*_*/metrics.jsonl")):
+                assert time.monotonic() < deadline, (tmp_path / "sweep.log").read_text()[-3000:]
+                time.sleep(0.2)
+            jobs = job_ids(sweep)
+            subprocess.run(["scancel", *jobs], check=True)  # both points: the sweep ends sooner
+            code = sweeper.wait(timeout=240)
+        finally:
+            sweeper.kill()
+    log = (tmp_path / "sweep.log").read_text()
+    assert code == 2, log[-3000:]
+    assert "Traceback" not in log and "UncompletedJobError" not in log, log[-3000:]
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(errors) == len(jobs) == 2, log[-3000:]
+    for i, (job, line) in enumerate(zip(jobs, errors)):
+        assert line.startswith(f"error: SLURM job {job} (sweep point #{i}: optim.lr=0.00{i + 1}) was cancelled "
+                               "before it finished (CANCELLED"), line
+        assert "its run directory in sweeps/s keeps the checkpoints it wrote. To resume it, run the same " \
+               "command again: points that finished are not trained again" in line
+
+
+def test_a_cancelled_job_of_an_unnamed_sweep_is_told_the_sweeps_name():
+    """Without sweep_name, the sweep's directory is named after the time it started: the same
+    command would start a new one, so the message gives the name to resume this one."""
+    from hydra_plugins.nanogpt_slurm_launcher import cancelled_message, swept
+
+    points = [["model.n_layer=2", "optim.lr=0.001"], ["model.n_layer=2", "optim.lr=0.002"]]
+    assert swept(points[1], points) == ["optim.lr=0.002"]
+    message = cancelled_message(1, "7_1", "optim.lr=0.002", "CANCELLED by 0", Path("sweeps/2026-01-01_10-00-00"),
+                                ["optim.lr=0.001,0.002"])
+    assert message.startswith("SLURM job 7_1 (sweep point #1: optim.lr=0.002) was cancelled before it "
+                              "finished (CANCELLED by 0)")
+    assert "run the same command again with sweep_name=2026-01-01_10-00-00: points that finished" in message
 
 
 @pytest.mark.slurm

@@ -297,7 +297,7 @@ def test_hf_state_dict_loads_strictly_into_transformers():
 def test_export_round_trip(tmp_path, variant):
     model = our_model(**variant)
     out = export_hf(model, tmp_path / "hf")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".nanogpt-export", "config.json", "model.safetensors"]
     hf = GPT2LMHeadModel.from_pretrained(out).eval()
     assert hf.config.vocab_size == model.config.vocab_size
     x = torch.randint(0, 100, (2, 32), generator=torch.Generator().manual_seed(3))
@@ -455,5 +455,5 @@ def test_missing_rank_file(tmp_path, monkeypatch):
     monkeypatch.setattr(tokmod, "GPT2Tokenizer", unavailable)
     with pytest.warns(UserWarning, match="without tokenizer files.*offline"):
         out = export_hf(our_model(), tmp_path / "b", tokenizer_meta={"kind": "gpt2"})
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".nanogpt-export", "config.json", "model.safetensors"]
     assert not os.path.exists(tmp_path / "a")

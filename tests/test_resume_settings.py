@@ -70,6 +70,53 @@ def test_a_changed_training_setting_is_warned_about_and_recorded(tmp_path, data_
     assert key in resume[0]["changed"]
 
 
+class Killed(BaseException):
+    """A SIGKILL, simulated: nothing of the run handles it."""
+
+
+def kill_at_step(monkeypatch, n: int) -> None:
+    """The n-th training step of the next session dies before it starts (n=1: as soon as the
+    session has set up, its resume record written if it writes one then)."""
+    import nanogpt.train
+
+    real, calls = nanogpt.train.train_step, {"n": 0}
+
+    def step(*args):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Killed
+        return real(*args)
+
+    monkeypatch.setattr(nanogpt.train, "train_step", step)
+
+
+def test_a_resume_record_says_only_what_steps_ran_with(tmp_path, data_root, monkeypatch):
+    """A resume with optim.lr=0.01 killed before its first step recorded the change although no
+    step ran at that rate; one killed after a step (before any checkpoint) left a record that the
+    next resume repeated. The record is written once a step ran, and a resume that redoes those
+    steps drops it with them."""
+    run = tmp_path / "run"
+    args = ("task.max_iters=4", "task.eval_interval=2")
+    train_tiny(run, "task.max_iters=2", "task.eval_interval=2")
+    resumes = lambda: [m for m in read_metrics(run) if m["kind"] == "resume"]
+
+    with monkeypatch.context() as m:
+        kill_at_step(m, 1)
+        with pytest.raises(Killed):
+            train_tiny(run, *args, "init_from=resume", "optim.lr=0.01")
+    assert resumes() == []  # no step ran at 0.01
+
+    with monkeypatch.context() as m:
+        kill_at_step(m, 2)  # one step at 0.01, then killed before the next checkpoint
+        with pytest.raises(Killed):
+            train_tiny(run, *args, "init_from=resume", "optim.lr=0.01")
+    assert [r["changed"] for r in resumes()] == [{"optim.lr": [0.001, 0.01], "task.max_iters": [2, 4]}]
+
+    done = train_tiny(run, *args, "init_from=resume")  # the step at 0.01 is redone at the old rate
+    assert done["status"] == "finished" and done["iters"] == 4
+    assert [r["changed"] for r in resumes()] == [{"task.max_iters": [2, 4]}]
+
+
 def test_a_resume_with_the_same_settings_records_nothing(tmp_path, data_root, caplog):
     run = tmp_path / "run"
     train_tiny(run, "task.max_iters=2", "task.eval_interval=2")
@@ -87,6 +134,18 @@ def test_another_dataset_of_the_same_vocabulary_is_refused(tmp_path, data_root):
     train_tiny(run, "task.max_iters=2", "task.eval_interval=2")
     with pytest.raises(UserError, match=r"trained on 'tiny_char'.*data.name=other_char.*new run directory"):
         train_tiny(run, "task.max_iters=4", "task.eval_interval=2", "init_from=resume", "data.name=other_char")
+
+
+def test_another_dataset_of_another_vocabulary_is_refused_as_a_dataset_not_a_shape(tmp_path, data_root):
+    """A char run resumed on data of another alphabet (as data=shakespeare on a char run): its
+    vocabulary differs, and the model's shape with it, but what the user changed is the data."""
+    write_char_dataset(data_root, "other_char", text="xyz XYZ 0123456789\n" * 2000)
+    run = tmp_path / "run"
+    train_tiny(run, "task.max_iters=2", "task.eval_interval=2")
+    with pytest.raises(UserError) as e:
+        train_tiny(run, "task.max_iters=4", "task.eval_interval=2", "init_from=resume", "data.name=other_char")
+    assert "trained on 'tiny_char'; this command has data.name=other_char" in str(e.value)
+    assert "model shape" not in str(e.value)
 
 
 def test_init_from_scratch_on_a_run_with_checkpoints_is_an_error(tmp_path, data_root):
