@@ -77,6 +77,29 @@ TINY = ["model=baby", "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "m
         "task.eval_iters=2", "task.log_interval=1", "task.num_samples=0", "task.plot=false"]
 
 
+# TINY on the tiny_char data of the env / data_root fixtures, on one thread (steady timings)
+QUICK = ["data.name=tiny_char", *TINY, "hardware.num_threads=1"]
+USER_ENV = {"HYDRA_FULL_ERROR": "0"}  # what a user sees: Hydra's short error, not its traceback
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    """The environment of a module's launches: tiny_char data in a data root of its own, and
+    Hydra's errors as a user sees them."""
+    root = tmp_path_factory.mktemp("data")
+    write_char_dataset(root)
+    return {**USER_ENV, "NANOGPT_DATA_ROOT": str(root)}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, env) -> Path:
+    """A finished QUICK run (4 iterations, checkpoints at 2 and 4), shared by a module's tests:
+    copy it before changing it."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    launch([*QUICK, "task.max_iters=4", "task.eval_interval=2", f"run={run}"], cwd=run.parent, env=env)
+    return run
+
+
 def launch(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600,
            check: bool = True) -> subprocess.CompletedProcess:
     """Run `python launch.py ARGS` in a subprocess, as a user would."""

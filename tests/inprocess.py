@@ -8,7 +8,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY
+from conftest import QUICK, REPO
 from nanogpt.config import register_configs
 from nanogpt.rundir import register_resolvers
 from nanogpt.distributed import Dist
@@ -19,7 +19,6 @@ register_resolvers()
 
 # one torch thread: on a busy two-core machine, a second thread spinning for a core makes a
 # tiny model 20x slower
-QUICK = [*TINY, "hardware.num_threads=1"]
 
 
 def make_config(overrides: list[str]):
@@ -31,6 +30,6 @@ def train_tiny(run_dir: Path, *overrides: str) -> dict:
     """Train the TINY model on the data_root fixture's tiny_char data into run_dir."""
     from nanogpt.train import train
 
-    cfg = make_config(["data.name=tiny_char", *QUICK, *overrides])
+    cfg = make_config([*QUICK, *overrides])
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     return train(cfg, Path(run_dir), Dist())

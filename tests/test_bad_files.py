@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, TINY, launch, write_char_dataset
+from conftest import QUICK, REPO, launch, write_char_dataset
 from nanogpt import checkpoint
 from nanogpt.data import TokenDataset
 from nanogpt.errors import UserError
 
-QUICK = ["data.name=tiny_char", *TINY, "hardware.num_threads=1"]
 
 
 def meta_of(d: Path) -> dict:

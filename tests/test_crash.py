@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, launch, read_metrics, write_char_dataset
+from conftest import REPO, launch, read_metrics
 from nanogpt import checkpoint
 
 # A model big enough that a checkpoint write (~43 MB) takes tens of milliseconds, so a kill can
@@ -25,13 +25,6 @@ ARGS = ["data.name=tiny_char", "model.n_layer=2", "model.n_head=4", "model.n_emb
         "task.plot=false", "optim.warmup_iters=5", "task.max_iters=40", "task.eval_interval=4"]
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("data")
-    write_char_dataset(root)
-    return {"NANOGPT_DATA_ROOT": str(root)}
 
 
 @pytest.fixture(scope="module")

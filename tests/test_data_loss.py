@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, launch
+from conftest import QUICK, REPO, USER_ENV, launch
 from nanogpt import checkpoint
 
-QUICK = ["data.name=tiny_char", *TINY, "hardware.num_threads=1"]
-USER_ENV = {"HYDRA_FULL_ERROR": "0"}
 
 
 @pytest.fixture

@@ -13,25 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, launch, write_char_dataset
+from conftest import QUICK, launch, write_char_dataset
 from nanogpt import checkpoint
 
-QUICK = ["data.name=tiny_char", *TINY, "hardware.num_threads=1"]
-USER_ENV = {"HYDRA_FULL_ERROR": "0"}  # what a user sees: Hydra's short error, not its traceback
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("data")
-    write_char_dataset(root)
-    return {**USER_ENV, "NANOGPT_DATA_ROOT": str(root)}
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, env) -> Path:
-    run = tmp_path_factory.mktemp("trained") / "run"
-    launch([*QUICK, "task.max_iters=10", "task.eval_interval=5", f"run={run}"], cwd=run.parent, env=env)
-    return run
 
 
 @pytest.fixture

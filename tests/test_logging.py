@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, launch, read_metrics
+from conftest import QUICK, launch, read_metrics
 from inprocess import make_config
 from nanogpt.metrics import MetricsLogger, progress
 
-QUICK = ["data.name=tiny_char", *TINY, "hardware.num_threads=1"]
 
 
 class Terminal(io.StringIO):

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, launch, write_char_dataset
+from conftest import QUICK, REPO, launch, write_char_dataset
 
-QUICK = ["data.name=tiny_char", *TINY, "hardware.num_threads=1"]
 
 # launch.py with a bug planted in the model's forward pass: the command fails at its first step
 BUGGY_LAUNCH = f"""

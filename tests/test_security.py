@@ -13,12 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY, launch, write_char_dataset
+from conftest import QUICK, REPO, launch
 from nanogpt import checkpoint
 from nanogpt.errors import UserError
 
-QUICK = ["data.name=tiny_char", *TINY, "hardware.num_threads=1"]
-USER_ENV = {"HYDRA_FULL_ERROR": "0"}
 
 
 class Payload:
@@ -37,20 +35,6 @@ def write_malicious(path: Path, marker: Path, like: Path | None = None) -> None:
     state["payload"] = Payload(marker)
     path.unlink(missing_ok=True)
     torch.save(state, path)
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("data")
-    write_char_dataset(root)
-    return {**USER_ENV, "NANOGPT_DATA_ROOT": str(root)}
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, env) -> Path:
-    run = tmp_path_factory.mktemp("trained") / "run"
-    launch([*QUICK, "task.max_iters=4", "task.eval_interval=2", f"run={run}"], cwd=run.parent, env=env)
-    return run
 
 
 @pytest.fixture
