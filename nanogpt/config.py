@@ -196,7 +196,6 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 BACKENDS = ("auto", "nccl", "gloo")
 
 
-ACTIVATION_CHECKPOINTING = ("none", "block", "selective")
 FSDP_ACCUMULATION = ("unsharded", "sharded")
 
 
@@ -222,6 +221,7 @@ class HardwareConfig:
     num_threads: Optional[int] = None  # torch intra-op threads on the CPU; None: torch's default
 
     def __post_init__(self):
+        from nanogpt.fsdp import ACTIVATION_CHECKPOINTING
         from nanogpt.hardware import DTYPES
         from nanogpt.parallel import STRATEGIES
 

@@ -25,10 +25,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from nanogpt.config import ACTIVATION_CHECKPOINTING
 from nanogpt.errors import UserError
 
 log = logging.getLogger("nanogpt")
+# hardware.activation_checkpointing: what each block keeps for its backward pass
+ACTIVATION_CHECKPOINTING = ("none", "block", "selective")
 
 
 # ---- activation checkpointing (any strategy, one process included)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from nanogpt.config import ACTIVATION_CHECKPOINTING
+from nanogpt.fsdp import ACTIVATION_CHECKPOINTING
 from nanogpt.model import GPT, GPTConfig
 
 log = logging.getLogger("nanogpt")
