@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """The memory plan (nanogpt/plan.py, task=plan) against memory measured on the CPU.
 
+  python bench/memory_plan.py saved           # bytes per token each block (and the head) keeps for the
+                                              # backward, counted tensor by tensor: model=baby and
+                                              # modern_baby shapes, fp32 and bf16, each checkpointing mode
+  python bench/memory_plan.py saved --model modern_baby --set mlp_ratio=2.5
   python bench/memory_plan.py activations     # one process: saved activations and the step's peak,
                                               # for activation checkpointing none / block / selective
   python bench/memory_plan.py ranks           # two ranks (torchrun, gloo): DDP vs FSDP per rank
@@ -9,10 +13,19 @@
       --block 1024 --vocab 50304 --micro 8     # a GPU node: the CUDA allocator's figures, bf16
   python bench/memory_plan.py table           # docs/distributed.md's table (the plan alone, no measuring)
 
-How it measures: each case runs in a fresh process started with MALLOC_MMAP_THRESHOLD_=65536, so
-that every tensor buffer of 64 KiB or more is its own mapping, given back to the kernel when
-freed: resident memory (VmRSS) is then the memory the live tensors hold, and VmHWM, reset through
-/proc/self/clear_refs before the measured step, its peak. A case compares
+`saved` counts the storages the ops of a training forward create that are still alive after it
+(a TorchDispatchMode holds each weakly): what autograd and activation checkpointing keep for the
+backward, exactly, with nothing from the allocator. Forwards of 1 and 2 blocks over 1 and 2
+sequences give the bytes per token per block and those of the rest (final norm, LM head, loss);
+what does not grow with the tokens (autocast's copies of the weights, the rotary tables) drops
+out of the differences. Sequences of 576 tokens: from 513 on, bf16 attention on the CPU goes
+through SDPA's fused kernel as on a GPU (the model's shorter-context CPU path keeps T x T scores).
+
+The other cases measure memory: each runs in a fresh process started with
+MALLOC_MMAP_THRESHOLD_=65536, so that every tensor buffer of 64 KiB or more is its own mapping,
+given back to the kernel when freed: resident memory (VmRSS) is then the memory the live tensors
+hold, and VmHWM, reset through /proc/self/clear_refs before the measured step, its peak. A case
+compares
   - `steady`: after a step (weights, optimizer state, DDP's buckets): the plan's parameters +
     optimizer (+ buckets);
   - `peak`: the highest point of the next step (forward, backward, clipping, AdamW step): the plan's
@@ -24,15 +37,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import weakref
 from pathlib import Path
 
 import benchlib  # noqa: F401  (puts this checkout's nanogpt on sys.path)
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from nanogpt import plan
 from nanogpt.model import GPT, GPTConfig
@@ -66,6 +83,118 @@ def _batch(config: GPTConfig, micro: int, seed: int = 0):
     return x[:, :-1], x[:, 1:]
 
 
+# ---- what the forward keeps, counted tensor by tensor
+
+SAVED_TOKENS = 576  # per sequence: > 512, so that bf16 attention on the CPU is SDPA's fused kernel
+MODELS = ("baby", "modern_baby")
+
+
+class NewStorages(TorchDispatchMode):
+    """Every storage the ops create while it is active, held weakly: after a forward pass, those
+    still alive are what autograd (or checkpointing) keeps for the backward, and the loss.
+    Storages that existed before (weights, the batch) are not new, even seen through a view."""
+
+    def __init__(self, existing):
+        super().__init__()
+        self.existing = {id(t.untyped_storage()) for t in existing}
+        self.made = {}  # id -> (weak reference, bytes)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._note(t.untyped_storage())
+        return out
+
+    def _note(self, storage) -> None:
+        key = id(storage)
+        if key in self.existing:
+            return
+        known = self.made.get(key)
+        if known is None or known[0]() is not storage:  # an id is reused only once its object died
+            self.made[key] = (weakref.ref(storage), storage.nbytes())
+
+    def alive_bytes(self) -> int:
+        return sum(n for ref, n in self.made.values() if ref() is not None)
+
+
+def kept_by_forward(config: GPTConfig, micro: int, dtype: str, mode: str) -> int:
+    """Bytes a training forward (autocast in `dtype`, activation checkpointing `mode`) leaves alive."""
+    from nanogpt import fsdp
+
+    torch.manual_seed(0)
+    model = GPT(config)
+    fsdp.apply_activation_checkpointing(model, mode)
+    if config.dropout > 0:  # the CPU's attention runs unfused with dropout (T x T probabilities
+        for block in model.transformer.h:  # and their mask); a GPU's flash kernel keeps only its seed
+            block.attn.dropout = 0.0
+    x, y = (t.contiguous() for t in _batch(config, micro))  # as the loader's: no copy for the loss
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"), \
+            NewStorages([*model.parameters(), *model.buffers(), x, y]) as new:
+        loss = model(x, y)[1]
+    kept = new.alive_bytes()
+    del loss
+    return kept
+
+
+def saved_per_token(config: GPTConfig, dtype: str, mode: str = "none") -> dict[str, float]:
+    """Bytes per token a training forward keeps for the backward: per block (`block`), and for the
+    rest (`head`: the final norm, the LM head's input, the loss's log-probabilities, ...), from
+    forwards of 1 and 2 blocks over 1 and 2 sequences of config.block_size tokens."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a memory count: one thread is the quickest on a shared machine
+    try:
+        kept = {(layers, micro): kept_by_forward(dataclasses.replace(config, n_layer=layers), micro, dtype, mode)
+                for layers in (1, 2) for micro in (1, 2)}
+    finally:
+        torch.set_num_threads(threads)
+    tokens = config.block_size
+    block = (kept[2, 2] - kept[1, 2] - kept[2, 1] + kept[1, 1]) / tokens
+    return {"block": block, "head": (kept[1, 2] - kept[1, 1]) / tokens - block}
+
+
+def model_config(name: str, overrides=(), vocab: int = 128) -> GPTConfig:
+    """The GPTConfig of `model=<name>` (and `model.<key>=<value>` overrides), its context set to
+    SAVED_TOKENS (per-token figures do not depend on it)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from nanogpt.build import model_args
+    from nanogpt.config import register_configs
+    from nanogpt.rundir import register_resolvers
+
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(benchlib.REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={name}", *(f"model.{o}" for o in overrides)])
+    config = model_args(OmegaConf.to_object(cfg).model, vocab)
+    return dataclasses.replace(config, block_size=SAVED_TOKENS)
+
+
+def saved_case(config: GPTConfig, dtype: str, mode: str) -> dict:
+    measured = saved_per_token(config, dtype, mode)
+    return {"dtype": dtype, "mode": mode, "measured_block": measured["block"], "measured_head": measured["head"],
+            "plan_block": plan.layer_saved(config, dtype, mode, device="cpu"),
+            "plan_head": plan.head_saved(config, dtype, device="cpu")}
+
+
+def saved_table(models, overrides) -> list[dict]:
+    results = []
+    for name in models:
+        config = model_config(name, overrides)
+        print(f"model={' '.join([name, *overrides])}: {config.n_layer} layers x {config.n_embd}, "
+              f"{config.n_head} heads, MLP {config.mlp_hidden} wide; bytes per token per block, and for "
+              "the head; measured (plan for the CPU's kernels | for CUDA's)")
+        for dtype in ("float32", "bfloat16"):
+            for mode in plan.CHECKPOINTING:
+                r = {"model": name, **saved_case(config, dtype, mode)}
+                results.append(r)
+                print(f"  {dtype:<9} {mode:<10} block {r['measured_block']:8.1f} ({r['plan_block']:8.1f} | "
+                      f"{plan.layer_saved(config, dtype, mode):8.1f})   head {r['measured_head']:8.1f} "
+                      f"({r['plan_head']:8.1f} | {plan.head_saved(config, dtype):8.1f})")
+    return results
+
+
 # ---- one process: activations
 
 def measure_activations(config: GPTConfig, micro: int, mode: str) -> dict:
@@ -92,11 +221,18 @@ def measure_activations(config: GPTConfig, micro: int, mode: str) -> dict:
     return {"kept": kept, "peak": peak() - base}
 
 
+def gptconfig_overrides(pairs) -> dict:
+    """--set KEY=VALUE pairs as GPTConfig fields (values read as YAML: 2.5, true, null, rmsnorm)."""
+    import yaml
+
+    return {key: yaml.safe_load(value) for key, value in (p.split("=", 1) for p in pairs)}
+
+
 def activations_case(args) -> dict:
     config = GPTConfig(block_size=args.block, vocab_size=args.vocab, n_layer=args.layers,
-                       n_head=args.heads, n_embd=args.width)
+                       n_head=args.heads, n_embd=args.width, **gptconfig_overrides(args.set))
     measured = measure_activations(config, args.micro, args.mode)
-    s = plan.Setup(config, args.micro, 1, "ddp", args.mode, "float32")
+    s = plan.Setup(config, args.micro, 1, "ddp", args.mode, "float32", device="cpu")
     a = plan.activations(s)
     return {"mode": args.mode, "measured_kept": measured["kept"], "measured_peak": measured["peak"],
             "plan_kept": a["stored"], "plan_peak": a["stored"] + a["transient"]}
@@ -247,12 +383,15 @@ def run_child(argv: list[str], nproc: int = 1) -> list[dict]:
 
 def shape_args(a) -> list[str]:
     return [f"--layers={a.layers}", f"--width={a.width}", f"--heads={a.heads}", f"--block={a.block}",
-            f"--vocab={a.vocab}", f"--micro={a.micro}", f"--accum={a.accum}"]
+            f"--vocab={a.vocab}", f"--micro={a.micro}", f"--accum={a.accum}", *(f"--set={o}" for o in a.set)]
 
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["activations", "ranks", "table"])
+    ap.add_argument("what", choices=["saved", "activations", "ranks", "table"])
+    ap.add_argument("--model", action="append", choices=MODELS, help="saved: model=NAME (default: both)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a model option: saved: model.KEY=VALUE; activations: GPTConfig's KEY (e.g. mlp_ratio=2.5)")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--heads", type=int, default=4)
@@ -273,6 +412,10 @@ def main(argv=None) -> list[dict]:
     if a.what == "table":
         print(docs_table())
         return []
+    if a.what == "saved":
+        results = saved_table(a.model or MODELS, a.set)
+        print(benchlib.machine())
+        return results
     if a.child:
         result = activations_case(a) if a.what == "activations" else ranks_case(a)
         (Path(a.out) / f"{os.environ.get('RANK', '0')}.json").write_text(json.dumps(result))

@@ -44,7 +44,8 @@ def _choice(name: str, value, choices) -> None:
 class GPTConfig:
     """The model's architecture: every field is a `model.<field>` key of the config (nanogpt.config
     extends this class with where the weights and vocabulary come from), and a checkpoint's
-    `model_args`. A new model option is one field here, read by the modules below."""
+    `model_args`. A new model option is one field here, read by the modules below (and values in
+    tests/test_plan.py's OPTION_VALUES, which measure the memory plan with it)."""
     block_size: int = 1024
     vocab_size: int = 50257
     n_layer: int = 12

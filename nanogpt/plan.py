@@ -4,9 +4,13 @@ activations, for DDP and FSDP, with and without activation checkpointing, and wh
     python launch.py task=plan model=gpt2_1558m hardware=gpu_node task.gpu_memory_gb=40
 
 Every figure is counted, not guessed: parameters from the model built on the meta device (no
-memory), activations from the tensors autograd saves for the backward pass, listed op by op
-below for this model's block (tests/test_plan.py checks the list against what autograd really
-saves, and bench/memory_plan.py checks whole steps against memory measured on the CPU).
+memory), activations from the tensors autograd saves for the backward pass, counted below for
+this model's block, its options included (widths from the block's Linear layers, what a norm,
+the MLP's activation, QK-norm, rotary positions and the soft-cap keep from tables by choice).
+tests/test_plan.py checks the count against the tensors autograd really keeps on the CPU for
+every choice of every model option, and bench/memory_plan.py checks whole steps against memory
+measured on the CPU. The plan is for CUDA's kernels; where they keep other tensors than the
+CPU's (see `Kernels`), those terms come from torch's CUDA autocast lists, not from a measurement.
 
 Per GPU, N parameters, W ranks, B x T tokens per micro-batch, bf16 autocast:
     DDP   fp32 weights 4N, their bf16 copies for the matmuls 2N (autocast keeps them for the
@@ -17,7 +21,7 @@ Per GPU, N parameters, W ranks, B x T tokens per micro-batch, bf16 autocast:
           `hardware.fsdp_accumulation=unsharded`), whole fp32 gradients 4N between micro-batches
           (one reduce-scatter per step instead of one per micro-batch), and at the end of each
           backward the weights it gathered, all of them in bf16 (2N)
-    activations (both) B x T x (n_layer x per-layer + the loss over the vocabulary)
+    activations (both) B x T x (n_layer x per-layer + the head: final norm, soft-cap and loss)
 Beyond that, a fixed allowance for the CUDA context, NCCL buffers and kernels' workspace
 (RUNTIME_GB), and allocator fragmentation (FRAGMENTATION): a plan "fits" with both counted.
 """
@@ -32,7 +36,7 @@ from pathlib import Path
 import torch
 
 from nanogpt.fsdp import ACTIVATION_CHECKPOINTING
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.model import GPT, Block, GPTConfig, ReLUSquared, RMSNorm
 
 log = logging.getLogger("nanogpt")
 
@@ -55,6 +59,7 @@ class Setup:
     accumulation: bool = True  # more than one micro-batch per optimizer step
     fsdp_accumulation: str = "unsharded"  # unsharded | sharded (see nanogpt.fsdp.accumulating)
     optimizer_bytes_per_param: int = 8  # AdamW: two fp32 moments
+    device: str = "cuda"  # whose kernels: cuda (the plan's GPUs) | cpu (checks against the CPU)
 
     @property
     def tokens(self) -> int:
@@ -80,65 +85,187 @@ class Counts:
 
 
 # ---- activations: what autograd keeps for the backward pass, per token
+#
+# Counted from the model itself where its shapes say it (the widths of the block's Linear layers,
+# built on the meta device: mlp_ratio needs nothing here), and from one table per kind of module
+# where a choice of the model changes what autograd keeps (NORM_SAVES, ACTIVATION_SAVES, and the
+# QK-norm / rotary / soft-cap terms below). tests/test_plan.py measures every choice of every
+# GPTConfig field against what the CPU keeps, so an option the plan does not count fails there.
 
-def layer_saved(config: GPTConfig, dtype: str, mode: str) -> float:
-    """Bytes one block keeps per token until its backward (the list is the block's forward).
-    a: the activations' bytes (2 in bf16 autocast); LayerNorm runs in fp32 under autocast and in
-    fp32 otherwise, so its saved input is 4 bytes; p: dropout masks (1 byte) when dropout > 0."""
-    C, H = config.n_embd, config.n_head
-    a = 2 if dtype == "bfloat16" else 4
-    mask = C if config.dropout > 0 else 0
-    if mode == "block":  # only the block's input (the residual stream: fp32 under autocast)
-        return 4 * C
-    matmul_outputs = (a * 3 * C  # c_attn: q, k, v (attention saves them: views of one tensor)
-                      + a * C + 4 * H  # attention's output and its log-sum-exp (fp32, per head)
-                      + a * C  # attn.c_proj's output
-                      + a * 4 * C  # mlp.c_fc's output (GELU's input)
-                      + a * C)  # mlp.c_proj's output
-    if mode == "selective":  # the matmuls' outputs, and the block's input to recompute from
-        return matmul_outputs + 4 * C
-    return (4 * C  # ln_1's input
-            + a * C  # c_attn's input (ln_1's output, cast)
-            + a * 3 * C + 4 * H  # q, k, v; attention's log-sum-exp
-            + a * C + mask  # attention's output, which is also attn.c_proj's input (the heads
-            #                 side by side are its transpose: the same memory); dropout's mask
-            + 4 * C  # ln_2's input
-            + a * C  # mlp.c_fc's input
-            + a * 4 * C  # GELU's input
-            + a * 4 * C + mask)  # mlp.c_proj's input (GELU's output); its dropout's mask
+@dataclass(frozen=True)
+class Kernels:
+    """How a training forward's ops run, which decides what autograd keeps and in which dtype.
+    `act`: bytes of a matmul's output element (2 under bf16 autocast, 4 in fp32). `cuda`: the GPUs
+    the plan is for; False: the CPU's kernels, for the checks against what the CPU keeps. Where
+    torch 2.13's CUDA and CPU differ here: CUDA's autocast runs pow (ReLU²'s square) and rms_norm
+    (QK-norm) in fp32, the CPU's does not; rms_norm is one fused kernel on CUDA (it keeps its input
+    and 1/rms), a composite of ops on the CPU (which also keeps the normalised input); dropout's
+    mask is a bool on CUDA (a fused kernel), on the CPU a tensor of its input's dtype."""
+    act: int
+    cuda: bool
+
+    @classmethod
+    def of(cls, dtype: str, device: str = "cuda") -> "Kernels":
+        return cls(2 if dtype == "bfloat16" else 4, device == "cuda")
+
+    @property
+    def autocast_fp32(self) -> int:
+        """Bytes per element of pow's or rms_norm's output from an activation."""
+        return 4 if self.cuda else self.act
+
+    def dropout_mask(self, input_bytes: int) -> int:
+        """Bytes per element of the mask dropout keeps, for an input of `input_bytes` per element."""
+        return 1 if self.cuda else input_bytes
 
 
-def head_saved(config: GPTConfig, dtype: str) -> float:
-    """Bytes per token kept by what follows the blocks: ln_f's input, the LM head's input, and
-    the log-softmax over the vocabulary that cross-entropy keeps (fp32: the loss is in fp32)."""
-    a = 2 if dtype == "bfloat16" else 4
-    mask = config.n_embd if config.dropout > 0 else 0  # the embedding dropout's
-    return 4 * config.n_embd + a * config.n_embd + 4 * config.vocab_size + mask
+@dataclass(frozen=True)
+class Anatomy:
+    """What the count reads of the model: one block built on the meta device (widths from its
+    Linear layers, the classes of its norm and MLP activation) and the options its forward reads."""
+    embd: int  # the residual stream
+    heads: int
+    linear_inputs: int  # the widths of the block's Linear layers' inputs, summed
+    linear_outputs: int  # and of their outputs
+    qkv: int  # c_attn's output: queries, keys and values
+    hidden: int  # the MLP's hidden width (mlp.c_fc's output)
+    vocab: int  # the LM head's output
+    norm: type
+    activation: type
+    qk_norm: bool
+    rope: bool
+    softcap: bool
+    dropout: bool
+
+    @classmethod
+    def of(cls, config: GPTConfig) -> "Anatomy":
+        with torch.device("meta"):
+            block = Block(config, 0)
+        linears = [m for m in block.modules() if isinstance(m, torch.nn.Linear)]
+        return cls(config.n_embd, config.n_head, sum(m.in_features for m in linears),
+                   sum(m.out_features for m in linears), block.attn.c_attn.out_features,
+                   block.mlp.c_fc.out_features, config.vocab_size, type(block.ln_1), type(block.mlp.act),
+                   block.attn.qk_norm, config.pos_emb == "rope", config.logit_softcap is not None,
+                   config.dropout > 0)
+
+
+# what a norm of the fp32 residual stream (ln_1, ln_2, ln_f) keeps, by the class of the model's norm
+
+def layernorm_saves(m: Anatomy, k: Kernels) -> float:
+    return 4 * m.embd + 8  # its input; mean and 1/std
+
+
+def rmsnorm_saves(m: Anatomy, k: Kernels) -> float:
+    normalised = 0 if k.cuda else 4 * m.embd  # the CPU's composite keeps x / rms for the gain
+    return 4 * m.embd + 4 + normalised  # its input; 1/rms
+
+
+NORM_SAVES = {torch.nn.LayerNorm: layernorm_saves, RMSNorm: rmsnorm_saves}
+
+
+# what the MLP's activation keeps beyond its output (mlp.c_proj's input), by its class
+
+def gelu_saves(m: Anatomy, k: Kernels) -> float:
+    return k.act * m.hidden  # its input
+
+
+def relu2_saves(m: Anatomy, k: Kernels) -> float:
+    """relu keeps its output, and square keeps the same tensor, or under CUDA's autocast (pow in
+    fp32) an fp32 copy of it."""
+    fp32_copy = 4 * m.hidden if k.autocast_fp32 != k.act else 0
+    return k.act * m.hidden + fp32_copy
+
+
+ACTIVATION_SAVES = {torch.nn.GELU: gelu_saves, ReLUSquared: relu2_saves}
+
+
+def lookup_saves(table: dict, cls: type, name: str):
+    if cls not in table:
+        raise NotImplementedError(f"the memory plan does not know what {cls.__name__} keeps for the "
+                                  f"backward pass: add it to nanogpt/plan.py's {name}")
+    return table[cls]
+
+
+def norm_saves(m: Anatomy, k: Kernels) -> float:
+    return lookup_saves(NORM_SAVES, m.norm, "NORM_SAVES")(m, k)
+
+
+def activation_saves(m: Anatomy, k: Kernels) -> float:
+    return lookup_saves(ACTIVATION_SAVES, m.activation, "ACTIVATION_SAVES")(m, k)
+
+
+def qk_norm_saves(m: Anatomy, k: Kernels) -> float:
+    """rms_norm of the queries and keys keeps its input in fp32 (a copy under bf16 autocast: CUDA's
+    autocast casts it, the CPU's composite upcasts it) and 1/rms per head; the gains' product keeps
+    the normalised queries and keys (fp32 under CUDA's autocast)."""
+    qk = 2 * m.embd
+    fp32_input = 4 * qk if k.act != 4 else 0
+    return fp32_input + 4 * 2 * m.heads + k.autocast_fp32 * qk
+
+
+def attention_saves(m: Anatomy, k: Kernels) -> float:
+    """c_attn's output (q, k and v are views of it: attention keeps them all); with QK-norm or
+    rotary positions, the new queries and keys attention keeps (in the autocast dtype) and what
+    QK-norm keeps; attention's log-sum-exp (fp32, per head). Its output is attn.c_proj's input,
+    counted with the Linear layers' inputs. (Rotary's cos and sin are per position, not per token.)"""
+    kept = k.act * m.qkv + 4 * m.heads
+    if m.qk_norm or m.rope:
+        kept += k.act * 2 * m.embd
+    if m.qk_norm:
+        kept += qk_norm_saves(m, k)
+    return kept
+
+
+def layer_saved(config: GPTConfig, dtype: str, mode: str, device: str = "cuda") -> float:
+    """Bytes one block keeps per token until its backward. `block` checkpointing keeps its input
+    (the fp32 residual stream); `selective` also the outputs of its matmuls and attention."""
+    m, k = Anatomy.of(config), Kernels.of(dtype, device)
+    block_input = 4 * m.embd
+    if mode == "block":
+        return block_input
+    if mode == "selective":  # and its Linear layers' outputs, attention's output and log-sum-exp
+        return block_input + k.act * (m.linear_outputs + m.embd) + 4 * m.heads
+    masks = 2 * m.embd * k.dropout_mask(k.act) if m.dropout else 0  # attn's and the MLP's residual dropout
+    return (2 * norm_saves(m, k)  # ln_1, ln_2 (their inputs: the block's, and the residual)
+            + k.act * m.linear_inputs  # every Linear keeps its input (a norm's output, attention's,
+            #                            the activation's), cast to the autocast dtype
+            + attention_saves(m, k) + activation_saves(m, k) + masks)
+
+
+def head_saved(config: GPTConfig, dtype: str, device: str = "cuda") -> float:
+    """Bytes per token kept outside the blocks: ln_f, the LM head's input, the soft-cap's tanh
+    output, the log-softmax over the vocabulary that cross-entropy keeps (the loss and the
+    soft-cap run in fp32), and the embedding dropout's mask."""
+    m, k = Anatomy.of(config), Kernels.of(dtype, device)
+    softcap = 4 * m.vocab if m.softcap else 0
+    mask = m.embd * k.dropout_mask(4) if m.dropout else 0  # the embedding dropout's (fp32 input)
+    return norm_saves(m, k) + k.act * m.embd + softcap + 4 * m.vocab + mask
 
 
 def head_transient(config: GPTConfig, dtype: str) -> float:
-    """Bytes per token alive only around the loss: the logits (and their fp32 copy under
-    autocast) in the forward, and the gradient of the log-softmax's input and output in the
-    backward, whichever is more."""
-    a = 2 if dtype == "bfloat16" else 4
-    forward = a * config.vocab_size + (4 * config.vocab_size if a != 4 else 0)
-    backward = 8 * config.vocab_size
-    return max(forward, backward)
+    """Bytes per token alive only around the loss: in the forward, the logits, their fp32 copy
+    under autocast and the soft-capped logits; in the backward, the gradient of the log-softmax's
+    input and output; whichever is more."""
+    a = Kernels.of(dtype).act
+    V = config.vocab_size
+    forward = a * V + (4 * V if a != 4 else 0) + (4 * V if config.logit_softcap is not None else 0)
+    return max(forward, 8 * V)
 
 
 def activations(s: Setup) -> dict[str, float]:
-    """Bytes of activations at the peak (the start of the backward pass): what every layer
-    keeps, plus what exists only then: the loss's transient tensors, and under checkpointing one
-    block's recomputed activations (all of them, or those selective checkpointing did not keep)."""
+    """Bytes of activations at the peak: what every layer and the head keep (`stored`), plus what
+    exists only for a while (`transient`): the loss's tensors at the turn from the forward to the
+    backward, or under checkpointing, one block's recomputed activations (all of them, or those
+    selective checkpointing did not keep) and its backward's largest gradients, which come after
+    the head's backward has freed what the head kept."""
     cfg, mode = s.config, s.activation_checkpointing
-    stored = s.tokens * (cfg.n_layer * layer_saved(cfg, s.dtype, mode) + head_saved(cfg, s.dtype))
-    recompute = 0.0
-    if mode != "none":  # one block's recomputed activations, and its backward's largest gradients
-        a = 2 if s.dtype == "bfloat16" else 4
-        recompute = s.tokens * (layer_saved(cfg, s.dtype, "none") - layer_saved(cfg, s.dtype, mode)
-                                + a * 4 * cfg.n_embd)
-    transient = s.tokens * head_transient(cfg, s.dtype)
-    return {"stored": stored, "transient": max(transient, recompute)}
+    layer = layer_saved(cfg, s.dtype, mode, s.device)
+    head = head_saved(cfg, s.dtype, s.device)
+    transient = head_transient(cfg, s.dtype)
+    if mode != "none":
+        recomputed = layer_saved(cfg, s.dtype, "none", s.device) - layer
+        gradients = Kernels.of(s.dtype).act * Anatomy.of(cfg).hidden
+        transient = max(transient, recomputed + gradients - head)
+    return {"stored": s.tokens * (cfg.n_layer * layer + head), "transient": s.tokens * transient}
 
 
 # ---- the whole per-GPU plan
