@@ -5,6 +5,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -198,6 +199,8 @@ def make_runtime(device: str, dtype: str, local_rank: int = 0, tf32: bool = True
         torch.backends.cudnn.allow_tf32 = tf32
     if num_threads or cpus:
         torch.set_num_threads(num_threads or cpus)
+    elif not os.environ.get("OMP_NUM_THREADS"):  # one per core, whatever an earlier job of this
+        torch.set_num_threads(len(threads.our_cpus()))  # process (a local sweep's) left behind
     follows_load = dev.type == "cpu" and not num_threads and not compile and not threads.user_choice()
     load = threads.follow_load(torch.get_num_threads()) if follows_load else None
     resolved = resolve_dtype(dtype, dev)

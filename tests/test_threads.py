@@ -17,6 +17,7 @@ from nanogpt import hardware, threads
 @pytest.fixture
 def torch_threads():
     before = torch.get_num_threads()
+    torch.set_num_threads(1)  # what an earlier job of the same process may leave behind
     yield
     torch.set_num_threads(before)
 
@@ -103,6 +104,13 @@ def test_compiled_kernels_keep_their_count(no_openmp_env, torch_threads):
     rt = hardware.make_runtime("cpu", "float32", compile=True)
     assert rt.load is None
     assert "fixed: compiled kernels keep the count they were built with" in rt.why["threads"]
+
+
+def test_a_runtime_starts_from_one_thread_per_core_whatever_was_set_before(no_openmp_env, torch_threads):
+    """A local sweep runs its jobs in one process: a job after one that ran on fewer threads
+    (hardware.num_threads=1, or a busy spell) starts again from one per core."""
+    hardware.make_runtime("cpu", "float32", compile=True)  # compile: the count is not then followed
+    assert torch.get_num_threads() == len(threads.our_cpus())
 
 
 def test_every_forward_pass_gives_the_follower_its_chance(monkeypatch, no_openmp_env, torch_threads):
