@@ -218,7 +218,7 @@ class HardwareConfig:
     fsdp_accumulation: str = "unsharded"
     # GPUs per node a SLURM job asks for, one task (DDP rank) each; None: a CPU job of one task
     gpus_per_node: Optional[int] = None
-    num_threads: Optional[int] = None  # torch intra-op threads on the CPU; None: torch's default
+    num_threads: Optional[int] = None  # CPU threads; None: one per core, following the load (threads.py)
 
     def __post_init__(self):
         from nanogpt.fsdp import ACTIVATION_CHECKPOINTING
