@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from nanogpt.errors import UserError, run_cli
+from nanogpt.io import fsync_dir
 from nanogpt.model import GPTConfig
 
 log = logging.getLogger("nanogpt")
@@ -65,7 +66,7 @@ def atomic_save(obj, path: Path) -> None:
         except BaseException:
             _unlink_quietly(tmp)  # a full disk must not stay full because of our half-written file
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
@@ -86,7 +87,7 @@ def copy_checkpoint(src: Path, dst: Path) -> None:
         except BaseException:
             _unlink_quietly(tmp)
             raise
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
 
 
 def _copy_file(fin, fout) -> None:
@@ -143,18 +144,6 @@ def _find_os_error(exc: BaseException | None) -> OSError | None:
 def _unlink_quietly(path) -> None:
     try:
         os.unlink(path)
-    except OSError:
-        pass
-
-
-def _fsync_dir(directory: Path) -> None:
-    """The rename itself must reach the disk, or a power cut could bring the old name back."""
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
     except OSError:
         pass
 

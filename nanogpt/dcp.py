@@ -41,6 +41,7 @@ import torch
 
 from nanogpt import checkpoint
 from nanogpt.errors import UserError
+from nanogpt.io import fsync_dir
 
 log = logging.getLogger("nanogpt")
 
@@ -184,9 +185,9 @@ def save(ckpt_dir: Path, it: int, model, optimizer, train_state: dict | None, li
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
         if dist.is_main:
             checkpoint.atomic_save(train_state, tmp / STATE_FILE)
-            checkpoint._fsync_dir(tmp)
+            fsync_dir(tmp)
             os.replace(tmp, final)
-            checkpoint._fsync_dir(ckpt_dir)
+            fsync_dir(ckpt_dir)
             for link in links:
                 _link(ckpt_dir, link, final)
             remove_orphans(ckpt_dir, quiet=True)
@@ -199,7 +200,7 @@ def _link(ckpt_dir: Path, link: str, target: Path) -> None:
     tmp = ckpt_dir / f".{link}.{secrets.token_hex(3)}.tmp"
     os.symlink(target.name, tmp)  # relative: the run directory can move
     os.replace(tmp, ckpt_dir / link)
-    checkpoint._fsync_dir(ckpt_dir)
+    fsync_dir(ckpt_dir)
 
 
 def remove_orphans(ckpt_dir: Path, quiet: bool = False) -> list[Path]:

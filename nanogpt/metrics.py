@@ -9,6 +9,8 @@ import math
 import os
 from pathlib import Path
 
+from nanogpt.io import fsync_dir
+
 log = logging.getLogger("nanogpt")
 
 
@@ -46,19 +48,7 @@ def _replace_atomically(path: Path, text: str, suffix: str) -> None:
         if isinstance(e, OSError) and (e.filename is None or str(e.filename) in ("", ".")):
             e.filename = str(path)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """The rename must reach the disk too, or a power cut could bring the old file back."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    fsync_dir(path.parent)
 
 
 def _jsonable(x):

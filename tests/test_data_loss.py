@@ -232,7 +232,7 @@ def _second_ctrl_c_when(monkeypatch, moment: str) -> None:
     if moment == "while last.pt is written":  # its bytes are out, not yet renamed into place
         monkeypatch.setattr(torch, "save", once(torch.save, lambda obj, f: True))
     elif moment == "after last.pt is renamed into place":
-        monkeypatch.setattr(checkpoint, "_fsync_dir", once(checkpoint._fsync_dir, lambda d: True))
+        monkeypatch.setattr(checkpoint, "fsync_dir", once(checkpoint.fsync_dir, lambda d: True))
     else:  # before the summary that says interrupted is written
         real = nanogpt.metrics.write_json_atomic
         monkeypatch.setattr(nanogpt.metrics, "write_json_atomic",
