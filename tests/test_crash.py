@@ -90,13 +90,18 @@ def start_logged(run: Path, env: dict, *extra: str) -> subprocess.Popen:
 def assert_same_as_reference(run: Path, reference: Path):
     got, want = (json.loads((d / "summary.json").read_text()) for d in (run, reference))
     assert got["status"] == "finished"
+    # metrics.jsonl reads as if the run had never stopped: each iteration once, same losses (first,
+    # so that a failure names the iteration where the runs part, and the launches' logs beside it)
+    curve = lambda d: [(m["iter"], m.get("loss"), m.get("val_loss")) for m in read_metrics(d)]
+    got_curve, want_curve = curve(run), curve(reference)
+    parted = next((i for i, (a, b) in enumerate(zip(got_curve, want_curve)) if a != b), None)
+    assert got_curve == want_curve, (f"the runs part at record {parted}: {got_curve[parted - 1:parted + 2]} vs "
+                                     f"{want_curve[parted - 1:parted + 2]}; logs: {sorted(run.parent.glob('*.log'))}"
+                                     if parted is not None else "different lengths")
     for key in ("final_val_loss", "final_train_loss", "best_val_loss", "iters"):
         assert got[key] == want[key], key
     got_w, want_w = (checkpoint.load(d / "ckpt" / "last.pt")["model"] for d in (run, reference))
     assert all(torch.equal(got_w[k], want_w[k]) for k in want_w)
-    # metrics.jsonl reads as if the run had never stopped: each iteration once, same losses
-    curve = lambda d: [(m["iter"], m.get("loss"), m.get("val_loss")) for m in read_metrics(d)]
-    assert curve(run) == curve(reference)
     assert temp_files(run) == []
 
 
