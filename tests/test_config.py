@@ -225,6 +225,22 @@ def test_optimizer_keys_are_checked_against_the_chosen_optimizers_schema():
     assert problems(["optim=adamw", "optim.ns_dtype=float32"], conf) != []
 
 
+def test_optimizer_keys_follow_the_optimizer_the_command_composes_to():
+    """The optimizer whose keys a command may set is the one Hydra composes it to: a model preset
+    that inherits its optimizer from another (modern_baby from modern_124m), a +variant, each
+    point of a sweep over presets (before, YAML files were read: +variant=modern's Muon keys were
+    refused on model=baby, and a sweep's list was taken for one preset's name)."""
+    conf = REPO / "conf"
+    assert problems(["model=baby", "+variant=modern", "optim.ns_dtype=float32"], conf) == []
+    (err,) = problems(["+variant=gpt2", "optim.ns_dtype=float32"], conf)
+    assert err.startswith("unknown config key 'optim.ns_dtype'. Valid keys of optim: name, lr")
+    assert problems(["model=modern_124m", "optim.ns_dtype=float32"], conf) == []
+    assert problems(["-m", "model=modern_124m,modern_baby", "optim.ns_dtype=float32"], conf) == []
+    (err,) = problems(["-m", "model=baby,modern_baby", "optim.ns_dtype=float32"], conf)  # not baby's
+    assert "unknown config key 'optim.ns_dtype'" in err and "beta2" in err
+    assert problems(["-m", "model=baby,modern_baby", "optim.beta2=0.9"], conf) == []  # both have it
+
+
 def test_validate_returns_plain_dataclasses():
     from hydra import compose, initialize_config_dir
 
