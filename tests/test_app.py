@@ -9,10 +9,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import GPT2_RANKS, REPO, TINY, launch, read_metrics, write_char_dataset
-from nanogpt.config import register_configs
+from nanogpt.config import register_configs, validate
 from nanogpt.rundir import register_resolvers
 
-EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+# every file under conf/experiment/, subfolders included (experiment=scaling/isoflop_tiny)
+EXPERIMENTS = sorted(str(p.relative_to(REPO / "conf" / "experiment").with_suffix(""))
+                     for p in (REPO / "conf" / "experiment").rglob("*.yaml"))
 
 
 def compose_cfg(overrides):
@@ -27,6 +29,11 @@ def test_every_experiment_composes_with_typed_groups(experiment):
     cfg = compose_cfg([f"experiment={experiment}"])
     assert cfg.task.name in ("train", "eval", "sample", "bench")
     assert cfg.model.n_layer > 0 and cfg.data.name
+    assert validate(cfg).task.name == cfg.task.name  # every value passes its schema's checks
+
+
+def test_the_experiments_include_those_in_subfolders():
+    assert {"scaling/isoflop_tiny", "scaling/tiny_sizes", "scaling/variants_tiny", "train_gpt2"} <= set(EXPERIMENTS)
 
 
 def test_experiment_recipes_match_nanogpt():
@@ -116,7 +123,9 @@ def test_every_experiment_runs_two_iterations_in_tiny_form(experiment, tmp_path,
     samples = 0 if bpe and not GPT2_RANKS.exists() else 1
     env = {"NANOGPT_GPT2_RANKS": str(GPT2_RANKS)} if bpe and GPT2_RANKS.exists() else None
     if task == "train":
+        # a token or compute budget (the scaling sweeps') would set max_iters instead
         args = [f"experiment={experiment}", *extra, *common, "task.max_iters=2", "task.tokens_per_step=null",
+                "task.max_tokens=null", "task.max_flops=null",
                 "task.eval_iters=1", "task.eval_interval=1", f"task.num_samples={samples}", "task.sample_tokens=5",
                 "task.hellaswag_interval=0"]  # HellaSwag's examples come from the hub
     else:
