@@ -65,6 +65,19 @@ def test_the_design_cards_command_trains_with_nanogpts_recipe():
         assert compose_cfg([f"task={task}", "model=gpt2_124m", "data=owt"]).optim.lr == 1e-3
 
 
+def test_the_optimizer_is_the_commands_then_the_experiments_or_variants_then_the_model_presets():
+    """README, Configuration: optim= on the command line, else an experiment or +variant, else the
+    model preset (modern_124m and modern_baby: Muon, on any data and for any task), else AdamW."""
+    muon = [[], ["model=modern_124m", "data=owt"], ["model=modern_124m", "data=shakespeare_char"],
+            ["model=modern_baby", "task=sample"], ["experiment=speedrun_cpu"], ["experiment=speedrun_gpt2"],
+            ["model=baby", "+variant=modern"], ["model=baby", "optim=muon"]]
+    adamw = [["model=baby"], ["model=gpt2_124m", "data=owt"], ["model=pretrained/gpt2"], ["model=modern_baby", "optim=adamw"],
+             ["model=modern_124m", "+variant=gpt2"], ["experiment=shakespeare_char"], ["experiment=finetune_shakespeare"],
+             ["experiment=speedrun_cpu", "optim=adamw"]]
+    assert [compose_cfg(o).optim.name for o in muon] == ["muon"] * len(muon)
+    assert [compose_cfg(o).optim.name for o in adamw] == ["adamw"] * len(adamw)
+
+
 @pytest.mark.slow
 def test_the_run_header_says_which_recipe_applied(tmp_path, data_root):
     _bpe_dataset(data_root, "owt")
