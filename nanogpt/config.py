@@ -159,6 +159,7 @@ class MuonConfig(OptimConfig):
     adjust_lr: str = "original"  # torch.optim.Muon's adjust_lr_fn: original | match_rms_adamw
     ns_dtype: str = "auto"  # Newton-Schulz's: auto (bf16 where the hardware has it) | bfloat16 | float32
     weight_decay: float = 0.0  # the hidden matrices' (decoupled, as AdamW's)
+    # AdamW's rates, tuned with Muon at lr 0.02-0.03 on the small CPU models (experiment=speedrun_cpu)
     embed_lr: float = 0.0067  # AdamW's rate for the token embedding and position table
     head_lr: float = 0.0027  # AdamW's rate for an untied LM head (a tied one is the embedding)
     scalar_lr: float = 0.0067  # AdamW's rate for norm gains and biases

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import sys
 from pathlib import Path
 
@@ -18,37 +19,49 @@ def _fields(schema) -> list[str]:
 
 def _chosen_keys(group: str, args: list[str], conf_dir: Path) -> list[str]:
     """The keys of a group whose options have schemas of their own (optim, task): those of the
-    option the command chose (or the default one); with an experiment, which may choose
-    another, those of any option."""
-    chosen = next((a.split("=", 1)[1] for a in args if a.startswith(f"{group}=")), None)
-    if chosen is None and not any(a.startswith("experiment=") for a in args):
-        model = next((a.split("=", 1)[1] for a in args if a.startswith("model=")), None)
-        chosen = _preset_choice(group, model or _default_option("model", conf_dir), conf_dir) \
-            or _default_option(group, conf_dir)
+    option the command chooses, as Hydra composes it (a model preset may choose the optimizer:
+    modern_124m, and so modern_baby, choose Muon), and of every option a sweep reaches; with an
+    experiment, which may choose another, or when the choices do not compose, those of any option."""
     schemas = SCHEMA_GROUPS[group]
-    if chosen in schemas:
-        return _fields(schemas[chosen])
+    chosen = next((a.split("=", 1)[1] for a in args if a.startswith(f"{group}=")), None)
+    if chosen is not None:
+        options = chosen.split(",")
+    elif any(a.startswith("experiment=") for a in args):
+        options = []
+    else:
+        options = _composed_choices(group, args, conf_dir)
+    if options and all(o in schemas for o in options):
+        return [k for k in _fields(schemas[options[0]]) if all(k in _fields(schemas[o]) for o in options)]
     return sorted({k for schema in schemas.values() for k in _fields(schema)})
 
 
-def _defaults_list(path: Path) -> list:
-    import yaml
-
-    return (yaml.safe_load(path.read_text()) or {}).get("defaults", []) if path.is_file() else []
+MAX_SWEEP_POINTS = 16  # a larger sweep over presets is left to Hydra
 
 
-def _default_option(group: str, conf_dir: Path) -> str | None:
-    defaults = _defaults_list(conf_dir / "config.yaml")
-    return next((d[group] for d in defaults if isinstance(d, dict) and group in d), None)
+def _composed_choices(group: str, args: list[str], conf_dir: Path) -> list[str]:
+    """The options of `group` that the command's group choices (model=..., +variant=...) compose
+    to, one per point of a sweep over them (model=baby,modern_baby). Hydra composes them, rather
+    than this module reading the YAML files, so a preset that extends another inherits its
+    choice. Empty when they do not compose (an unknown option, sweep syntax other than a comma
+    list: Hydra then says what is wrong), or when Hydra is already initialised in this process."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
+    from nanogpt.config import register_configs
+    from nanogpt.rundir import register_resolvers
 
-def _preset_choice(group: str, model: str | None, conf_dir: Path) -> str | None:
-    """The option of `group` a model preset chooses (modern_* choose optim=muon), if any."""
-    for d in _defaults_list(conf_dir / "model" / f"{model}.yaml") if model else []:
-        for key, value in (d.items() if isinstance(d, dict) else []):
-            if key.startswith(f"override /{group}"):
-                return value
-    return None
+    groups = {p.name for p in conf_dir.iterdir() if p.is_dir()} - {"hydra"}
+    choices = [a.split("=", 1) for a in args if "=" in a and a.split("=", 1)[0].lstrip("+") in groups]
+    points = list(itertools.product(*[[f"{key}={v}" for v in value.split(",")] for key, value in choices]))
+    if GlobalHydra.instance().is_initialized() or len(points) > MAX_SWEEP_POINTS:
+        return []
+    register_configs()
+    register_resolvers()  # config.yaml's hydra section names the run directory with them
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
+            return sorted({getattr(compose(config_name="config", overrides=list(p)), group).name for p in points})
+    except Exception:  # noqa: BLE001 (what does not compose, Hydra reports on its own)
+        return []
 
 
 def problems(args: list[str], conf_dir: Path) -> list[str]:

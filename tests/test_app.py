@@ -9,10 +9,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import GPT2_RANKS, REPO, TINY, launch, read_metrics, write_char_dataset
-from nanogpt.config import register_configs
+from nanogpt.config import register_configs, validate
 from nanogpt.rundir import register_resolvers
 
-EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
+# every file under conf/experiment/, subfolders included (experiment=scaling/isoflop_tiny)
+EXPERIMENTS = sorted(str(p.relative_to(REPO / "conf" / "experiment").with_suffix(""))
+                     for p in (REPO / "conf" / "experiment").rglob("*.yaml"))
 
 
 def compose_cfg(overrides):
@@ -27,6 +29,11 @@ def test_every_experiment_composes_with_typed_groups(experiment):
     cfg = compose_cfg([f"experiment={experiment}"])
     assert cfg.task.name in ("train", "eval", "sample", "bench")
     assert cfg.model.n_layer > 0 and cfg.data.name
+    assert validate(cfg).task.name == cfg.task.name  # every value passes its schema's checks
+
+
+def test_the_experiments_include_those_in_subfolders():
+    assert {"scaling/isoflop_tiny", "scaling/tiny_sizes", "scaling/variants_tiny", "train_gpt2"} <= set(EXPERIMENTS)
 
 
 def test_experiment_recipes_match_nanogpt():
@@ -56,6 +63,19 @@ def test_the_design_cards_command_trains_with_nanogpts_recipe():
     assert compose_cfg(["model=gpt2_124m"]).optim.lr == 1e-3  # another dataset: the defaults
     for task in ("eval", "sample", "bench"):  # the recipe is training's
         assert compose_cfg([f"task={task}", "model=gpt2_124m", "data=owt"]).optim.lr == 1e-3
+
+
+def test_the_optimizer_is_the_commands_then_the_experiments_or_variants_then_the_model_presets():
+    """README, Configuration: optim= on the command line, else an experiment or +variant, else the
+    model preset (modern_124m and modern_baby: Muon, on any data and for any task), else AdamW."""
+    muon = [[], ["model=modern_124m", "data=owt"], ["model=modern_124m", "data=shakespeare_char"],
+            ["model=modern_baby", "task=sample"], ["experiment=speedrun_cpu"], ["experiment=speedrun_gpt2"],
+            ["model=baby", "+variant=modern"], ["model=baby", "optim=muon"]]
+    adamw = [["model=baby"], ["model=gpt2_124m", "data=owt"], ["model=pretrained/gpt2"], ["model=modern_baby", "optim=adamw"],
+             ["model=modern_124m", "+variant=gpt2"], ["experiment=shakespeare_char"], ["experiment=finetune_shakespeare"],
+             ["experiment=speedrun_cpu", "optim=adamw"]]
+    assert [compose_cfg(o).optim.name for o in muon] == ["muon"] * len(muon)
+    assert [compose_cfg(o).optim.name for o in adamw] == ["adamw"] * len(adamw)
 
 
 @pytest.mark.slow
@@ -116,7 +136,9 @@ def test_every_experiment_runs_two_iterations_in_tiny_form(experiment, tmp_path,
     samples = 0 if bpe and not GPT2_RANKS.exists() else 1
     env = {"NANOGPT_GPT2_RANKS": str(GPT2_RANKS)} if bpe and GPT2_RANKS.exists() else None
     if task == "train":
+        # a token or compute budget (the scaling sweeps') would set max_iters instead
         args = [f"experiment={experiment}", *extra, *common, "task.max_iters=2", "task.tokens_per_step=null",
+                "task.max_tokens=null", "task.max_flops=null",
                 "task.eval_iters=1", "task.eval_interval=1", f"task.num_samples={samples}", "task.sample_tokens=5",
                 "task.hellaswag_interval=0"]  # HellaSwag's examples come from the hub
     else:

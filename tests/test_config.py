@@ -173,6 +173,104 @@ def test_a_checkpoint_without_a_newer_field_reads_it_as_the_default():
     assert GPTConfig.from_dict(ckpt["model_args"]).bias is True
 
 
+# ---- the group files say only what differs from the schema, or from the preset they extend
+
+GROUP_DIRS = ("model", "data", "optim", "hardware", "task", "logger", "hydra/launcher")
+
+
+def _load(path) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path)) or {}
+
+
+def _inherited(group: str, defaults: list) -> dict:
+    """What a group file starts from: its schema (base_*, a ConfigStore node) or the presets of
+    its group it extends, merged in order; `override /group: ...` entries choose other groups."""
+    import hydra_plugins.nanogpt_slurm_launcher  # noqa: F401 (stores nanogpt_slurm)
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from nanogpt.config import register_configs
+
+    register_configs()
+    merged = {}
+    for entry in (d for d in defaults if isinstance(d, str) and d != "_self_"):
+        path = entry[1:] if entry.startswith("/") else f"{group}/{entry}"
+        if (REPO / "conf" / f"{path}.yaml").is_file():
+            parent = _full_values(group, REPO / "conf" / f"{path}.yaml")
+        else:
+            parent = OmegaConf.to_container(ConfigStore.instance().load(f"{path}.yaml").node)
+        merged = OmegaConf.to_container(OmegaConf.merge(merged, parent))
+    return merged
+
+
+def _repeats(group: str, own: dict) -> list[str]:
+    inherited = _inherited(group, own.get("defaults", []))
+    return [k for k, v in own.items() if k != "defaults" and k in inherited and inherited[k] == v]
+
+
+def _full_values(group: str, path) -> dict:
+    from omegaconf import OmegaConf
+
+    own = _load(path)
+    merged = OmegaConf.merge(_inherited(group, own.get("defaults", [])),
+                             {k: v for k, v in own.items() if k != "defaults"})
+    return OmegaConf.to_container(merged)
+
+
+def _composed(group: str, option: str) -> dict:
+    """The group's node as Hydra composes the option (a model and data with no recipe, which
+    would set optim and task keys)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from nanogpt.rundir import register_resolvers
+
+    register_resolvers()
+    base = ["data=shakespeare_char"] + ([] if group == "model" else ["model=baby"])
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*base, f"{group}={option}"], return_hydra_config=True)
+    return OmegaConf.to_container(OmegaConf.select(cfg, group.replace("/", ".")))
+
+
+def test_group_files_say_only_what_differs_from_the_schema_or_the_preset_they_extend():
+    """No group file repeats its schema's default, or the value of a preset it extends, verbatim
+    (optim/muon.yaml once restated all 18 of MuonConfig's defaults, the GPT-2 sizes were written
+    in three places). The values read here are checked to be what Hydra composes for each option,
+    and a file that repeated a default is shown to be caught, so the test cannot pass vacuously."""
+    checked = 0
+    for group in GROUP_DIRS:
+        files = sorted((REPO / "conf" / group).rglob("*.yaml"))
+        assert files, group
+        for path in files:
+            own = _load(path)
+            repeats = _repeats(group, own)
+            assert repeats == [], f"{path.relative_to(REPO)} repeats what it extends: {repeats}"
+            option = str(path.relative_to(REPO / "conf" / group).with_suffix(""))
+            assert _composed(group, option) == _full_values(group, path), path
+            checked += len(own) - ("defaults" in own)
+    assert checked >= 40
+    assert _repeats("model", {"defaults": ["gpt2_124m"], "n_layer": 12, "n_head": 16, "pad_vocab": True}) == \
+        ["n_layer", "pad_vocab"]
+    assert _repeats("optim", {"defaults": ["base_muon"], "lr": 0.02, "beta1": 0.9}) == ["lr"]
+
+
+def test_the_gpt2_presets_have_the_shapes_of_openais_weights():
+    """The GPT-2 sizes are written once in conf/ (model/gpt2_*.yaml; pretrained/* extend them); the
+    loader's table for weights without a config.json (nanogpt.pretrained.GPT2_SIZES) agrees."""
+    from nanogpt.pretrained import GPT2_SIZES
+
+    for preset, scratch in (("gpt2", "gpt2_124m"), ("gpt2_medium", "gpt2_350m"), ("gpt2_large", "gpt2_774m"),
+                            ("gpt2_xl", "gpt2_1558m")):
+        shape = GPT2_SIZES[preset.replace("_", "-")]
+        for option in (f"pretrained/{preset}", scratch):
+            model = _composed("model", option)
+            assert (model["n_layer"], model["n_head"], model["n_embd"], model["block_size"]) == \
+                (shape.n_layer, shape.n_head, shape.n_embd, 1024), option
+        assert (model["pad_vocab"], _composed("model", f"pretrained/{preset}")["vocab_size"]) == (True, 50257)
+
+
 # ---- registries
 
 def test_every_registry_entry_has_a_schema_and_a_yaml():
@@ -223,6 +321,22 @@ def test_optimizer_keys_are_checked_against_the_chosen_optimizers_schema():
     assert "unknown config key 'optim.ns_dtype'" in err and "beta2" in err
     assert problems(["model=baby", "optim=muon", "optim.ns_dtype=float32"], conf) == []
     assert problems(["optim=adamw", "optim.ns_dtype=float32"], conf) != []
+
+
+def test_optimizer_keys_follow_the_optimizer_the_command_composes_to():
+    """The optimizer whose keys a command may set is the one Hydra composes it to: a model preset
+    that inherits its optimizer from another (modern_baby from modern_124m), a +variant, each
+    point of a sweep over presets (before, YAML files were read: +variant=modern's Muon keys were
+    refused on model=baby, and a sweep's list was taken for one preset's name)."""
+    conf = REPO / "conf"
+    assert problems(["model=baby", "+variant=modern", "optim.ns_dtype=float32"], conf) == []
+    (err,) = problems(["+variant=gpt2", "optim.ns_dtype=float32"], conf)
+    assert err.startswith("unknown config key 'optim.ns_dtype'. Valid keys of optim: name, lr")
+    assert problems(["model=modern_124m", "optim.ns_dtype=float32"], conf) == []
+    assert problems(["-m", "model=modern_124m,modern_baby", "optim.ns_dtype=float32"], conf) == []
+    (err,) = problems(["-m", "model=baby,modern_baby", "optim.ns_dtype=float32"], conf)  # not baby's
+    assert "unknown config key 'optim.ns_dtype'" in err and "beta2" in err
+    assert problems(["-m", "model=baby,modern_baby", "optim.beta2=0.9"], conf) == []  # both have it
 
 
 def test_validate_returns_plain_dataclasses():
