@@ -18,6 +18,14 @@ from nanogpt import checkpoint
 
 
 
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, env) -> Path:
+    """Ten iterations (checkpoints at 5 and 10), not conftest's four: resumes here start at 10."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    launch([*QUICK, "task.max_iters=10", "task.eval_interval=5", f"run={run}"], cwd=run.parent, env=env)
+    return run
+
+
 @pytest.fixture
 def run(trained_run, tmp_path) -> Path:
     """A private copy of a finished run."""
