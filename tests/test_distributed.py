@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -172,7 +173,9 @@ def test_sigterm_to_one_rank_stops_every_rank_and_records_that_signal(tmp_path, 
     finally:
         proc.kill()
     out = log_path.read_text()
-    assert "KeyError" not in out and f'File "{REPO}' not in out, out[-3000:]  # no traceback of ours
+    # no traceback of ours (torchrun's own, from torch's files, may sit in a .venv inside the repo)
+    ours = re.compile(rf'File "{re.escape(str(REPO))}/(?!\.venv/)')
+    assert "KeyError" not in out and not ours.search(out), out[-3000:]
     assert "exitcode  : 143" in out  # each rank: 128 + SIGTERM (torchrun reports a worker's non-zero exit)
     done = summary(run)
     assert (done["status"], done["stop_signal"]) == ("interrupted", "SIGTERM")
