@@ -59,7 +59,7 @@ def atomic_save(obj, path: Path) -> None:
         tmp = path.parent / f".{path.name}.{os.getpid()}{secrets.token_hex(3)}.tmp"
         try:
             with open(tmp, "xb") as f:
-                torch.save(obj, f)
+                _save_interruptibly(obj, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -67,6 +67,18 @@ def atomic_save(obj, path: Path) -> None:
             _unlink_quietly(tmp)  # a full disk must not stay full because of our half-written file
             raise
         fsync_dir(path.parent)
+
+
+def _save_interruptibly(obj, f) -> None:
+    """torch.save, but a Ctrl-C inside it stays a Ctrl-C: the zip writer's exit, finishing a
+    record the interruption cut short, raises a RuntimeError ("unexpected pos") that would replace
+    it and turn a clean stop into a traceback."""
+    try:
+        torch.save(obj, f)
+    except RuntimeError as e:
+        if isinstance(e.__context__, KeyboardInterrupt):
+            raise e.__context__ from None
+        raise
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:

@@ -214,3 +214,45 @@ def test_a_second_ctrl_c_stops_at_once():
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+
+def test_a_ctrl_c_inside_torch_save_stays_a_ctrl_c_and_leaves_no_file(tmp_path, monkeypatch):
+    """A second Ctrl-C landing inside torch.save (its signal handler raises from the file's
+    write, which the zip writer calls): the writer's exit raised RuntimeError ("unexpected pos")
+    over the KeyboardInterrupt, and the run ended with a traceback and exit 1 instead of its
+    message and 130 (seen in CI)."""
+    import builtins
+
+    import torch
+
+    from nanogpt import checkpoint
+
+    class Interrupted(KeyboardInterrupt):
+        pass
+
+    class CutShort:
+        """The checkpoint's file, its third write interrupted once its bytes are out."""
+        def __init__(self, f):
+            self.f, self.writes = f, 0
+
+        def write(self, data):
+            n = self.f.write(data)
+            self.writes += 1
+            if self.writes == 3:
+                raise Interrupted()
+            return n
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(checkpoint, "open", lambda *a, **k: CutShort(builtins.open(*a, **k)), raising=False)
+    with pytest.raises(Interrupted):
+        checkpoint.atomic_save({"w": torch.zeros(1000), "v": torch.ones(1000)}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
