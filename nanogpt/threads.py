@@ -7,7 +7,8 @@ quiet machine that saves a wake-up per op: passive waiting (OMP_WAIT_POLICY=PASS
 default model's steps 10-50% slower. On a busy one a spinning thread holds a core while the
 thread it waits for sits in the run queue behind another process, so every op waits out a time
 slice: steps 10-40x slower (BENCHMARKS.md, "On a busy machine"). Even 3,000 turns of spinning
-keep half of that loss, so no wait policy, which is fixed before the runtime starts, serves both.
+were 2.9x slower than passive waiting there, so no wait policy, fixed before the runtime starts,
+serves both.
 The thread count can change at any time: this module measures what the other processes take of
 this process's CPUs (/proc/stat's busy time less this process's own CPU time) about once a
 second, between forward passes, and sets torch's thread count to the cores they leave free.
