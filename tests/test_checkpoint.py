@@ -30,20 +30,22 @@ def training_state(it: int, seed: int = 0) -> dict:
             "config": {}}
 
 
-def fail_writes_after(monkeypatch, nbytes: int, err: int = errno.ENOSPC):
-    """Make checkpoint files raise OSError(err) once `nbytes` have been written, as a disk that
-    fills up mid-write does."""
+def watch_checkpoint_writes(monkeypatch, before=None, after=None):
+    """Checkpoint files whose every write calls before(data) and after(data), as a disk or a
+    signal can cut a write short (either may raise)."""
     real_open = open
 
-    class FillingFile:
+    class WatchedFile:
         def __init__(self, f):
-            self.f, self.written = f, 0
+            self.f = f
 
         def write(self, data):
-            self.written += len(data)
-            if self.written > nbytes:
-                raise OSError(err, os.strerror(err))
-            return self.f.write(data)
+            if before:
+                before(data)
+            n = self.f.write(data)
+            if after:
+                after(data)
+            return n
 
         def __getattr__(self, name):
             return getattr(self.f, name)
@@ -54,7 +56,20 @@ def fail_writes_after(monkeypatch, nbytes: int, err: int = errno.ENOSPC):
         def __exit__(self, *exc):
             self.f.close()
 
-    monkeypatch.setattr(checkpoint, "open", lambda *a, **k: FillingFile(real_open(*a, **k)), raising=False)
+    monkeypatch.setattr(checkpoint, "open", lambda *a, **k: WatchedFile(real_open(*a, **k)), raising=False)
+
+
+def fail_writes_after(monkeypatch, nbytes: int, err: int = errno.ENOSPC):
+    """Make checkpoint files raise OSError(err) once `nbytes` have been written, as a disk that
+    fills up mid-write does."""
+    written = [0]
+
+    def fill(data):
+        written[0] += len(data)
+        if written[0] > nbytes:
+            raise OSError(err, os.strerror(err))
+
+    watch_checkpoint_writes(monkeypatch, before=fill)
 
 
 def test_a_full_disk_leaves_the_previous_checkpoint_and_no_partial_file(tmp_path, monkeypatch):
@@ -222,8 +237,6 @@ def test_a_ctrl_c_inside_torch_save_stays_a_ctrl_c_and_leaves_no_file(tmp_path, 
     write, which the zip writer calls): the writer's exit raised RuntimeError ("unexpected pos")
     over the KeyboardInterrupt, and the run ended with a traceback and exit 1 instead of its
     message and 130 (seen in CI)."""
-    import builtins
-
     import torch
 
     from nanogpt import checkpoint
@@ -231,28 +244,14 @@ def test_a_ctrl_c_inside_torch_save_stays_a_ctrl_c_and_leaves_no_file(tmp_path, 
     class Interrupted(KeyboardInterrupt):
         pass
 
-    class CutShort:
-        """The checkpoint's file, its third write interrupted once its bytes are out."""
-        def __init__(self, f):
-            self.f, self.writes = f, 0
+    writes = [0]
 
-        def write(self, data):
-            n = self.f.write(data)
-            self.writes += 1
-            if self.writes == 3:
-                raise Interrupted()
-            return n
+    def third_write_interrupted(data):  # once its bytes are out, as a signal handler raises
+        writes[0] += 1
+        if writes[0] == 3:
+            raise Interrupted()
 
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    monkeypatch.setattr(checkpoint, "open", lambda *a, **k: CutShort(builtins.open(*a, **k)), raising=False)
+    watch_checkpoint_writes(monkeypatch, after=third_write_interrupted)
     with pytest.raises(Interrupted):
         checkpoint.atomic_save({"w": torch.zeros(1000), "v": torch.ones(1000)}, tmp_path / "last.pt")
     assert list(tmp_path.iterdir()) == []
