@@ -22,6 +22,7 @@ import torch
 
 from nanogpt import shards
 from nanogpt.errors import UserError
+from nanogpt.io import replace_atomically
 from nanogpt.paths import REPO_ROOT
 
 SPLIT_IDS = {"train": 0, "val": 1}
@@ -283,13 +284,12 @@ def _read_max_id(record: Path, key: dict) -> int | None:
 
 
 def _write_max_id(record: Path, known: dict) -> None:
-    """Atomically (temp file, rename); where the data folder is read-only, nothing is kept."""
-    tmp = record.with_name(f"{record.name}.tmp{os.getpid()}")
+    """Atomically (io.replace_atomically, a temp name of this process's: ranks open the same data);
+    where the data folder is read-only, nothing is kept."""
     try:
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, record)
+        replace_atomically(record, json.dumps(known), f".json.tmp{os.getpid()}")
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 class Batches:

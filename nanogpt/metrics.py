@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
-from nanogpt.io import fsync_dir
+from nanogpt.io import replace_atomically
 
 log = logging.getLogger("nanogpt")
 
@@ -23,32 +22,13 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float | None,
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
-    _replace_atomically(Path(path), json.dumps(obj, indent=2, default=_jsonable) + "\n", ".json.tmp")
+    replace_atomically(Path(path), json.dumps(obj, indent=2, default=_jsonable) + "\n", ".json.tmp")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """path holds text, whole, or what it held before: never a part (samples.txt)."""
     path = Path(path)
-    _replace_atomically(path, text, path.suffix + ".tmp")
-
-
-def _replace_atomically(path: Path, text: str, suffix: str) -> None:
-    """Write text beside path, fsync it, then rename it over path: a kill or a power cut leaves
-    the old file or the new one. A failed write (a full disk) removes its temp file and names the
-    file it was writing: path itself is untouched."""
-    tmp = path.with_suffix(suffix)
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:  # a kill's KeyboardInterrupt too: no temp file left behind
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and (e.filename is None or str(e.filename) in ("", ".")):
-            e.filename = str(path)
-        raise
-    fsync_dir(path.parent)
+    replace_atomically(path, text, path.suffix + ".tmp")
 
 
 def _jsonable(x):
@@ -151,7 +131,7 @@ def _keep_until(path: Path, start_iter: int) -> None:
             it = record.get("iter", 0)
             if it < start_iter or (it == start_iter and record.get("kind") != "resume"):
                 kept.append(line + "\n")
-    _replace_atomically(path, "".join(kept), ".jsonl.tmp")
+    replace_atomically(path, "".join(kept), ".jsonl.tmp")
 
 
 def _record(line: str) -> dict | None:
