@@ -36,15 +36,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from nanogpt.config import register_configs, validate
 from nanogpt.errors import UserError
-from nanogpt.guards import raise_interrupted
-from nanogpt.rundir import (
-    register_resolvers,
-    remove_if_untouched,
-    restore_run_record,
-    undo_launch,
-)
+from nanogpt.gate import register_configs, register_resolvers, validate
+from nanogpt.run.rundir import remove_if_untouched, restore_run_record, undo_launch
+from nanogpt.training.guards import raise_interrupted
 
 register_configs()
 register_resolvers()
@@ -62,7 +57,7 @@ logging.raiseExceptions = False  # a full disk must not turn every log line into
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig):
-    from nanogpt import distributed
+    from nanogpt.runtime import distributed
 
     dist = distributed.detect()
     if not dist.is_main:  # other ranks stay quiet
@@ -122,7 +117,7 @@ def _stopped_before_work(signum: int, task: str, own_dir: Path) -> str:
 
 def _kept(run_dir: Path | None) -> str:
     """What is left of the run directory, once restore_run_record and remove_if_untouched ran."""
-    from nanogpt import checkpoint, dcp
+    from nanogpt.checkpoint import single as checkpoint, sharded as dcp
 
     if run_dir is None:
         return ""
@@ -145,8 +140,8 @@ def _log_recipe() -> None:
 def _agree_on_run_dir(dist, config) -> Path:
     """Join the process group, then use rank 0's output directory on every rank: Hydra names it
     on each rank separately (a timestamp in it can differ), and a rank's own stray one is removed."""
-    from nanogpt import distributed
-    from nanogpt.hardware import resolve_device
+    from nanogpt.runtime import distributed
+    from nanogpt.runtime.hardware import resolve_device
 
     own = Path(HydraConfig.get().runtime.output_dir)
     if not dist.enabled:
@@ -160,7 +155,7 @@ def _agree_on_run_dir(dist, config) -> Path:
 
 if __name__ == "__main__":
     try:
-        from nanogpt.overrides import check_overrides
+        from nanogpt.gate import check_overrides
 
         check_overrides(sys.argv[1:], CONF_DIR)
         main()

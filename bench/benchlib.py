@@ -46,7 +46,7 @@ def machine() -> str:
 
 
 def matmul_rates() -> str:
-    from nanogpt.hardware import measured_cpu_matmul_flops
+    from nanogpt.runtime.hardware import measured_cpu_matmul_flops
 
     measured_cpu_matmul_flops.cache_clear()  # a fresh measurement: the load changes over a run
     return ", ".join(f"{str(d).replace('torch.', '')} {measured_cpu_matmul_flops(d) / 1e9:,.0f} GFLOP/s"
@@ -59,11 +59,11 @@ def median_ms(seconds: list[float]) -> float:
 
 def set_threads(n: int | None) -> None:
     """n threads; None: as many as the cores other processes leave free when the benchmark starts
-    (nanogpt/threads.py; fixed from then on, so the variants taking turns see the same count)."""
+    (nanogpt/runtime/threads.py; fixed from then on, so the variants taking turns see the same count)."""
     if n:
         torch.set_num_threads(n)
         return
-    from nanogpt import threads
+    from nanogpt.runtime import threads
 
     if not threads.user_choice():
         threads.follow_load(torch.get_num_threads())

@@ -3,7 +3,7 @@
     python launch.py -m experiment=scaling/variants_tiny
     python bench/compare_variants.py sweeps/variants_tiny --out docs/variants_tiny
 
-Reads each recipe's runs with the scaling tools (nanogpt.scaling.load_runs, fit_data,
+Reads each recipe's runs with the scaling tools (nanogpt.scaling.collect.load_runs, fit_data,
 isoflop_fit), prints a table (final val loss per budget and width, in nats per token and bits per
 byte; each budget's best width and the fitted optimum), writes runs.csv, and draws
 isoflops.png: val loss against parameters, one curve per budget and recipe, with each fitted
@@ -19,8 +19,8 @@ import numpy as np
 from benchlib import REPO  # noqa: F401  (puts this checkout on sys.path)
 from matplotlib.figure import Figure
 
-from nanogpt.scaling import fit_data, load_runs, write_csv
-from nanogpt.scaling_fit import group_by_compute, isoflop_fit
+from nanogpt.scaling.collect import fit_data, load_runs, write_csv
+from nanogpt.scaling.fit import group_by_compute, isoflop_fit
 
 STYLE = {"gpt2": ("tab:blue", "o", "--"), "modern": ("tab:red", "s", "-")}
 

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 import nanogpt.model
-from nanogpt.data import Batches, Prefetcher, TokenDataset
-from nanogpt.hardware import Runtime, compile_model, cpu_has_fast_bf16
+from nanogpt.data.batches import Batches, Prefetcher, TokenDataset
+from nanogpt.runtime.hardware import Runtime, compile_model, cpu_has_fast_bf16
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.config import AdamWConfig
-from nanogpt.optim import make_adamw
-from nanogpt.schedule import lr_at
+from nanogpt.training.optim import AdamWConfig
+from nanogpt.training.optim import make_adamw
+from nanogpt.training.schedule import lr_at
 
 # nanoGPT's README, "I only have a macbook": 4 layers, 4 heads, 128 wide, block 64, batch 12.
 PRESETS = {

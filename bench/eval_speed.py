@@ -19,11 +19,11 @@ from pathlib import Path
 import benchlib
 import torch
 
-from nanogpt.data import Batches, TokenDataset, eval_batch
-from nanogpt.distributed import Dist
-from nanogpt.hardware import Runtime, compile_model, cpu_has_fast_bf16
+from nanogpt.data.batches import Batches, TokenDataset, eval_batch
+from nanogpt.runtime.distributed import Dist
+from nanogpt.runtime.hardware import Runtime, compile_model, cpu_has_fast_bf16
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.evaluate import estimate_loss
+from nanogpt.evals.loss import estimate_loss
 
 
 @torch.no_grad()

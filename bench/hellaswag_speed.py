@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""HellaSwag scoring speed: examples/s of nanogpt.hellaswag.score for GPT-2 124M, and the time the
+"""HellaSwag scoring speed: examples/s of nanogpt.evals.hellaswag.score for GPT-2 124M, and the time the
 whole validation set (10,042 examples) would take.
 
   python bench/hellaswag_speed.py                                   # CPU, random 124M weights, 128 examples
@@ -20,8 +20,8 @@ import benchlib
 import numpy as np
 import torch
 
-from nanogpt import hellaswag
-from nanogpt.hardware import make_runtime
+from nanogpt.evals import hellaswag
+from nanogpt.runtime.hardware import make_runtime
 from nanogpt.model import GPT, GPTConfig
 
 
@@ -50,7 +50,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     benchlib.set_threads(args.threads)
     if args.path:
-        from nanogpt.pretrained import load_pretrained
+        from nanogpt.hf.weights import load_pretrained
 
         model = load_pretrained(None, path=args.path)
     else:

@@ -51,8 +51,8 @@ def child(path: str, batches: int, block: int, batch: int, plain: bool) -> None:
     """Run the data path on one dataset; print one JSON line of figures."""
     import torch
 
-    from nanogpt import data
-    from nanogpt.data import Batches, Prefetcher, TokenDataset
+    from nanogpt.data import batches as data
+    from nanogpt.data.batches import Batches, Prefetcher, TokenDataset
 
     if plain:  # what the data path did before: a memmap left alone (default read-ahead, never unmapped)
         data.Split.__post_init__ = lambda self: setattr(self, "_mmap", None) or setattr(self, "_mapped", 0)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The memory plan (nanogpt/plan.py, task=plan) against memory measured on the CPU.
+"""The memory plan (nanogpt/training/memory_plan.py, task=plan) against memory measured on the CPU.
 
   python bench/memory_plan.py saved           # bytes per token each block (and the head) keeps for the
                                               # backward, counted tensor by tensor: model=baby and
@@ -51,7 +51,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from nanogpt import plan
+from nanogpt.training import memory_plan as plan
 from nanogpt.model import GPT, GPTConfig
 
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
@@ -120,7 +120,7 @@ class NewStorages(TorchDispatchMode):
 
 def kept_by_forward(config: GPTConfig, micro: int, dtype: str, mode: str) -> int:
     """Bytes a training forward (autocast in `dtype`, activation checkpointing `mode`) leaves alive."""
-    from nanogpt import fsdp
+    from nanogpt.runtime import fsdp
 
     torch.manual_seed(0)
     model = GPT(config)
@@ -159,9 +159,9 @@ def model_config(name: str, overrides=(), vocab: int = 128) -> GPTConfig:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from nanogpt.build import model_args
-    from nanogpt.config import register_configs
-    from nanogpt.rundir import register_resolvers
+    from nanogpt.config import model_args
+    from nanogpt.gate import register_configs
+    from nanogpt.gate import register_resolvers
 
     register_configs()
     register_resolvers()
@@ -200,7 +200,7 @@ def saved_table(models, overrides) -> list[dict]:
 def measure_activations(config: GPTConfig, micro: int, mode: str) -> dict:
     """Bytes the forward keeps for the backward, and the peak above the weights, gradients and
     optimizer state over a forward + backward, for one activation-checkpointing mode."""
-    from nanogpt import fsdp
+    from nanogpt.runtime import fsdp
 
     torch.manual_seed(0)
     model = GPT(config)
@@ -267,7 +267,7 @@ def ranks_case(args) -> dict:
     import torch.distributed as td
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from nanogpt import fsdp
+    from nanogpt.runtime import fsdp
 
     cuda = args.device == "cuda"
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")

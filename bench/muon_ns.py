@@ -5,7 +5,7 @@
 
 Times one optimizer step's orthogonalisation (every hidden matrix of the model, five iterations)
 in each dtype, taking turns, and prints the median per step with the machine's matmul rates:
-optim.ns_dtype=auto picks bf16 only where the CPU has bf16 matrix units (nanogpt.optim).
+optim.ns_dtype=auto picks bf16 only where the CPU has bf16 matrix units (nanogpt.training.optim).
 To see an AVX2 CPU's kernels on a newer one: ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 from benchlib import machine, matmul_rates, median_ms, set_threads
 
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.optim import muon_groups, orthogonalise
-from nanogpt.config import MuonConfig
+from nanogpt.training.optim import muon_groups, orthogonalise
+from nanogpt.training.optim import MuonConfig
 
 MODELS = {"speedrun 4x4x128": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65),
           "gpt2 124M": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)}

@@ -5,7 +5,7 @@
     python bench/roofline.py --threads 1 --steps 40
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python bench/roofline.py
 
-Times our float32 step (nanogpt.step's parts: forward, backward, clipping, fused AdamW) with the
+Times our float32 step (nanogpt.training.step's parts: forward, backward, clipping, fused AdamW) with the
 clock, and splits forward + backward with torch.profiler into the matmuls (aten::mm, addmm, bmm),
 the attention kernel, the other ATen ops (element-wise, norms, softmax, reductions, copies) and
 what no op accounts for (Python and dispatch). Each part is set beside this CPU's measured rate:
@@ -23,11 +23,11 @@ import benchlib  # first: puts this checkout on sys.path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from nanogpt.config import AdamWConfig
-from nanogpt.data import Batches, TokenDataset
-from nanogpt.hardware import measured_cpu_matmul_flops
+from nanogpt.training.optim import AdamWConfig
+from nanogpt.data.batches import Batches, TokenDataset
+from nanogpt.runtime.hardware import measured_cpu_matmul_flops
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.optim import make_adamw
+from nanogpt.training.optim import make_adamw
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 ATTENTION = ("flash_attention", "scaled_dot_product")

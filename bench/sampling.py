@@ -20,7 +20,7 @@ from pathlib import Path
 import benchlib
 import torch
 
-from nanogpt.hardware import Runtime
+from nanogpt.runtime.hardware import Runtime
 from nanogpt.model import GPT, GPTConfig
 
 

@@ -19,7 +19,7 @@ iteration and per FLOP are deterministic and do).
 
     python bench/speedrun.py --step-cost          # CPU time of one training step, per recipe
 
---step-cost times the training loop's own step (nanogpt.step.train_step) of each recipe in one
+--step-cost times the training loop's own step (nanogpt.training.step.train_step) of each recipe in one
 process, taking turns, in CPU time of the one thread (time.thread_time): a busy machine slows a
 step's wall clock far more than its CPU time, so this is the steadier estimate there of what a
 speed run's iteration costs against the baseline's (it leaves out what wall clock adds: waiting
@@ -143,14 +143,14 @@ def step_cost(variants: dict[str, list[str]], rounds: int, steps: int = 30) -> d
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from nanogpt.build import model_args
-    from nanogpt.config import register_configs
-    from nanogpt.guards import NanGuard
-    from nanogpt.hardware import runtime
+    from nanogpt.config import model_args
+    from nanogpt.gate import register_configs
+    from nanogpt.training.guards import NanGuard
+    from nanogpt.runtime.hardware import runtime
     from nanogpt.model import GPT
-    from nanogpt.optim import make_optimizer
-    from nanogpt.rundir import register_resolvers
-    from nanogpt.step import Step, train_step
+    from nanogpt.training.optim import make_optimizer
+    from nanogpt.gate import register_resolvers
+    from nanogpt.training.step import Step, train_step
 
     register_configs()
     register_resolvers()

@@ -1,9 +1,13 @@
 """The tasks: `task=<name>` runs TASKS[name](cfg, run_dir, dist), which returns what a sweeper
-optimises (or None). Each task's keys have a schema in nanogpt.config.TASK_SCHEMAS and a
-conf/task/<name>.yaml; a new task is a module with a `run` function plus those two lines."""
+optimises (or None), after the gate checked the task's keys against TASK_SCHEMAS[name]. A new task
+is a module with a `run` function and its schema beside it, one line in each table below, and
+conf/task/<name>.yaml."""
 from __future__ import annotations
 
-from nanogpt import bench, evaluate, hellaswag, plan, sample, train
+from nanogpt.evals import hellaswag, loss, sample
+from nanogpt.training import bench, loop, memory_plan
 
-TASKS = {"train": train.run, "eval": evaluate.run, "sample": sample.run, "bench": bench.run,
-         "hellaswag": hellaswag.run, "plan": plan.run}
+TASKS = {"train": loop.run, "eval": loss.run, "sample": sample.run, "bench": bench.run,
+         "hellaswag": hellaswag.run, "plan": memory_plan.run}
+TASK_SCHEMAS = {"train": loop.TrainTask, "eval": loss.EvalTask, "sample": sample.SampleTask,
+                "bench": bench.BenchTask, "hellaswag": hellaswag.HellaSwagTask, "plan": memory_plan.PlanTask}

@@ -18,9 +18,8 @@ from typing import Iterable, Sequence
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
-from nanogpt.paths import SHARED_DATA
-
 from nanogpt.errors import UserError
+from nanogpt.paths import SHARED_DATA
 
 # GPT-2's pre-tokenization regex, as tiktoken_ext.openai_public.r50k_pat_str defines it.
 R50K_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
@@ -85,7 +84,7 @@ class CharTokenizer:
         return {"kind": "char", "chars": list(self.chars)}
 
     def token_bytes(self) -> list[int]:
-        """UTF-8 bytes of each id's text (bits per byte: nanogpt.evaluate)."""
+        """UTF-8 bytes of each id's text (bits per byte: nanogpt.evals.loss)."""
         return [len(c.encode("utf-8")) for c in self.chars]
 
     def __repr__(self) -> str:

@@ -1,7 +1,7 @@
 """Helpers shared by the prepare scripts: hashing, verified downloads, the atomic dataset writer, CLI glue.
 
 A prepared dataset is a directory holding train.bin and val.bin (flat token ids) and meta.json
-(prepare/fineweb.py writes llm.c shards instead: nanogpt/shards.py). The writer appends to files
+(prepare/fineweb.py writes llm.c shards instead: nanogpt/data/shards.py). The writer appends to files
 under temporary names and renames them into place only once everything succeeded (meta.json last),
 so a failed run never leaves a partial dataset behind and never clobbers a good one.
 """

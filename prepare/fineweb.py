@@ -7,7 +7,7 @@ pre-tokenized FineWeb-10B shards.
   python prepare/fineweb.py --pretokenized [--shards 8]      # kjj0/fineweb10B-gpt2    -> data/fineweb10B
 
 As llm.c's dev/data/fineweb.py does it: <|endoftext|> before each document, documents in the
-dataset's order, shards of 100M tokens (--shard-tokens) in llm.c's format (nanogpt/shards.py), so
+dataset's order, shards of 100M tokens (--shard-tokens) in llm.c's format (nanogpt/data/shards.py), so
 llm.c and modded-nanogpt read them too. Tokenized in N processes (--num-proc) and written shard by
 shard with ordinary file writes: memory stays flat whatever the corpus size.
 
@@ -40,7 +40,7 @@ if not __package__:  # run as `python prepare/fineweb.py`: make `prepare` import
 
 from tqdm import tqdm
 
-from nanogpt import shards
+from nanogpt.data import shards
 from nanogpt.paths import dataset_dir
 from prepare import hf
 from prepare.bpe import encode_batches

@@ -1,5 +1,5 @@
 """Training in the test process: the config launch.py would build (Hydra compose, same conf/),
-handed to nanogpt.train.train. Seconds faster than a subprocess, and lets a test reach into
+handed to nanogpt.training.loop.train. Seconds faster than a subprocess, and lets a test reach into
 the loop (monkeypatch a forward pass, a write)."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import QUICK, REPO
-from nanogpt.config import register_configs
-from nanogpt.rundir import register_resolvers
-from nanogpt.distributed import Dist
+from nanogpt.gate import register_configs
+from nanogpt.gate import register_resolvers
+from nanogpt.runtime.distributed import Dist
 
 register_configs()
 register_resolvers()
@@ -28,7 +28,7 @@ def make_config(overrides: list[str]):
 
 def train_tiny(run_dir: Path, *overrides: str) -> dict:
     """Train the TINY model on the data_root fixture's tiny_char data into run_dir."""
-    from nanogpt.train import train
+    from nanogpt.training.loop import train
 
     cfg = make_config([*QUICK, *overrides])
     Path(run_dir).mkdir(parents=True, exist_ok=True)

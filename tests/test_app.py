@@ -9,8 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import GPT2_RANKS, REPO, TINY, launch, read_metrics, write_char_dataset
-from nanogpt.config import register_configs, validate
-from nanogpt.rundir import register_resolvers
+from nanogpt.gate import register_configs, validate
+from nanogpt.gate import register_resolvers
 
 # every file under conf/experiment/, subfolders included (experiment=scaling/isoflop_tiny)
 EXPERIMENTS = sorted(str(p.relative_to(REPO / "conf" / "experiment").with_suffix(""))
@@ -104,7 +104,7 @@ def _tiny_hf_gpt2(path: Path):
     """A random GPT-2-vocabulary model in the Hugging Face layout (stands in for OpenAI's weights)."""
     import torch
 
-    from nanogpt.export import export_hf
+    from nanogpt.hf.export import export_hf
     from nanogpt.model import GPT, GPTConfig
 
     torch.manual_seed(0)
@@ -266,7 +266,7 @@ def test_default_run_learns_far_below_unigram_entropy(tmp_path, monkeypatch):
     monkeypatch.setenv("NANOGPT_DATA_ROOT", str(tmp_path / "data"))
     proc = launch(["hardware.num_threads=1", "hydra.run.dir=run"], cwd=tmp_path)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    import nanogpt.data as d
+    import nanogpt.data.batches as d
 
     entropy = d.TokenDataset(tmp_path / "data" / "pydoc_char").unigram_entropy()
     assert summary["iters"] == 500 and summary["final_val_loss"] <= 1.40, summary
@@ -308,7 +308,7 @@ def test_what_changes_training_changes_the_run_directory():
     for key in ("experiment", "model", "data", "optim", "task", "model.n_layer", "optim.lr", "seed",
                 "task.max_iters", "data.name"):
         assert key not in excluded, key
-    from nanogpt.rundir import run_dir
+    from nanogpt.run.rundir import run_dir
 
     assert run_dir("train", None, "experiment=shakespeare_char_cpu") != run_dir("train", None, "")
     assert run_dir("train", "runs/x", "model.n_layer=2") == "runs/x"

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from conftest import QUICK, REPO, launch, write_char_dataset
-from nanogpt import checkpoint
-from nanogpt.data import TokenDataset
+from nanogpt.checkpoint import single as checkpoint
+from nanogpt.training import resume
+from nanogpt.data.batches import TokenDataset
 from nanogpt.errors import UserError
 
 
@@ -90,7 +91,7 @@ def test_the_whole_file_check_is_remembered_beside_a_large_file(data, monkeypatc
     import os
     import time
 
-    from nanogpt import data as data_module
+    from nanogpt.data import batches as data_module
 
     monkeypatch.setattr(data_module, "MAX_ID_CACHE_MIN_BYTES", 0)  # every file counts as large
     scans = []
@@ -201,8 +202,8 @@ def tiny_ckpt(path: Path, **changes) -> Path:
 
 def adamw_state(model) -> dict:
     """The optimizer state training saves: nanogpt's AdamW (two groups) after one step."""
-    from nanogpt.config import AdamWConfig
-    from nanogpt.optim import make_adamw
+    from nanogpt.training.optim import AdamWConfig
+    from nanogpt.training.optim import make_adamw
 
     optimizer = make_adamw(model, AdamWConfig())
     for p in model.parameters():
@@ -267,7 +268,7 @@ def test_a_bad_training_state_falls_back_to_the_other_file(tmp_path, caplog, cas
     path = tiny_ckpt(tmp_path / "ckpt" / "last.pt", iter=5)
     torch.save(spoil(torch.load(path, weights_only=True), case), path)
     with caplog.at_level(logging.WARNING, "nanogpt"):
-        got, state = checkpoint.load_latest(tmp_path)
+        got, state = resume.load_latest(tmp_path)
     assert got.name == "best.pt" and state["iter"] == 3
     assert f"{path}" in caplog.text and SPOILED[case] in caplog.text and "resuming from" in caplog.text
 
@@ -293,7 +294,7 @@ def test_a_checkpoint_with_the_wrong_shapes_falls_back_to_the_other_file(tmp_pat
     state = torch.load(path, weights_only=True)
     state["model"]["transformer.wte.weight"] = torch.zeros(7, 16)
     torch.save(state, path)
-    got, state = checkpoint.load_latest(tmp_path)
+    got, state = resume.load_latest(tmp_path)
     assert got.name == "best.pt" and state["iter"] == 3
 
 
@@ -368,7 +369,7 @@ def test_a_garbled_sharded_index_falls_back_to_the_other_save(sharded_run, tmp_p
     import os
     import shutil
 
-    from nanogpt import dcp
+    from nanogpt.checkpoint import sharded as dcp
 
     run, save = copy_run(sharded_run, tmp_path)
     other = save.with_name("iter-00000004-abcdef.dcp")
@@ -396,7 +397,7 @@ def test_a_bad_sharded_save_is_a_clear_error_before_any_tensor_is_read(sharded_r
     import dataclasses
     import pickle
 
-    from nanogpt import dcp
+    from nanogpt.checkpoint import sharded as dcp
 
     run, save = copy_run(sharded_run, tmp_path)
     if case == "moments of another shape":
@@ -459,7 +460,7 @@ def hf_dir(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("case", ["garbled config", "config a list", "garbage safetensors",
                                   "garbage bin", "bin of a list", "garbled index"])
 def test_broken_model_directories(tmp_path, case):
-    from nanogpt.pretrained import load_pretrained
+    from nanogpt.hf.weights import load_pretrained
 
     d = hf_dir(tmp_path)
     if case == "garbled config":
@@ -492,7 +493,7 @@ def test_broken_model_directories(tmp_path, case):
 ])
 def test_a_model_config_json_with_a_nonsense_shape(tmp_path, key, value, needle):
     """Before, these ended in a ValueError or TypeError traceback while the model was built."""
-    from nanogpt.pretrained import load_pretrained
+    from nanogpt.hf.weights import load_pretrained
 
     d = hf_dir(tmp_path)
     (d / "model.safetensors").write_bytes(b"x" * 100)  # the shape is checked before any weight is read

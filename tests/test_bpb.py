@@ -9,7 +9,7 @@ import torch
 
 from conftest import GPT2_RANKS, read_metrics
 from inprocess import train_tiny
-from nanogpt.bpb import bits_per_byte, nats_and_bytes, token_bytes_table
+from nanogpt.evals.bpb import bits_per_byte, nats_and_bytes, token_bytes_table
 from nanogpt.tokenizer import CharTokenizer
 
 

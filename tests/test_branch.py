@@ -8,10 +8,10 @@ import pytest
 
 from conftest import TINY, launch, read_metrics
 from inprocess import train_tiny
-from nanogpt.branch import cooldown_end
+from nanogpt.training.branch import cooldown_end
 from nanogpt.errors import UserError
-from nanogpt.scaling import fit_data, load_runs
-from nanogpt.schedule import lr_at, wsd_decay_start
+from nanogpt.scaling.collect import fit_data, load_runs
+from nanogpt.training.schedule import lr_at, wsd_decay_start
 
 WSD = ["optim.schedule=wsd", "optim.decay_frac=0.25", "optim.warmup_iters=1", "optim.lr=3e-3",
        "optim.min_lr=0", "task.eval_interval=4"]

@@ -11,12 +11,14 @@ import stat
 import pytest
 import torch
 
-from nanogpt import checkpoint, rundir
-from nanogpt.build import load_run
+from nanogpt.checkpoint import single as checkpoint
+from nanogpt.training import resume
+from nanogpt.run import rundir
+from nanogpt.checkpoint.load import load_run
 from nanogpt.errors import UserError
-from nanogpt.config import AdamWConfig
+from nanogpt.training.optim import AdamWConfig
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.optim import make_adamw
+from nanogpt.training.optim import make_adamw
 
 
 def training_state(it: int, seed: int = 0) -> dict:
@@ -155,7 +157,7 @@ def test_resume_falls_back_to_best_when_last_is_corrupt(tmp_path, caplog):
     ckpt = write_run(tmp_path, last_iter=30, best_iter=20)
     truncate(ckpt / "last.pt")
     with caplog.at_level(logging.WARNING, "nanogpt"):
-        path, state = checkpoint.load_latest(tmp_path)
+        path, state = resume.load_latest(tmp_path)
     assert path == ckpt / "best.pt" and state["iter"] == 20
     assert "last.pt is corrupt" in caplog.text and "resuming from" in caplog.text
 
@@ -163,10 +165,10 @@ def test_resume_falls_back_to_best_when_last_is_corrupt(tmp_path, caplog):
 def test_resume_takes_the_newer_of_best_and_last(tmp_path):
     # a kill between writing best.pt and copying it to last.pt leaves best.pt ahead
     write_run(tmp_path, last_iter=20, best_iter=30)
-    path, state = checkpoint.load_latest(tmp_path)
+    path, state = resume.load_latest(tmp_path)
     assert path.name == "best.pt" and state["iter"] == 30
     write_run(tmp_path, last_iter=40)
-    assert checkpoint.load_latest(tmp_path)[1]["iter"] == 40
+    assert resume.load_latest(tmp_path)[1]["iter"] == 40
 
 
 def test_resume_with_no_loadable_checkpoint_names_every_file(tmp_path):
@@ -174,9 +176,9 @@ def test_resume_with_no_loadable_checkpoint_names_every_file(tmp_path):
     truncate(ckpt / "last.pt")
     (ckpt / "best.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError) as e:
-        checkpoint.load_latest(tmp_path)
+        resume.load_latest(tmp_path)
     assert "last.pt" in str(e.value) and "best.pt" in str(e.value) and "new run directory" in str(e.value)
-    assert checkpoint.load_latest(tmp_path / "elsewhere") == (None, None)
+    assert resume.load_latest(tmp_path / "elsewhere") == (None, None)
 
 
 def test_a_model_only_file_does_not_resume(tmp_path):
@@ -184,7 +186,7 @@ def test_a_model_only_file_does_not_resume(tmp_path):
     del state["optimizer"]
     checkpoint.atomic_save(state, tmp_path / "ckpt" / "last.pt")
     with pytest.raises(UserError, match="no training state"):
-        checkpoint.load_latest(tmp_path)
+        resume.load_latest(tmp_path)
 
 
 def test_stale_temp_files_from_a_killed_write_are_removed(tmp_path):
@@ -217,7 +219,7 @@ def test_sampling_a_run_whose_checkpoints_are_all_corrupt(tmp_path):
 
 
 def test_a_second_ctrl_c_stops_at_once():
-    from nanogpt.guards import StopRequest
+    from nanogpt.training.guards import StopRequest
 
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs in the background (nohup, &)
     stop = StopRequest()
@@ -239,7 +241,7 @@ def test_a_ctrl_c_inside_torch_save_stays_a_ctrl_c_and_leaves_no_file(tmp_path, 
     message and 130 (seen in CI)."""
     import torch
 
-    from nanogpt import checkpoint
+    from nanogpt.checkpoint import single as checkpoint
 
     class Interrupted(KeyboardInterrupt):
         pass

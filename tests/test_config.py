@@ -9,14 +9,17 @@ import torch
 
 from conftest import REPO, TINY, launch
 from inprocess import make_config
-from nanogpt import optim, parallel
-from nanogpt.checkpoint import check_shape
-from nanogpt.config import (OPTIM_SCHEMAS, TASK_SCHEMAS, AdamWConfig, ConfigError, ModelConfig, MuonConfig,
-                            validate)
+from nanogpt.training import optim
+from nanogpt.runtime import parallel
+from nanogpt.checkpoint.single import check_shape
+from nanogpt.training.optim import OPTIM_SCHEMAS, AdamWConfig, MuonConfig
+from nanogpt.tasks import TASK_SCHEMAS
+from nanogpt.config import ConfigError, ModelConfig
+from nanogpt.gate import validate
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.overrides import problems
-from nanogpt.schedule import Schedule
+from nanogpt.gate import problems
+from nanogpt.training.schedule import Schedule
 from nanogpt.tasks import TASKS
 
 # ---- every value checked when the config is composed, before any work
@@ -92,7 +95,7 @@ def float_fields() -> list[tuple[list[str], str]]:
     """(the overrides that choose a schema, key) for every float field of every schema."""
     import typing
 
-    from nanogpt.config import GROUPS
+    from nanogpt.gate import GROUPS
 
     chosen = [([], "model", ModelConfig), ([], "hardware", GROUPS["hardware"])]
     chosen += [([f"optim={name}"], "optim", schema) for name, schema in OPTIM_SCHEMAS.items()]
@@ -154,7 +157,7 @@ def test_the_model_group_is_the_models_config():
     model's GPTConfig field for field."""
     assert issubclass(ModelConfig, GPTConfig)
     cfg = make_config([*TINY, "model.bias=false", "model.dropout=0.1", "model.vocab_size=50"])
-    from nanogpt.build import model_args
+    from nanogpt.config import model_args
 
     built = model_args(cfg.model, data_vocab=40)
     assert type(built) is GPTConfig
@@ -191,7 +194,7 @@ def _inherited(group: str, defaults: list) -> dict:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    from nanogpt.config import register_configs
+    from nanogpt.gate import register_configs
 
     register_configs()
     merged = {}
@@ -225,7 +228,7 @@ def _composed(group: str, option: str) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from nanogpt.rundir import register_resolvers
+    from nanogpt.gate import register_resolvers
 
     register_resolvers()
     base = ["data=shakespeare_char"] + ([] if group == "model" else ["model=baby"])
@@ -258,8 +261,8 @@ def test_group_files_say_only_what_differs_from_the_schema_or_the_preset_they_ex
 
 def test_the_gpt2_presets_have_the_shapes_of_openais_weights():
     """The GPT-2 sizes are written once in conf/ (model/gpt2_*.yaml; pretrained/* extend them); the
-    loader's table for weights without a config.json (nanogpt.pretrained.GPT2_SIZES) agrees."""
-    from nanogpt.pretrained import GPT2_SIZES
+    loader's table for weights without a config.json (nanogpt.hf.weights.GPT2_SIZES) agrees."""
+    from nanogpt.hf.weights import GPT2_SIZES
 
     for preset, scratch in (("gpt2", "gpt2_124m"), ("gpt2_medium", "gpt2_350m"), ("gpt2_large", "gpt2_774m"),
                             ("gpt2_xl", "gpt2_1558m")):

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from conftest import REPO, launch, read_metrics
-from nanogpt import checkpoint
+from nanogpt.checkpoint import single as checkpoint
+from nanogpt.training import resume
 
 # A model big enough that a checkpoint write (~43 MB) takes tens of milliseconds, so a kill can
 # land inside one; one thread keeps steps fast and bit-reproducible on a busy machine.
@@ -128,7 +129,7 @@ def test_sigkill_at_random_moments_and_mid_checkpoint_never_loses_the_run(tmp_pa
         cleaned += "incomplete checkpoint file" in log_of(proc)
 
         # whatever the moment, the newest checkpoint loads and no progress went backwards
-        path, state = checkpoint.load_latest(run)
+        path, state = resume.load_latest(run)
         it = state["iter"] if state else -1
         assert it >= resumed_at, f"checkpoint went back from {resumed_at} to {it}"
         assert it == -1 or it % 4 == 0

@@ -1,6 +1,6 @@
 """The four ways a run's data was lost (issue 16, section 0), each reproduced as it happened:
 a losing second launch deleting a fresh run, a kill at the end of a run losing its results,
-`nanogpt.export --force` into a run, and best.pt/last.pt sharing one file."""
+`nanogpt.hf.export --force` into a run, and best.pt/last.pt sharing one file."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import QUICK, REPO, USER_ENV, launch
-from nanogpt import checkpoint
+from nanogpt.checkpoint import single as checkpoint
+from nanogpt.training import resume
 
 
 
@@ -26,7 +27,7 @@ def env(data_root) -> dict:
 def test_a_launch_that_loses_the_lock_leaves_a_fresh_run_alone(tmp_path, env):
     """The winner of two launches on a new directory holds the lock before it has written
     anything else; the loser must neither write into the directory nor remove it."""
-    from nanogpt.rundir import lock_run
+    from nanogpt.run.rundir import lock_run
 
     run = tmp_path / "fresh"
     with lock_run(run):  # the winner, in its first second: its lock and its own .hydra/
@@ -111,11 +112,11 @@ SAMPLED = ("task.max_iters=4", "task.eval_interval=2", "task.num_samples=4", "ta
 
 
 def _kill_while_generating(monkeypatch):
-    import nanogpt.train
+    import nanogpt.training.loop
 
     def generate(*args, **kwargs):
         raise Killed
-    monkeypatch.setattr(nanogpt.train, "generate_texts", generate)
+    monkeypatch.setattr(nanogpt.training.loop, "generate_texts", generate)
 
 
 def _kill_between_printed_samples(monkeypatch):
@@ -175,7 +176,7 @@ def test_a_sharded_run_killed_before_its_consolidation_is_completed_by_the_same_
     so a kill between the two left a finished run that sample, eval and export cannot read."""
     from inprocess import train_tiny
 
-    from nanogpt import dcp
+    from nanogpt.checkpoint import sharded as dcp
 
     run, args = tmp_path / "run", ("task.max_iters=4", "task.eval_interval=2", "hardware.strategy=fsdp")
     with monkeypatch.context() as m:
@@ -200,12 +201,12 @@ def _second_ctrl_c_when(monkeypatch, moment: str) -> None:
 
     import torch
 
-    import nanogpt.metrics
-    import nanogpt.train
+    import nanogpt.run.metrics
+    import nanogpt.training.loop
 
     stopping = {"yes": False}
     ctrl_c = lambda: os.kill(os.getpid(), signal.SIGINT)
-    real_step, steps = nanogpt.train.train_step, {"n": 0}
+    real_step, steps = nanogpt.training.loop.train_step, {"n": 0}
 
     def step(*args):
         loss = real_step(*args)
@@ -214,7 +215,7 @@ def _second_ctrl_c_when(monkeypatch, moment: str) -> None:
             stopping["yes"] = True
             ctrl_c()
         return loss
-    monkeypatch.setattr(nanogpt.train, "train_step", step)
+    monkeypatch.setattr(nanogpt.training.loop, "train_step", step)
 
     def once(real, when):
         def wrapped(*args, **kwargs):
@@ -234,8 +235,8 @@ def _second_ctrl_c_when(monkeypatch, moment: str) -> None:
     elif moment == "after last.pt is renamed into place":
         monkeypatch.setattr(checkpoint, "fsync_dir", once(checkpoint.fsync_dir, lambda d: True))
     else:  # before the summary that says interrupted is written
-        real = nanogpt.metrics.write_json_atomic
-        monkeypatch.setattr(nanogpt.metrics, "write_json_atomic",
+        real = nanogpt.run.metrics.write_json_atomic
+        monkeypatch.setattr(nanogpt.run.metrics, "write_json_atomic",
                             once(real, lambda path, obj: obj.get("status") == "interrupted"))
 
 
@@ -331,20 +332,20 @@ def test_damage_to_last_pt_in_place_falls_back_to_best(tmp_path, data_root):
     place (`: > ckpt/last.pt`) must leave the other loadable."""
     from inprocess import train_tiny
 
-    from nanogpt.build import load_run
+    from nanogpt.checkpoint.load import load_run
 
     run, ckpt = tmp_path / "run", tmp_path / "run" / "ckpt"
     train_tiny(run, "task.max_iters=3", "task.eval_interval=3")
     assert not os.path.samefile(ckpt / "best.pt", ckpt / "last.pt")
     with open(ckpt / "last.pt", "r+b") as f:  # in place: every hard link of it is emptied too
         f.truncate(0)
-    path, state = checkpoint.load_latest(run)
+    path, state = resume.load_latest(run)
     assert path.name == "best.pt" and state["iter"] == 3
     _, state, path = load_run(str(run), "last")
     assert path.name == "best.pt" and state["iter"] == 3
 
 
-# ---- nanogpt.export never writes into a run
+# ---- nanogpt.hf.export never writes into a run
 
 def _snapshot(d: Path) -> dict:
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}

@@ -179,7 +179,7 @@ def test_sigterm_to_one_rank_stops_every_rank_and_records_that_signal(tmp_path, 
     assert "exitcode  : 143" in out  # each rank: 128 + SIGTERM (torchrun reports a worker's non-zero exit)
     done = summary(run)
     assert (done["status"], done["stop_signal"]) == ("interrupted", "SIGTERM")
-    from nanogpt import checkpoint
+    from nanogpt.checkpoint import single as checkpoint
 
     assert checkpoint.load(run / "ckpt" / "last.pt")["iter"] == done["iters"] > 2
     assert f"stopped at iteration {done['iters']}; checkpoint saved" in out

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import QUICK, launch, write_char_dataset
-from nanogpt import checkpoint
+from nanogpt.checkpoint import single as checkpoint
 
 
 

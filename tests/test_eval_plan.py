@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, launch, read_metrics
-from nanogpt.evaluate import FINAL_EVAL_FACTOR, plan_evaluation, standard_error
+from nanogpt.evals.loss import FINAL_EVAL_FACTOR, plan_evaluation, standard_error
 
 TRAIN_RECIPES = [None, "shakespeare_char", "shakespeare_char_cpu", "finetune_shakespeare", "train_gpt2",
                  "scaling/tiny_sizes", "scaling/isoflop_tiny"]
@@ -34,7 +34,7 @@ def _plan(cfg):
     import torch
 
     from nanogpt.model import GPT, GPTConfig
-    from nanogpt.trainer import plan_steps
+    from nanogpt.training.setup import plan_steps
 
     t, hw, block = cfg.task, cfg.hardware, cfg.model.block_size
     with torch.device("meta"):

@@ -1,4 +1,4 @@
-"""llm.c shards (nanogpt/shards.py) and prepare/fineweb.py on Parquet files the tests write: the
+"""llm.c shards (nanogpt/data/shards.py) and prepare/fineweb.py on Parquet files the tests write: the
 shard rule, streaming or not, a prepare killed (SIGKILL) or failed and then resumed byte for byte,
 and the pre-tokenized shards served through a stand-in for the hub."""
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nanogpt import shards
-from nanogpt.data import TokenDataset
+from nanogpt.data import shards
+from nanogpt.data.batches import TokenDataset
 from nanogpt.errors import UserError
 from prepare import fineweb, hf
 from prepare.common import PrepareError

@@ -235,7 +235,7 @@ def test_muon_is_refused_with_fsdp_and_says_why():
     refusal names the way that works. Composition runs this check (Config.__post_init__) as soon
     as optim=muon exists."""
     from nanogpt.errors import UserError
-    from nanogpt.fsdp import check_optimizer
+    from nanogpt.runtime.fsdp import check_optimizer
 
     check_optimizer("adamw")
     with pytest.raises(UserError, match=r"optim=muon with hardware.strategy=fsdp is not supported: Muon "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nanogpt import hardware
+from nanogpt.runtime import hardware
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_the_bf16_measurement_tells_kernels_held_below_the_cpu(tmp_path):
     import subprocess
     import sys
 
-    probe = "from nanogpt import hardware; print(hardware.cpu_has_fast_bf16())"
+    probe = "from nanogpt.runtime import hardware; print(hardware.cpu_has_fast_bf16())"
     held = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     out = [subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
                           check=True).stdout.strip() for env in (dict(os.environ), held)]

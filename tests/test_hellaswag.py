@@ -1,4 +1,4 @@
-"""HellaSwag (nanogpt/hellaswag.py): our batched scores against a brute-force reference computed with
+"""HellaSwag (nanogpt/evals/hellaswag.py): our batched scores against a brute-force reference computed with
 transformers itself, a trained tiny run above chance, the in-training eval, bad files; and sampling
 from a Hugging Face checkpoint without a run."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from conftest import GPT2_RANKS, launch, needs_gpt2_ranks, read_metrics, write_char_dataset
 from inprocess import make_config, train_tiny
-from nanogpt import hellaswag
+from nanogpt.evals import hellaswag
 from nanogpt.errors import UserError
 
 ANIMALS = {"cat": "meow", "dog": "woof", "cow": "moo", "duck": "quack", "owl": "hoot", "pig": "oink",
@@ -121,7 +121,7 @@ def test_scores_equal_a_brute_force_transformers_reference(tmp_path, monkeypatch
 
 def test_rows_longer_than_the_context_keep_their_end():
     """A row that does not fit keeps its last block_size + 1 tokens: the ending and what precedes it."""
-    from nanogpt.hardware import make_runtime
+    from nanogpt.runtime.hardware import make_runtime
     from nanogpt.model import GPT, GPTConfig
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The lm-eval adapter (nanogpt/lm_eval.py) runs local tasks (YAMLs pointing at jsonl files the
+"""The lm-eval adapter (nanogpt/evals/lm_eval.py) runs local tasks (YAMLs pointing at jsonl files the
 test writes) and matches lm-eval's own Hugging Face model on the same random-weight checkpoint."""
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def setup(tmp_path_factory):
         pytest.skip(f"{GPT2_RANKS} not present (../shared)")
     import torch
 
-    from nanogpt.export import gpt2_tokenizer_files
+    from nanogpt.hf.export import gpt2_tokenizer_files
     from nanogpt.tokenizer import GPT2Tokenizer
 
     root = tmp_path_factory.mktemp("lm_eval")
@@ -93,7 +93,7 @@ def test_the_adapter_matches_lm_evals_hf_model(setup, monkeypatch):
     monkeypatch.setenv("NANOGPT_GPT2_RANKS", str(GPT2_RANKS))
     from lm_eval.models.huggingface import HFLM
 
-    from nanogpt.lm_eval import NanoGPTLM, load
+    from nanogpt.evals.lm_eval import NanoGPTLM, load
 
     model, tokenizer, rt, _ = load(None, "best", None, str(setup / "hf"), "cpu", "float32")
     ours = evaluate_with(NanoGPTLM(model, tokenizer, rt, batch_size=5), setup)
@@ -129,7 +129,7 @@ def test_the_command_line_on_a_hugging_face_directory(setup, tmp_path):
 
 def test_bad_input(tmp_path):
     from nanogpt.errors import UserError
-    from nanogpt.lm_eval import main
+    from nanogpt.evals.lm_eval import main
 
     with pytest.raises(UserError, match="give one model: a run directory, --model gpt2 .* or --path DIR"):
         main(["--tasks", "x"])
@@ -144,7 +144,7 @@ def test_registered_as_an_lm_eval_model(setup, monkeypatch):
     monkeypatch.setenv("NANOGPT_GPT2_RANKS", str(GPT2_RANKS))
     from lm_eval.api.registry import get_model
 
-    from nanogpt.lm_eval import NanoGPTLM
+    from nanogpt.evals.lm_eval import NanoGPTLM
 
     assert get_model("nanogpt") is NanoGPTLM
     lm = NanoGPTLM.create_from_arg_string(f"path={setup / 'hf'},device=cpu,dtype=float32",

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import QUICK, launch, read_metrics
 from inprocess import make_config
-from nanogpt.metrics import MetricsLogger, progress
+from nanogpt.run.metrics import MetricsLogger, progress
 
 
 
@@ -66,8 +66,8 @@ def test_progress_bars_show_in_a_terminal_on_rank_0_only(monkeypatch):
 
 
 def test_eval_and_sample_tasks_show_progress_in_a_terminal(tmp_path, data_root, monkeypatch):
-    from nanogpt.evaluate import evaluate
-    from nanogpt.sample import sample
+    from nanogpt.evals.loss import evaluate
+    from nanogpt.evals.sample import sample
     from inprocess import train_tiny
 
     run = tmp_path / "run"
@@ -83,7 +83,7 @@ def test_eval_and_sample_tasks_show_progress_in_a_terminal(tmp_path, data_root, 
 
 @pytest.mark.slow
 def test_loss_png_is_drawn_for_a_run_and_runs_overlay(tmp_path, data_root):
-    plot = pytest.importorskip("nanogpt.plot", reason="nanogpt/plot.py is another engineer's")
+    plot = pytest.importorskip("nanogpt.scaling.plot", reason="nanogpt/scaling/plot.py is another engineer's")
     runs = []
     for lr in ("1e-3", "3e-3"):
         run = tmp_path / f"run_lr{lr}"
@@ -102,13 +102,13 @@ def test_plot_failures_warn_once_and_training_goes_on(tmp_path, data_root, monke
 
     from inprocess import train_tiny
 
-    broken = types.ModuleType("nanogpt.plot")
+    broken = types.ModuleType("nanogpt.scaling.plot")
 
     def plot_run(run_dir, out=None):
         raise RuntimeError("no display")
 
     broken.plot_run = plot_run
-    monkeypatch.setitem(sys.modules, "nanogpt.plot", broken)
+    monkeypatch.setitem(sys.modules, "nanogpt.scaling.plot", broken)
     with caplog.at_level(logging.WARNING, "nanogpt"):
         summary = train_tiny(tmp_path / "run", "task.max_iters=10", "task.eval_interval=2", "task.plot=true")
     assert summary["status"] == "finished"

@@ -8,7 +8,7 @@ import torch
 
 from conftest import read_metrics
 from inprocess import train_tiny
-from nanogpt.build import load_run
+from nanogpt.checkpoint.load import load_run
 
 # the schedule does not depend on max_iters (decay_iters fixed): a run of 2 resumed to 4 must
 # equal a run of 4

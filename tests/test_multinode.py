@@ -73,8 +73,8 @@ def launcher_settings(*job_overrides: list[str]) -> list[dict]:
     from hydra import compose, initialize_config_dir
 
     from hydra_plugins.nanogpt_slurm_launcher import resources_per_job
-    from nanogpt.config import register_configs
-    from nanogpt.rundir import register_resolvers
+    from nanogpt.gate import register_configs
+    from nanogpt.gate import register_resolvers
 
     register_configs()
     register_resolvers()

@@ -3,11 +3,11 @@ rate and weight decay through the schedule; stepping, GradScaler and state dicts
 import pytest
 import torch
 
-from nanogpt.config import MuonConfig
+from nanogpt.training.optim import MuonConfig
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.optim import Optimizers, check_resumable, make_muon, muon_groups, set_lr
-from nanogpt.schedule import Schedule
+from nanogpt.training.optim import Optimizers, check_resumable, make_muon, muon_groups, set_lr
+from nanogpt.training.schedule import Schedule
 
 OCFG = MuonConfig(lr=0.02, embed_lr=0.01, head_lr=0.004, scalar_lr=0.005, weight_decay=0.1,
                   adamw_weight_decay=0.01, warmup_iters=2)
@@ -164,7 +164,7 @@ def test_float32_newton_schulz_is_torchs_update_in_float32():
     the same momentum, orthogonalisation and rate, only its matmuls in float32. Its update is
     nearly orthogonal (singular values in Newton-Schulz's band around 1), and it agrees with
     torch's bf16 step to bf16's precision."""
-    from nanogpt.optim import Float32Muon, orthogonalise
+    from nanogpt.training.optim import Float32Muon, orthogonalise
 
     g = torch.randn(48, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     s = torch.linalg.svdvals(orthogonalise(g, 5, torch.float32))
@@ -188,8 +188,8 @@ def test_float32_newton_schulz_is_torchs_update_in_float32():
     ("auto", False, "cuda", torch.bfloat16), ("float32", True, "cuda", torch.float32),
     ("bfloat16", False, "cpu", torch.bfloat16)])
 def test_newton_schulz_dtype_follows_the_hardware(monkeypatch, name, has_bf16, device, expect):
-    from nanogpt import hardware
-    from nanogpt.optim import Float32Muon, ns_dtype_for
+    from nanogpt.runtime import hardware
+    from nanogpt.training.optim import Float32Muon, ns_dtype_for
 
     monkeypatch.setattr(hardware, "cpu_has_fast_bf16", lambda: has_bf16)
     assert ns_dtype_for(name, device) == expect

@@ -12,13 +12,17 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY, launch
-from nanogpt import data as data_mod
-from nanogpt.bench import bench
-from nanogpt.config import AdamWConfig, BenchTask, Config, DataConfig, HardwareConfig, ModelConfig
-from nanogpt.data import Batches, Prefetcher, TokenDataset
-from nanogpt.hardware import Runtime
+from nanogpt.data import batches as data_mod
+from nanogpt.training.bench import bench
+from nanogpt.training.optim import AdamWConfig
+from nanogpt.training.bench import BenchTask
+from nanogpt.gate import Config
+from nanogpt.config import DataConfig, ModelConfig
+from nanogpt.runtime.schema import HardwareConfig
+from nanogpt.data.batches import Batches, Prefetcher, TokenDataset
+from nanogpt.runtime.hardware import Runtime
 from nanogpt.model import GPT, GPTConfig, causal_attention
-from nanogpt.optim import make_adamw
+from nanogpt.training.optim import make_adamw
 
 TINY_MODEL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32"]
 CPU_FP32 = ["hardware=cpu", "hardware.dtype=float32", "hardware.micro_batch_size=4"]
@@ -156,9 +160,9 @@ def test_memmap_windows_stay_correct_across_releases(data_root, monkeypatch):
 def test_compiled_model_does_not_recompile_between_train_and_eval(data_root):
     from torch._dynamo.utils import counters
 
-    from nanogpt.distributed import Dist
-    from nanogpt.hardware import compile_model
-    from nanogpt.train import estimate_loss
+    from nanogpt.runtime.distributed import Dist
+    from nanogpt.runtime.hardware import compile_model
+    from nanogpt.training.loop import estimate_loss
 
     torch._dynamo.reset()
     dataset = TokenDataset(data_root / "tiny_char")

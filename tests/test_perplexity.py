@@ -1,4 +1,4 @@
-"""Sliding-window perplexity (nanogpt.perplexity) against brute-force references."""
+"""Sliding-window perplexity (nanogpt.evals.perplexity) against brute-force references."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from nanogpt.errors import UserError
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.perplexity import _windows, main, sliding_window_loss
+from nanogpt.evals.perplexity import _windows, main, sliding_window_loss
 
 REPO = Path(__file__).resolve().parents[1]
 RANK_FILE = REPO.parent / "shared" / "data" / "gpt2_bpe" / "gpt2.tiktoken"
@@ -188,7 +188,7 @@ def test_cli_dataset_text_is_joined_with_blank_lines(tmp_path, monkeypatch):
 def test_cli_on_a_local_gpt2_directory(tmp_path, monkeypatch):
     """--model/--path: OpenAI-style weights and GPT-2 BPE (a tiny random model, 50257 tokens)."""
     transformers = pytest.importorskip("transformers")
-    from nanogpt.pretrained import load_pretrained
+    from nanogpt.hf.weights import load_pretrained
     from nanogpt.tokenizer import GPT2Tokenizer
 
     monkeypatch.setenv("NANOGPT_GPT2_RANKS", str(RANK_FILE))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import REPO, launch
-from nanogpt import plan
+from nanogpt.training import memory_plan as plan
 from nanogpt.model import MLPS, NORMS, POS_EMBS, GPTConfig
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -60,7 +60,7 @@ def test_every_model_option_is_measured_against_the_plan():
     fields = {f.name for f in dataclasses.fields(GPTConfig)}
     assert set(OPTION_VALUES) == fields, (
         "a new GPTConfig field: give it values in tests/test_plan.py's OPTION_VALUES, so that the "
-        "memory plan (nanogpt/plan.py) is measured with it")
+        "memory plan (nanogpt/training/memory_plan.py) is measured with it")
 
 
 @pytest.mark.parametrize("field,value", [(f, v) for f, values in OPTION_VALUES.items() for v in values])
@@ -74,7 +74,7 @@ def test_the_plan_counts_what_each_model_option_keeps(field, value):
 def test_a_norm_the_plan_does_not_know_is_refused_by_name(monkeypatch):
     monkeypatch.delitem(plan.NORM_SAVES, plan.RMSNorm)  # as a new norm class would be
     with pytest.raises(NotImplementedError, match="does not know what RMSNorm keeps for the backward "
-                                                  "pass: add it to nanogpt/plan.py's NORM_SAVES"):
+                                                  "pass: add it to nanogpt/training/memory_plan.py's NORM_SAVES"):
         plan.plan(plan.Setup(dataclasses.replace(SMALL_GPT2, norm="rmsnorm"), 1))
 
 

@@ -1,4 +1,4 @@
-"""GPT-2 weights in (nanogpt.pretrained) and out (nanogpt.export), checked against transformers.
+"""GPT-2 weights in (nanogpt.hf.weights) and out (nanogpt.hf.export), checked against transformers.
 
 Everything is offline: the "pretrained" models are randomly initialised transformers GPT-2s
 saved to temporary directories, in the layouts the hub uses.
@@ -20,10 +20,11 @@ transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from nanogpt.errors import UserError  # noqa: E402
-from nanogpt.export import _merge_parts, bytes_to_unicode, export_hf, load_run  # noqa: E402
+from nanogpt.checkpoint.load import load_run  # noqa: E402
+from nanogpt.hf.export import _merge_parts, bytes_to_unicode, export_hf  # noqa: E402
 from nanogpt.export import main as export_main  # noqa: E402
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
-from nanogpt.pretrained import hf_state_dict, load_pretrained  # noqa: E402
+from nanogpt.hf.weights import hf_state_dict, load_pretrained  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RANK_FILE = REPO.parent / "shared" / "data" / "gpt2_bpe" / "gpt2.tiktoken"

@@ -48,7 +48,7 @@ def test_a_token_budget_counts_what_was_trained_before_a_batch_change(tmp_path, 
 def test_a_flop_budget_counts_what_was_trained_before_a_batch_change():
     from types import SimpleNamespace
 
-    from nanogpt.trainer import plan_steps
+    from nanogpt.training.setup import plan_steps
 
     task = SimpleNamespace(tokens_per_step=None, max_iters=None, max_tokens=None, max_flops=1024 * 1000)
     checkpoint = {"iter": 4, "tokens": 512}  # 4 steps of 128 tokens, then the batch halves
@@ -77,9 +77,9 @@ class Killed(BaseException):
 def kill_at_step(monkeypatch, n: int) -> None:
     """The n-th training step of the next session dies before it starts (n=1: as soon as the
     session has set up, its resume record written if it writes one then)."""
-    import nanogpt.train
+    import nanogpt.training.loop
 
-    real, calls = nanogpt.train.train_step, {"n": 0}
+    real, calls = nanogpt.training.loop.train_step, {"n": 0}
 
     def step(*args):
         calls["n"] += 1
@@ -87,7 +87,7 @@ def kill_at_step(monkeypatch, n: int) -> None:
             raise Killed
         return real(*args)
 
-    monkeypatch.setattr(nanogpt.train, "train_step", step)
+    monkeypatch.setattr(nanogpt.training.loop, "train_step", step)
 
 
 def test_a_resume_record_says_only_what_steps_ran_with(tmp_path, data_root, monkeypatch):

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nanogpt import scaling
-from nanogpt.scaling import (CHINCHILLA_TABLE, Approach3Fit, bootstrap_approach3, chinchilla_law,
+from nanogpt.scaling import collect as scaling
+from nanogpt.scaling.collect import (CHINCHILLA_TABLE, Approach3Fit, bootstrap_approach3, chinchilla_law,
                              compute_frontier, fit_approach3, fit_power_law, group_by_compute,
                              isoflop_fit)
 

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from nanogpt.schedule import lr_at, wsd_decay_start
+from nanogpt.training.schedule import lr_at, wsd_decay_start
 
 
 def test_cosine_and_linear_are_nanogpts():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import QUICK, REPO, launch
-from nanogpt import checkpoint
+from nanogpt.checkpoint import single as checkpoint
 from nanogpt.errors import UserError
 
 
@@ -110,7 +110,7 @@ def test_a_payload_in_a_file_that_is_not_a_checkpoint_never_runs(tmp_path):
 
 def test_a_hugging_face_pytorch_model_bin_with_a_payload_is_refused(tmp_path):
     """model.path directories load pytorch_model.bin with weights_only=True too."""
-    from nanogpt.pretrained import load_pretrained
+    from nanogpt.hf.weights import load_pretrained
 
     d, marker = tmp_path / "hf", tmp_path / "PWNED"
     d.mkdir()
@@ -220,7 +220,7 @@ def test_a_mistyped_data_name_with_auto_prepare_is_a_clear_error(tmp_path, env):
 def test_a_training_launch_never_prepares_a_downloaded_corpus(tmp_path, env, monkeypatch):
     """data.name=owt under the default data group (auto_prepare: true) must not start preparing
     OpenWebText: only the embedded corpus is prepared on first use."""
-    from nanogpt.build import open_dataset
+    from nanogpt.data.catalog import open_dataset
 
     called = []
     import prepare.owt

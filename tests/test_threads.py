@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from nanogpt import hardware, threads
+from nanogpt.runtime import hardware, threads
 
 
 @pytest.fixture
@@ -131,8 +131,8 @@ def test_the_default_models_steps_do_not_depend_on_the_thread_count(tmp_path, da
     and at two threads are the same to the last bit (docs: larger shapes can differ there)."""
     from inprocess import make_config
 
-    from nanogpt.distributed import Dist
-    from nanogpt.train import train
+    from nanogpt.runtime.distributed import Dist
+    from nanogpt.training.loop import train
 
     weights = []
     for n in (1, 2):

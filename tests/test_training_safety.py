@@ -13,7 +13,7 @@ import torch
 
 from conftest import read_metrics
 from inprocess import train_tiny
-from nanogpt import checkpoint
+from nanogpt.checkpoint import single as checkpoint
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
 

@@ -1,0 +1,1 @@
+"""Yardsticks: val loss and bits per byte, HellaSwag, lm-eval, perplexity of a file, sampling."""

@@ -1,0 +1,1 @@
+"""A run on disk: its directory and record (rundir.py), metrics and summary files, results read back, command-line overrides."""

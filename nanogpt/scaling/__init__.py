@@ -1,0 +1,1 @@
+"""Scaling-law studies: collect a sweep's runs, fit Chinchilla's approaches, plot."""

@@ -1,0 +1,7 @@
+"""`python -m nanogpt.scaling collect|fit|best-lr SWEEP...`: the command line of nanogpt/scaling/collect.py."""
+import sys
+
+from nanogpt.scaling.collect import main
+
+if __name__ == "__main__":
+    sys.exit(main())
