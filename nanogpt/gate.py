@@ -101,9 +101,16 @@ def register_configs() -> None:
 
 def validate(cfg) -> Any:
     """The plain config of a composed one (an OmegaConf DictConfig without `hydra`): every
-    schema's __post_init__ checks its values on the way, so a bad value raises ConfigError."""
-    _refuse_non_finite(OmegaConf.to_container(cfg, resolve=True), "")
+    schema's __post_init__ checks its values on the way, so a bad value raises ConfigError.
+    The config the Gate callback checked for this job is not checked again (a single run; each job of a sweep is checked by launch.py's main)."""
+    values = OmegaConf.to_container(cfg, resolve=True)
+    if _checked is not None and _checked[0] == values:
+        return _checked[1]
+    _refuse_non_finite(values, "")
     return OmegaConf.to_object(cfg)
+
+
+_checked: tuple[dict, Any] | None = None  # (values, plain config) of the job the Gate checked
 
 
 def _refuse_non_finite(node, key: str) -> None:
@@ -129,8 +136,9 @@ class Gate(GuardRunDir):
         job = config.copy()
         with open_dict(job):
             del job["hydra"]
+        global _checked
         try:
-            validate(job)
+            _checked = (OmegaConf.to_container(job, resolve=True), validate(job))
         except UserError as e:
             fail(str(e))
         super().on_run_start(config, **kwargs)

@@ -44,17 +44,17 @@ def load_point(branch_from: str, branch_iter: int) -> tuple[Path, dict]:
     return path, checkpoint.load(path, map_location="cpu")
 
 
-def check_continuation(ckpt: dict, path: Path, cfg, tokens_per_step: int, max_iters: int,
-                       schedule: Schedule) -> None:
+def check_continuation(ckpt: dict, path: Path, data_name: str, seed: int, tokens_per_step: int,
+                       max_iters: int, schedule: Schedule) -> None:
     """A branch continues its parent: the same data stream (data, seed, tokens per step) and the
     same learning rate up to the branch point, and an end after it."""
     k = ckpt["iter"]
     parent = ckpt.get("config") or {}
     problems = []
-    if (parent.get("data") or {}).get("name") != cfg.data.name:
-        problems.append(f"data {parent.get('data', {}).get('name')!r} vs {cfg.data.name!r}")
-    if parent.get("seed") != cfg.seed:
-        problems.append(f"seed {parent.get('seed')} vs {cfg.seed} (the batches would differ)")
+    if (parent.get("data") or {}).get("name") != data_name:
+        problems.append(f"data {parent.get('data', {}).get('name')!r} vs {data_name!r}")
+    if parent.get("seed") != seed:
+        problems.append(f"seed {parent.get('seed')} vs {seed} (the batches would differ)")
     if ckpt.get("tokens_per_step") != tokens_per_step:
         problems.append(f"tokens per step {ckpt.get('tokens_per_step')} vs {tokens_per_step}")
     if problems:

@@ -168,7 +168,7 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
     rt = runtime(hw, dist.local_rank, dist.cpus)
     distributed.setup(dist, hw.backend, rt.device)
     config_dict = dataclasses.asdict(cfg)
-    dataset = _open_data(cfg, dist)
+    dataset = _open_data(cfg.data, dist)
     # the end-of-run samples' tokenizer, loaded now: a missing BPE rank file fails before training
     tokenizer = load_tokenizer(dataset.meta["tokenizer"]) if tcfg.num_samples > 0 and dist.is_main else None
     hellaswag = DuringTraining.setup(tcfg, dataset.meta["tokenizer"], dist)  # a bad file fails before training
@@ -189,7 +189,8 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
                                                    ckpt)
     schedule = Schedule(cfg.optim, max_iters)
     if branch_point:
-        branch.check_continuation(ckpt, resume_path, cfg, tokens_per_step, max_iters, schedule)
+        branch.check_continuation(ckpt, resume_path, cfg.data.name, cfg.seed, tokens_per_step, max_iters,
+                                  schedule)
     # what the step and the evaluation call; the optimizer after it: FSDP shards the parameters
     train_model, eval_model = parallel.prepare(model, hw, dist, rt)
     optimizer = make_optimizer(model, cfg.optim, rt.device_type)
@@ -261,13 +262,13 @@ def accumulation(tokens_per_step: int | None, tokens_per_micro: int, world: int,
     return tokens_per_step, tokens_per_step // per_pass
 
 
-def _open_data(cfg, dist) -> TokenDataset:
+def _open_data(dcfg, dist) -> TokenDataset:
     """Rank 0 prepares the embedded corpus on first use; the others wait for it."""
     if dist.is_main:
-        dataset = open_dataset(cfg.data.name, cfg.data.root, cfg.data.auto_prepare)
+        dataset = open_dataset(dcfg.name, dcfg.root, dcfg.auto_prepare)
     distributed.barrier()
     if not dist.is_main:
-        dataset = open_dataset(cfg.data.name, cfg.data.root, False)
+        dataset = open_dataset(dcfg.name, dcfg.root, False)
     return dataset
 
 
