@@ -42,6 +42,8 @@ import torch
 from nanogpt.checkpoint import single as checkpoint
 from nanogpt.errors import UserError
 from nanogpt.io import fsync_dir
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.runtime import distributed
 
 log = logging.getLogger("nanogpt")
 
@@ -174,8 +176,6 @@ def save(ckpt_dir: Path, it: int, model, optimizer, train_state: dict | None, li
     `links` (e.g. best.dcp, last.dcp) at it. Returns the save's directory."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    from nanogpt.runtime import distributed
 
     ckpt_dir = Path(ckpt_dir)
     name = distributed.broadcast_object(f"iter-{it:08d}-{secrets.token_hex(3)}.dcp")
@@ -322,8 +322,6 @@ def _shape_problem(metadata, model_args: dict) -> str | None:
     moments have the parameter's shape). Caught here, not as an error deep inside DCP's load."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    from nanogpt.model import GPT
-
     with torch.device("meta"):
         model = GPT(checkpoint.model_config(model_args))
     params = {k: tuple(p.shape) for k, p in model.named_parameters(remove_duplicate=False)}
@@ -428,8 +426,6 @@ def consolidate(run_dir: Path) -> list[Path]:
     """Write ckpt/last.pt and ckpt/best.pt (the weights of last.dcp's and best.dcp's saves, in
     the single-file format of a DDP run, without optimizer state) in one process. Already
     up-to-date files are left alone. Returns the files written."""
-    from nanogpt.model import GPT, GPTConfig
-
     ckpt_dir = Path(run_dir) / "ckpt"
     found, problems = find(ckpt_dir)
     if not found:

@@ -34,7 +34,7 @@ from nanogpt.io import (
     fsync_dir,
     torch_load,
 )
-from nanogpt.model import GPTConfig
+from nanogpt.model import GPT, GPTConfig
 
 log = logging.getLogger("nanogpt")
 
@@ -286,8 +286,6 @@ def model_config(model_args: dict) -> GPTConfig:
 def _shape_problem(ckpt: dict) -> str | None:
     """Missing, unexpected or misshapen tensors against a model built (on the meta device, no
     memory) from model_args: caught here, not as a traceback in load_state_dict."""
-    from nanogpt.model import GPT
-
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in GPT(model_config(ckpt["model_args"])).state_dict().items()}
     got = {k: tuple(v.shape) for k, v in ckpt["model"].items()}

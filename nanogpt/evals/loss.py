@@ -18,6 +18,7 @@ from nanogpt.errors import UserError
 from nanogpt.evals.bpb import bits_per_byte, nats_and_bytes, token_bytes_table
 from nanogpt.run.metrics import progress, write_json_atomic
 from nanogpt.runtime.hardware import runtime
+from nanogpt.runtime.parallel import lockstep
 
 log = logging.getLogger("nanogpt")
 
@@ -51,8 +52,6 @@ def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist=None, split
     `errors`, if given, receives each split's standard error of that mean (from the spread of
     the batch losses): how far the figure may sit from the split's true loss. With a byte table
     (nanogpt.evals.bpb), `bpb` receives each split's bits per byte."""
-    from nanogpt.runtime.parallel import lockstep
-
     # no_grad for a sharded model: FSDP's gathered weights made in inference mode could not be
     # used by the training step after
     with torch.no_grad() if lockstep(model) else torch.inference_mode():
@@ -61,8 +60,6 @@ def estimate_loss(model, batches: Batches, eval_iters: int, rt, dist=None, split
 
 def _estimate_loss(model, batches, eval_iters, rt, dist, splits, leave, errors, byte_table=None,
                    bpb=None) -> dict[str, float]:
-    from nanogpt.runtime.parallel import lockstep
-
     was_training = model.training
     model.eval()
     rank, world, is_main = (dist.rank, dist.world_size, dist.is_main) if dist else (0, 1, True)

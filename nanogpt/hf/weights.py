@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 import torch
 
 from nanogpt.errors import UserError
+from nanogpt.io import UnsafeCheckpoint, clean_state_dict, error_reason, torch_load
 from nanogpt.model import GPT, GPTConfig
 
 GPT2_VOCAB_SIZE = 50257  # never padded for pretrained weights: the file has exactly these rows
@@ -220,23 +221,17 @@ def _open_tensors(files: list[Path]) -> Iterator[dict[str, tuple[tuple, Callable
 def _unreadable_weights(f: Path):
     """A weight file that does not open (garbage, truncated, missing shard) is a clear error; one
     that would run code (a pickle with a payload) is refused by nanogpt.io.torch_load."""
-    from nanogpt.io import UnsafeCheckpoint
-
     try:
         yield
     except (UserError, UnsafeCheckpoint):
         raise
     except Exception as e:
-        from nanogpt.io import error_reason
-
         raise UserError(f"cannot read the weights in {f} ({error_reason(e)}): the file is "
                         "missing, truncated or not a model; download the model again") from e
 
 
 def _open_file(f: Path, stack: ExitStack, tensors: dict) -> None:
     """Add f's tensors to `tensors` (name -> (shape, loader)), reading none of them yet."""
-    from nanogpt.io import torch_load
-
     if f.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -364,8 +359,6 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     dict. Files cannot hold shared tensors: drop lm_head.weight before saving, as
     save_pretrained does; loading ties it back.
     """
-    from nanogpt.io import clean_state_dict
-
     config = getattr(model, "_orig_mod", model).config  # torch.compile wraps the module
     check_exportable(config)
     ours = clean_state_dict(model.state_dict())

@@ -34,6 +34,7 @@ from nanogpt.checkpoint import sharded as dcp
 from nanogpt.checkpoint import single as checkpoint
 from nanogpt.errors import UserError
 from nanogpt.run.results import read_summary
+from nanogpt.runtime.distributed import detect
 
 log = logging.getLogger("nanogpt")
 LOCK_FILE = ".lock"
@@ -176,8 +177,6 @@ def _trains_and_leads(config) -> bool:
     """A training command's rank 0 (or single process): the one that holds the run's lock."""
     if OmegaConf.select(config, "task.name") != "train":
         return False
-    from nanogpt.runtime.distributed import detect
-
     return detect().is_main
 
 

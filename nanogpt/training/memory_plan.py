@@ -36,7 +36,7 @@ from typing import Optional
 
 import torch
 
-from nanogpt.config import TaskConfig, above, at_least
+from nanogpt.config import TaskConfig, above, at_least, model_args
 from nanogpt.model import GPT, Block, GPTConfig, ReLUSquared, RMSNorm
 from nanogpt.runtime.fsdp import ACTIVATION_CHECKPOINTING
 
@@ -383,8 +383,6 @@ def format_table(rows: list[tuple[Setup, dict]], gpu_memory_gb: float) -> str:
 def run(cfg, out_dir: Path, dist=None) -> float:
     """Print the plan for the configured model, batch and GPUs; write plan.json. Returns the
     smallest total (GB) that fits, or the smallest total when none does."""
-    from nanogpt.config import model_args
-
     t, hw = cfg.task, cfg.hardware
     world = t.gpus or hw.gpus_per_node or 1
     micro = hw.micro_batch_size

@@ -24,6 +24,7 @@ from nanogpt.config import (
     one_of,
 )
 from nanogpt.errors import UserError
+from nanogpt.runtime import hardware
 from nanogpt.training.schedule import COOLDOWNS, SCHEDULES
 
 
@@ -109,9 +110,7 @@ def ns_dtype_for(name: str, device_type: str) -> torch.dtype:
     matrix units, and float32 on other CPUs, where bf16 matmuls are emulated: on an AVX2 CPU the
     orthogonalisation is then ~5x slower in bf16 than in float32 (BENCHMARKS.md)."""
     if name == "auto":
-        from nanogpt.runtime.hardware import cpu_has_fast_bf16
-
-        return torch.bfloat16 if device_type != "cpu" or cpu_has_fast_bf16() else torch.float32
+        return torch.bfloat16 if device_type != "cpu" or hardware.cpu_has_fast_bf16() else torch.float32
     return getattr(torch, name)
 
 

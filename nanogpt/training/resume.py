@@ -28,7 +28,9 @@ from nanogpt.checkpoint.single import (
 )
 from nanogpt.errors import UserError
 from nanogpt.io import error_reason
+from nanogpt.model import GPT
 from nanogpt.run.results import flatten
+from nanogpt.training.optim import OPTIM_SCHEMAS, OPTIMIZERS
 
 log = logging.getLogger("nanogpt")
 
@@ -157,9 +159,6 @@ def _optimizer_problem(ckpt: dict) -> str | None:
     meta device (no memory, no tensor read), and compare each parameter's state with its shape:
     torch's load_state_dict checks only the number of parameters per group, and a moment of the
     wrong shape would fail at the first step."""
-    from nanogpt.model import GPT
-    from nanogpt.training.optim import OPTIM_SCHEMAS, OPTIMIZERS
-
     config = ckpt.get("config")
     optim = config.get("optim") if isinstance(config, dict) else None
     name = (optim.get("name") if isinstance(optim, dict) else None) or "adamw"
