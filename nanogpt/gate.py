@@ -1,8 +1,9 @@
 """The one validation gate: the whole config, composed from each section's schema (each lives
 beside the code it configures), registered in Hydra's ConfigStore, and checked once before any
-work: `GuardRunDir` (Hydra's callback, conf/config.yaml) validates the composed config before the
-run directory exists; launch.py's `check_overrides` checks the command line's keys before Hydra
-composes anything.
+work. launch.py's `check_overrides` names a mistyped key before Hydra composes anything; `Gate`
+(Hydra's callback, conf/config.yaml) checks every value of the composed config before the run
+directory exists, and launch.py's main takes that checked config (a sweep's jobs, which the
+callback does not see, are checked there).
 """
 from __future__ import annotations
 
@@ -102,15 +103,19 @@ def register_configs() -> None:
 def validate(cfg) -> Any:
     """The plain config of a composed one (an OmegaConf DictConfig without `hydra`): every
     schema's __post_init__ checks its values on the way, so a bad value raises ConfigError.
-    The config the Gate callback checked for this job is not checked again (a single run; each job of a sweep is checked by launch.py's main)."""
+    The config the Gate checked for this run is returned as it is, not checked again."""
     values = OmegaConf.to_container(cfg, resolve=True)
     if _checked is not None and _checked[0] == values:
         return _checked[1]
+    return _check(cfg, values)
+
+
+def _check(cfg, values: dict) -> Any:
     _refuse_non_finite(values, "")
     return OmegaConf.to_object(cfg)
 
 
-_checked: tuple[dict, Any] | None = None  # (values, plain config) of the job the Gate checked
+_checked: tuple[dict, Any] | None = None  # (values, plain config) of the run the Gate checked
 
 
 def _refuse_non_finite(node, key: str) -> None:
@@ -138,7 +143,8 @@ class Gate(GuardRunDir):
             del job["hydra"]
         global _checked
         try:
-            _checked = (OmegaConf.to_container(job, resolve=True), validate(job))
+            values = OmegaConf.to_container(job, resolve=True)
+            _checked = (values, _check(job, values))
         except UserError as e:
             fail(str(e))
         super().on_run_start(config, **kwargs)
