@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import GPT2_RANKS, launch, needs_gpt2_ranks
-from inprocess import make_config
+from conftest import GPT2_RANKS, launch, needs_gpt2_ranks, read_metrics, write_char_dataset
+from inprocess import make_config, train_tiny
 from nanogpt.errors import UserError
 from nanogpt.evals import core
 
@@ -223,6 +223,33 @@ def test_the_reference_table_is_printed_beside_openai_weights():
     text = core.table(record, "gpt2-xl")
     assert "GPT-2 1.5B" in text and "0.512" in text and "0.2565" in text
     assert "reference CORE (nanochat): GPT-2 124M 0.1139, GPT-2 355M 0.1849, GPT-2 774M 0.2146, GPT-2 1.5B 0.2565" in text
+
+
+# ---------------------------------------------------------------- during training
+
+def test_core_is_logged_during_training_as_task_core_scores_the_checkpoint(tmp_path, monkeypatch):
+    """task.core_interval: CORE in metrics.jsonl at each interval, equal to task=core on the same weights
+    (a char model on a corpus of the bundle's own text, so that every character encodes)."""
+    bundle = toy_bundle(tmp_path / "bundle")
+    corpus = "".join(p.read_text() for p in sorted((bundle / "eval_data").rglob("*.jsonl"))) * 3
+    write_char_dataset(tmp_path / "data", "bundle_chars", corpus + "\nQuestion: Answer:?.\n")
+    monkeypatch.setenv("NANOGPT_DATA_ROOT", str(tmp_path / "data"))
+    run = tmp_path / "run"
+    train_tiny(run, "data.name=bundle_chars", "task.max_iters=10", "task.eval_interval=5", "task.core_interval=5",
+               f"task.core_bundle={bundle}", "task.core_limit=6")
+    logged = [m for m in read_metrics(run) if m["kind"] == "core"]
+    assert [m["iter"] for m in logged] == [0, 5, 10] and set(logged[-1]["centered"]) == set(TASKS)
+    record = run_core(tmp_path, f"run={run}", f"task.bundle={bundle}", "task.limit=6", "task.which=last")
+    assert "iteration 10" in record["source"] and record["core"] == pytest.approx(logged[-1]["core"])
+    assert {k: v["centered"] for k, v in record["tasks"].items()} == pytest.approx(logged[-1]["centered"])
+    assert (run / "core.json").is_file()
+
+
+def test_a_bad_bundle_stops_training_before_it_starts(tmp_path, data_root):
+    bundle = broken(tmp_path, lambda b: (b / MC).unlink())
+    with pytest.raises(UserError, match="task 'toy_mc': its data file"):
+        train_tiny(tmp_path / "run", "task.max_iters=1", "task.core_interval=1", f"task.core_bundle={bundle}")
+    assert not (tmp_path / "run" / "ckpt").exists()
 
 
 # ---------------------------------------------------------------- the download

@@ -460,3 +460,53 @@ def table(record: dict, source: str) -> str:
     lines.append("reference CORE (nanochat): " + ", ".join(f"{REFERENCE_NAMES[k]} {v:.4f}"
                                                           for k, v in REFERENCE_CORE.items()))
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# during training: task.core_interval=N
+
+class DuringTraining:
+    """Scores CORE every `interval` iterations; each rank takes every world_size-th example of each
+    task (nanochat's split), and the counts are summed over the ranks."""
+
+    def __init__(self, interval: int, tasks: list[Task], encoded: list, answers_: list, batch_tokens: int):
+        self.interval, self.tasks, self.encoded, self.answers, self.batch_tokens = (
+            interval, tasks, encoded, answers_, batch_tokens)
+
+    @classmethod
+    def setup(cls, tcfg, tokenizer_meta: dict, dist) -> DuringTraining | None:
+        interval = getattr(tcfg, "core_interval", 0) or 0
+        if interval <= 0:
+            return None
+        from nanogpt.runtime.distributed import broadcast_object
+        from nanogpt.tokenizer import load_tokenizer
+
+        # rank 0 downloads the bundle (once), then every rank reads it
+        root = Path(broadcast_object(str(bundle_dir(getattr(tcfg, "core_bundle", None))) if dist.is_main else None))
+        tasks = load_bundle(root, getattr(tcfg, "core_limit", None))
+        tokenizer = load_tokenizer(tokenizer_meta)
+        mine = [range(dist.rank, len(t.examples), dist.world_size) for t in tasks]
+        return cls(interval, tasks, [encode_task(t, tokenizer, m) for t, m in zip(tasks, mine)],
+                   [answers(t, m) for t, m in zip(tasks, mine)], 8192)
+
+    def maybe_log(self, it: int, model, rt, dist, metrics, tokens: int) -> None:
+        """At every interval-th iteration: score, sum over ranks, log CORE and each task's centred
+        accuracy (console, metrics.jsonl, wandb)."""
+        if it % self.interval:
+            return
+        start = time.perf_counter()
+        counts = torch.zeros(len(self.tasks), 2, dtype=torch.float64, device=rt.device)  # right, examples
+        for i, (task, encoded, gold) in enumerate(zip(self.tasks, self.encoded, self.answers)):
+            right = correct(model, task.kind, encoded, gold, rt, self.batch_tokens) if encoded else []
+            counts[i, 0], counts[i, 1] = sum(right), len(right)
+        if dist.enabled:
+            torch.distributed.all_reduce(counts)
+        if not dist.is_main:
+            return
+        counts = counts.cpu().tolist()
+        result = summary(self.tasks, {t.label: r / n for t, (r, n) in zip(self.tasks, counts)},
+                         {t.label: int(n) for t, (_, n) in zip(self.tasks, counts)})
+        log.info("iter %d: CORE %.4f (%d tasks, %.1fs)", it, result["core"], len(self.tasks),
+                 time.perf_counter() - start)
+        metrics.log({"kind": "core", "iter": it, "tokens": tokens, "core": result["core"],
+                     "centered": {label: r["centered"] for label, r in result["tasks"].items()}})
