@@ -245,6 +245,31 @@ def test_core_is_logged_during_training_as_task_core_scores_the_checkpoint(tmp_p
     assert (run / "core.json").is_file()
 
 
+@pytest.mark.slow
+def test_two_ranks_log_the_core_of_one_process(tmp_path):
+    """Under DDP each rank scores every other example (7 per task: 4 and 3) and the counts are summed:
+    the same CORE as one process, in float64 at every interval."""
+    from test_distributed import STEP, merged, torchrun
+
+    from conftest import REPO
+
+    bundle = toy_bundle(tmp_path / "bundle")
+    corpus = "".join(p.read_text() for p in sorted((bundle / "eval_data").rglob("*.jsonl"))) * 3
+    write_char_dataset(tmp_path / "data", "bundle_chars", corpus + "\nQuestion: Answer:?.\n")
+    args = merged(*STEP, "data.name=bundle_chars", "task.max_iters=6", "task.eval_interval=3", "task.core_interval=3",
+                  f"task.core_bundle={bundle}", "task.core_limit=7", "hardware.dtype=float64", "hardware=cpu")
+    env = {"NANOGPT_DATA_ROOT": str(tmp_path / "data"), "PYTHONPATH": str(REPO)}
+    (tmp_path / "one").mkdir()
+    (tmp_path / "ddp").mkdir()
+    launch([*args, "run=r"], tmp_path / "one", env=env)
+    torchrun([*args, "run=r"], tmp_path / "ddp", env=env)
+    one, two = ([m for m in read_metrics(tmp_path / d / "r") if m["kind"] == "core"] for d in ("one", "ddp"))
+    assert [m["iter"] for m in one] == [m["iter"] for m in two] == [0, 3, 6]
+    assert {m["examples"] for m in one + two} == {4 * 7}  # each example scored once, on one rank
+    for a, b in zip(one, two):
+        assert a["centered"] == pytest.approx(b["centered"]) and a["core"] == pytest.approx(b["core"])
+
+
 def test_a_bad_bundle_stops_training_before_it_starts(tmp_path, data_root):
     bundle = broken(tmp_path, lambda b: (b / MC).unlink())
     with pytest.raises(UserError, match="task 'toy_mc': its data file"):

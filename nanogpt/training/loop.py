@@ -74,7 +74,7 @@ class TrainTask(TaskConfig):
     hellaswag_limit: Optional[int] = None  # its first N examples (None: all 10,042)
     hellaswag_file: Optional[str] = None  # a local hellaswag_val.jsonl (None: Rowan/hellaswag from the hub)
     core_interval: int = 0  # score CORE (nanogpt.evals.core) every N iterations (0: never); CORE is logged
-    core_limit: Optional[int] = None  # N examples per CORE task (None: all)
+    core_limit: Optional[int] = 500  # N examples per CORE task (nanochat's --core-metric-max-per-task; None: all)
     core_bundle: Optional[str] = None  # an unzipped eval bundle (None: DATA/eval_bundle, downloaded once)
     sample_tokens: int = 300
     temperature: float = 0.8  # of the samples printed when training ends
