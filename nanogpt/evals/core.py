@@ -44,6 +44,8 @@ from nanogpt.config import TaskConfig, at_least, one_of
 from nanogpt.errors import UserError
 from nanogpt.evals.scoring import continuation_logprobs
 from nanogpt.paths import data_root
+from nanogpt.runtime.distributed import broadcast_object
+from nanogpt.tokenizer import load_tokenizer
 
 log = logging.getLogger("nanogpt")
 
@@ -482,9 +484,6 @@ class DuringTraining:
         interval = getattr(tcfg, "core_interval", 0) or 0
         if interval <= 0:
             return None
-        from nanogpt.runtime.distributed import broadcast_object
-        from nanogpt.tokenizer import load_tokenizer
-
         # rank 0 downloads the bundle (once), then every rank reads it
         root = Path(broadcast_object(str(bundle_dir(getattr(tcfg, "core_bundle", None))) if dist.is_main else None))
         tasks = load_bundle(root, getattr(tcfg, "core_limit", None))
