@@ -346,6 +346,20 @@ def test_a_bad_bundle_is_named_before_any_work(tmp_path, edit, message):
         core.load_bundle(bundle)
 
 
+@pytest.mark.parametrize("override, message", [
+    ("task.limit=0", "task.limit=0 is out of range: it must be >= 1"),
+    ("task.batch_tokens=0", "task.batch_tokens=0 is out of range: it must be >= 1"),
+    ("task.which=newest", "unknown task.which='newest': use best or last"),
+])
+def test_bad_values_are_refused_at_composition(override, message):
+    from nanogpt.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        make_config(["task=core", override])
+    with pytest.raises(ConfigError, match="task.core_limit=0 is out of range"):
+        make_config(["task.core_limit=0"])
+
+
 def test_a_limit_below_the_shots_is_refused(tmp_path):
     bundle = toy_bundle(tmp_path / "bundle")
     with pytest.raises(UserError, match="task 'toy_mc' is 3-shot but has 3 example\\(s\\) to draw from with "
