@@ -4,10 +4,12 @@ is a module with a `run` function and its schema beside it, one line in each tab
 conf/task/<name>.yaml."""
 from __future__ import annotations
 
-from nanogpt.evals import hellaswag, loss, sample
+from nanogpt.evals import core, hellaswag, loss, sample
 from nanogpt.training import bench, loop, memory_plan
 
 TASKS = {"train": loop.run, "eval": loss.run, "sample": sample.run, "bench": bench.run,
-         "hellaswag": hellaswag.run, "plan": memory_plan.run}
+         "hellaswag": hellaswag.run, "plan": memory_plan.run,
+         "core": core.run}
 TASK_SCHEMAS = {"train": loop.TrainTask, "eval": loss.EvalTask, "sample": sample.SampleTask,
-                "bench": bench.BenchTask, "hellaswag": hellaswag.HellaSwagTask, "plan": memory_plan.PlanTask}
+                "bench": bench.BenchTask, "hellaswag": hellaswag.HellaSwagTask, "plan": memory_plan.PlanTask,
+                "core": core.CoreTask}

@@ -57,7 +57,8 @@ NOT_IN_RUN_NAME = [
     "hardware.activation_checkpointing", "hardware.fsdp_accumulation", "logger", "logger.wandb",
     "logger.mode", "logger.project", "logger.entity", "logger.name", "logger.tags",
     "task.num_samples", "task.temperature", "task.top_k", "task.plot", "task.hellaswag_interval",
-    "task.hellaswag_limit", "task.hellaswag_file", "task.keep_checkpoints", "hydra.launcher", "hydra/launcher",
+    "task.hellaswag_limit", "task.hellaswag_file", "task.core_interval", "task.core_limit", "task.core_bundle",
+    "task.keep_checkpoints", "hydra.launcher", "hydra/launcher",
 ]
 
 

@@ -73,6 +73,9 @@ class TrainTask(TaskConfig):
     hellaswag_interval: int = 0  # score HellaSwag every N iterations (0: never); acc_norm is logged
     hellaswag_limit: Optional[int] = None  # its first N examples (None: all 10,042)
     hellaswag_file: Optional[str] = None  # a local hellaswag_val.jsonl (None: Rowan/hellaswag from the hub)
+    core_interval: int = 0  # score CORE (nanogpt.evals.core) every N iterations (0: never); CORE is logged
+    core_limit: Optional[int] = 500  # N examples per CORE task (nanochat's --core-metric-max-per-task; None: all)
+    core_bundle: Optional[str] = None  # an unzipped eval bundle (None: DATA/eval_bundle, downloaded once)
     sample_tokens: int = 300
     temperature: float = 0.8  # of the samples printed when training ends
     top_k: Optional[int] = 200
@@ -108,6 +111,8 @@ class TrainTask(TaskConfig):
         at_least("task.num_samples", self.num_samples, 0)
         at_least("task.hellaswag_interval", self.hellaswag_interval, 0)
         at_least("task.hellaswag_limit", self.hellaswag_limit, 1)
+        at_least("task.core_interval", self.core_interval, 0)
+        at_least("task.core_limit", self.core_limit, 1)
         at_least("task.sample_tokens", self.sample_tokens, 1)
         at_least("task.temperature", self.temperature, 0)
         at_least("task.top_k", self.top_k, 1)
@@ -158,6 +163,8 @@ def train_loop(s: Training, state: TrainState) -> None:
         set_lr(s.optimizer, s.schedule(state.it))
         if s.hellaswag and (state.it > s.start_iter or s.start_iter == 0):  # before loss.png is drawn
             s.hellaswag.maybe_log(state.it, s.model, s.rt, s.dist, s.metrics, state.tokens_at(state.it))
+        if s.core and (state.it > s.start_iter or s.start_iter == 0):
+            s.core.maybe_log(state.it, s.model, s.rt, s.dist, s.metrics, state.tokens_at(state.it))
         if eval_due(s, state):
             evaluate_and_checkpoint(s, state)
         if save_due(s, state):

@@ -20,6 +20,7 @@ from nanogpt.data.batches import Batches, Prefetcher, TokenDataset
 from nanogpt.data.catalog import open_dataset
 from nanogpt.errors import UserError
 from nanogpt.evals.bpb import token_bytes_table
+from nanogpt.evals import core as core_eval
 from nanogpt.evals.hellaswag import DuringTraining
 from nanogpt.evals.loss import EvalPlan, plan_evaluation
 from nanogpt.model import GPT, GPTConfig
@@ -119,6 +120,7 @@ class Training:
     can_plot: bool  # loss.png is drawn (rank 0, task.plot, and drawing has not failed)
     peak: float | None = None  # the device's FLOP/s for MFU (rank 0)
     hellaswag: DuringTraining | None = None  # task.hellaswag_interval: scored and logged in the loop
+    core: core_eval.DuringTraining | None = None  # task.core_interval: likewise
     resume_record: dict | None = None  # the settings a resume changed, for metrics.jsonl after its first step
     prefetch: Prefetcher | None = None  # these three last: setup starts them when nothing can fail
     stop: StopRequest | None = None
@@ -172,6 +174,7 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
     # the end-of-run samples' tokenizer, loaded now: a missing BPE rank file fails before training
     tokenizer = load_tokenizer(dataset.meta["tokenizer"]) if tcfg.num_samples > 0 and dist.is_main else None
     hellaswag = DuringTraining.setup(tcfg, dataset.meta["tokenizer"], dist)  # a bad file fails before training
+    core = core_eval.DuringTraining.setup(tcfg, dataset.meta["tokenizer"], dist)  # so does a bad bundle
     resume_path, ckpt = _checkpoint_to_resume(cfg, run_dir, dist)
     branch_point = None  # a new cooldown branch starts from its parent's kept checkpoint
     if ckpt is None and tcfg.branch_from:
@@ -221,7 +224,7 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
                  metrics=MetricsLogger(run_dir, dist.is_main, cfg.logger, config_dict, state.it),
                  start_iter=state.it, config_dict=config_dict, tokenizer=tokenizer,
                  byte_table=torch.tensor(byte_table, device=rt.device) if byte_table is not None else None,
-                 can_plot=dist.is_main and tcfg.plot, hellaswag=hellaswag)
+                 can_plot=dist.is_main and tcfg.plot, hellaswag=hellaswag, core=core)
     _log_header(s, state, resume_path, resume_changes)
     # last, as nothing can fail after them: the batch thread, the signal handlers, the clock
     s.prefetch = Prefetcher(Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size),
