@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -175,6 +176,19 @@ def test_an_mlflow_server_that_does_not_answer_is_a_warning_not_a_failure(tmp_pa
 
 
 # ---- every dashboard -------------------------------------------------------------------------
+@pytest.mark.parametrize("module, key", [("torch.utils.tensorboard", "tensorboard"), ("mlflow", "mlflow")])
+def test_a_dashboard_that_is_not_installed_is_a_warning_not_a_failure(module, key, tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, module, None)  # not installed
+    with caplog.at_level(logging.WARNING, "nanogpt"):
+        logger = MetricsLogger(tmp_path, True, make_config([f"logger={key}"]).logger, {})
+        logger.log({"kind": "train", "iter": 1, "loss": 2.5})
+        logger.close()
+    assert logger.sinks == []
+    assert f"logger.{key}=true but {key} is not installed (pip install {key}): logging to metrics.jsonl only" \
+        in caplog.text
+    assert read_metrics(tmp_path) == [{"kind": "train", "iter": 1, "loss": 2.5}]
+
+
 def test_a_dashboard_that_fails_mid_run_is_dropped_with_one_warning(tmp_path, monkeypatch, caplog):
     calls = []
 
