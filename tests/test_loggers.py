@@ -84,6 +84,24 @@ def test_wandb_offline_folder_has_a_readable_config_and_summary_before_sync(tb_a
     assert "config" not in summary
 
 
+def test_a_resumed_run_replaces_the_tensorboard_events_it_redoes(tmp_path):
+    """As metrics.jsonl keeps the records up to the checkpoint a run resumes from, TensorBoard's
+    reader shows the steps after it once, from the run that redid them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_config(["logger=tensorboard"]).logger
+    for start, losses in ((0, {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}), (2, {3: 13.0, 4: 14.0, 5: 15.0})):
+        logger = MetricsLogger(tmp_path, True, cfg, {}, start_iter=start)
+        for it, loss in losses.items():
+            logger.log({"kind": "train", "iter": it, "loss": loss})
+        logger.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    expected = {1: 1.0, 2: 2.0, 3: 13.0, 4: 14.0, 5: 15.0}
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == list(expected.items())
+    assert {r["iter"]: r["loss"] for r in read_metrics(tmp_path)} == expected
+
+
 # ---- MLflow, against a tracking server of its own ----------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:

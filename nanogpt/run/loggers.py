@@ -113,14 +113,14 @@ def _start_wandb(cfg, run_dir: Path, config: dict):
 class TensorBoardSink(Sink):
     """Event files in RUN/tensorboard (`tensorboard --logdir RUN/tensorboard`, or a sweep's folder
     to compare its runs). A resumed run purges the events after its resume point, as
-    metrics.jsonl drops their records."""
+    metrics.jsonl drops their records (TensorBoard's reader drops them on reading)."""
     name = "TensorBoard"
 
     def __init__(self, run_dir: Path, config: dict, start_iter: int):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"),
-                                    purge_step=start_iter if start_iter > 0 else None)
+                                    purge_step=start_iter + 1 if start_iter > 0 else None)
         self.writer.add_text("config", _markdown_json(config), global_step=start_iter)
         self.writer.flush()
 
