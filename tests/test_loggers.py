@@ -226,6 +226,16 @@ def test_a_dashboard_that_fails_mid_run_is_dropped_with_one_warning(tmp_path, mo
     assert [r["iter"] for r in read_metrics(tmp_path)] == [1, 2]
 
 
+def test_a_dashboard_that_cannot_write_its_files_is_a_warning_not_a_failure(tmp_path, caplog):
+    (tmp_path / "tensorboard").write_text("a file where the event folder would go")
+    with caplog.at_level(logging.WARNING, "nanogpt"):
+        logger = MetricsLogger(tmp_path, True, make_config(["logger=tensorboard"]).logger, {})
+        logger.log({"kind": "train", "iter": 1, "loss": 2.5})
+        logger.close()
+    assert logger.sinks == [] and "could not start TensorBoard (FileExistsError: " in caplog.text
+    assert read_metrics(tmp_path) == [{"kind": "train", "iter": 1, "loss": 2.5}]
+
+
 def test_several_loggers_compose_as_a_list_or_as_keys_and_do_not_rename_the_run(tmp_path):
     chosen = make_config(["logger=[wandb,tensorboard,mlflow]"]).logger
     assert (chosen.wandb, chosen.tensorboard, chosen.mlflow) == (True, True, True)

@@ -241,19 +241,30 @@ def _param_value(v) -> str:
 
 # ---- all of them -----------------------------------------------------------------------------
 def start_sinks(cfg, run_dir: Path, config: dict, start_iter: int = 0) -> list[Sink]:
-    """The dashboards cfg (a LoggerConfig) asks for that could start."""
+    """The dashboards cfg (a LoggerConfig) asks for that could start; one that fails to (beyond
+    the failures each start reports itself: a full disk, an unwritable folder) is a warning."""
+    chosen = [(cfg.wandb, "Weights & Biases", lambda: _start_wandb(cfg, run_dir, config)),
+              (cfg.tensorboard, "TensorBoard", lambda: _start_tensorboard(run_dir, config, start_iter)),
+              (cfg.mlflow, "MLflow", lambda: _start_mlflow(cfg, run_dir, config))]
     sinks = []
-    if cfg.wandb:
-        sinks.append(_start_wandb(cfg, run_dir, config))
-    if getattr(cfg, "tensorboard", False):
+    for wanted, name, start in chosen:
+        if not wanted:
+            continue
         try:
-            sinks.append(TensorBoardSink(run_dir, config, start_iter))
-        except ImportError:
-            log.warning("logger.tensorboard=true but tensorboard is not installed (pip install "
-                        "tensorboard): logging to metrics.jsonl only")
-    if getattr(cfg, "mlflow", False):
-        sinks.append(_start_mlflow(cfg, run_dir, config))
+            sinks.append(start())
+        except Exception as e:
+            log.warning("could not start %s (%s: %s): logging to metrics.jsonl only", name,
+                        type(e).__name__, _first_line(e))
     return [s for s in sinks if s is not None]
+
+
+def _start_tensorboard(run_dir: Path, config: dict, start_iter: int):
+    try:
+        return TensorBoardSink(run_dir, config, start_iter)
+    except ImportError:
+        log.warning("logger.tensorboard=true but tensorboard is not installed (pip install "
+                    "tensorboard): logging to metrics.jsonl only")
+        return None
 
 
 def call_each(sinks: list[Sink], method: str, *args) -> list[Sink]:
