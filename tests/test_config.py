@@ -208,8 +208,13 @@ def _inherited(group: str, defaults: list) -> dict:
     return merged
 
 
+def _defaults(group: str, own: dict) -> list:
+    # a file with no defaults list starts from its group's schema (conf/logger/*: so they compose as a list)
+    return own.get("defaults", [f"base_{group}"])
+
+
 def _repeats(group: str, own: dict) -> list[str]:
-    inherited = _inherited(group, own.get("defaults", []))
+    inherited = _inherited(group, _defaults(group, own))
     return [k for k, v in own.items() if k != "defaults" and k in inherited and inherited[k] == v]
 
 
@@ -217,7 +222,7 @@ def _full_values(group: str, path) -> dict:
     from omegaconf import OmegaConf
 
     own = _load(path)
-    merged = OmegaConf.merge(_inherited(group, own.get("defaults", [])),
+    merged = OmegaConf.merge(_inherited(group, _defaults(group, own)),
                              {k: v for k, v in own.items() if k != "defaults"})
     return OmegaConf.to_container(merged)
 

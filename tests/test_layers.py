@@ -25,7 +25,7 @@ LAYERS = [
     {"training"},
     {"tasks"},
     {"gate"},
-    {"export", "plot", "perplexity", "lm_eval", "pretrained"},  # the command entries
+    {"export", "plot", "perplexity", "lm_eval", "pretrained", "runs"},  # the command entries
 ]
 ENTRIES = LAYERS[-1]
 

@@ -154,6 +154,9 @@ def test_logger_wandb_logs_config_metrics_summary_and_samples_offline(tmp_path, 
     records = wandb_records(run)
     config = items(records["run"][0].run.config.update)
     assert config["model"]["n_layer"] == 2 and config["task"]["max_iters"] == 6
+    # the record of the run (tests/test_loggers.py): what the runtime chose, the presets, the command
+    assert (config["hardware"]["device"], config["hardware"]["dtype"]) == ("cpu", "float32")
+    assert config["presets"]["model"] == "baby" and config["overrides"] == [*args, "logger=wandb", f"run={run}"]
     history = [items(h.history.item) for h in records["history"]]
     logged = {h["_step"]: h["train/loss"] for h in history if "train/loss" in h}
     assert logged == {r["iter"]: r["loss"] for r in read_metrics(run) if r["kind"] == "train"}

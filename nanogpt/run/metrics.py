@@ -1,5 +1,6 @@
-"""Where numbers go: the console, metrics.jsonl (always), summary.json, and Weights & Biases (if
-asked: `logger=wandb`). Only rank 0 writes; other ranks get a logger that does nothing. Progress
+"""Where numbers go: the console, metrics.jsonl (always), summary.json, and the dashboards asked
+for (`logger=wandb`, `logger=tensorboard`, `logger=mlflow`, or several: nanogpt/run/loggers.py).
+Only rank 0 writes; other ranks get a logger that does nothing. Progress
 bars (`progress`) show in a terminal on rank 0 only, never in log files or batch jobs."""
 from __future__ import annotations
 
@@ -12,19 +13,24 @@ from typing import Optional
 
 from nanogpt.config import one_of
 from nanogpt.io import replace_atomically
+from nanogpt.run import loggers
 
 log = logging.getLogger("nanogpt")
 
 
 @dataclass
 class LoggerConfig:
-    """metrics.jsonl is always written; `logger=wandb` (or logger.wandb=true) adds Weights & Biases."""
+    """metrics.jsonl is always written; `logger=wandb`, `logger=tensorboard`, `logger=mlflow` (or
+    the keys logger.wandb=true ...) add dashboards, several at once with `logger=[wandb,mlflow]`."""
     wandb: bool = False
-    mode: Optional[str] = None  # online | offline | disabled; None: $WANDB_MODE, else online
-    project: str = "nanogpt"
-    entity: Optional[str] = None
+    tensorboard: bool = False  # event files in RUN/tensorboard
+    mlflow: bool = False
+    mode: Optional[str] = None  # wandb: online | offline | disabled; None: $WANDB_MODE, else online
+    project: str = "nanogpt"  # the wandb project, the MLflow experiment
+    entity: Optional[str] = None  # wandb
     name: Optional[str] = None  # None: the run directory's name
     tags: list = field(default_factory=list)
+    tracking_uri: Optional[str] = None  # MLflow; None: $MLFLOW_TRACKING_URI, else MLflow's default
 
     def __post_init__(self):
         if self.mode is not None:
@@ -74,59 +80,59 @@ class MetricsLogger:
     """start_iter: the iteration a run starts (or resumes) at. metrics.jsonl keeps the records of
     iterations up to a resumed checkpoint and drops the later ones, which the run is about to
     redo, so the file reads as if the run had never stopped. A resume record of start_iter goes
-    too: it described a session whose steps are redone now (this session records its own)."""
+    too: it described a session whose steps are redone now (this session records its own).
+    logger_cfg (a LoggerConfig) adds the dashboards (nanogpt/run/loggers.py), each given `config`."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, wandb_cfg=None, config: dict | None = None,
+    def __init__(self, run_dir: Path, enabled: bool = True, logger_cfg=None, config: dict | None = None,
                  start_iter: int = 0):
         self.enabled = enabled
         self.run_dir = Path(run_dir)
-        self.wandb = None
+        self.sinks: list[loggers.Sink] = []
         if not enabled:
             return
         path = self.run_dir / "metrics.jsonl"
         _keep_until(path, start_iter)
         self.file = open(path, "a", buffering=1)
-        if wandb_cfg is not None and wandb_cfg.wandb:
-            self.wandb = _start_wandb(wandb_cfg, self.run_dir, config)
+        if logger_cfg is not None:
+            self.sinks = loggers.start_sinks(logger_cfg, self.run_dir, config or {}, start_iter)
+
+    @property
+    def wandb(self):
+        """The wandb run, or None."""
+        return next((s.run for s in self.sinks if isinstance(s, loggers.WandbSink)), None)
 
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
         record = {k: _finite_or_none(v) for k, v in record.items()}
         self.file.write(json.dumps(record, default=_jsonable) + "\n")
-        if self.wandb is not None:
+        if self.sinks:
             kind = record.get("kind", "train")
             scalars = {f"{kind}/{k}": v for k, v in record.items()  # a resume's changes stay in the file
                        if k not in ("kind", "iter") and isinstance(v, (int, float, str))}
             if scalars:
-                self.wandb.log(scalars, step=record.get("iter"))
+                self.sinks = loggers.call_each(self.sinks, "scalars", scalars, record.get("iter"))
 
     def summary(self, summary: dict) -> None:
         if not self.enabled:
             return
         write_json_atomic(self.run_dir / "summary.json", summary)
-        if self.wandb is not None:  # the figures; the config went to wandb.init
-            self.wandb.summary.update({k: v for k, v in summary.items()
-                                       if k != "config" and not isinstance(v, (dict, list))})
+        # the figures; the config went to each dashboard as it started
+        self.sinks = loggers.call_each(self.sinks, "summary", json.loads(json.dumps(summary, default=_jsonable)))
 
     def samples(self, texts: list[str]) -> None:
         """samples.txt: the run's samples, all at once (atomically: a kill leaves all or none)."""
         if not self.enabled:
             return
         write_text_atomic(self.run_dir / "samples.txt", "".join(text + "\n" for text in texts))
-        if self.wandb is not None:
-            import wandb
-
-            for text in texts:
-                self.wandb.log({"samples": wandb.Html(f"<pre>{_escape(text)}</pre>")})
+        self.sinks = loggers.call_each(self.sinks, "samples", texts)
 
     def close(self, failed: bool = False) -> None:
         if not self.enabled or self.file.closed:
             return
         self.file.close()
-        if self.wandb is not None:
-            self.wandb.finish(exit_code=1 if failed else 0)
-            self.wandb = None
+        loggers.call_each(self.sinks, "finish", failed)
+        self.sinks = []
 
 
 def _keep_until(path: Path, start_iter: int) -> None:
@@ -163,29 +169,3 @@ def _record(line: str) -> dict | None:
         return None
     it = record.get("iter", 0)
     return record if isinstance(it, int) and not isinstance(it, bool) else None
-
-
-def _escape(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _start_wandb(cfg, run_dir: Path, config: dict | None):
-    """A wandb run, or None (with a warning) when wandb is missing or does not start: metrics.jsonl
-    has everything, and a days-long run is not worth stopping for a dashboard."""
-    try:
-        import wandb
-    except ImportError:
-        log.warning("logger.wandb=true but wandb is not installed (pip install wandb): logging to "
-                    "metrics.jsonl only")
-        return None
-    # the run id is stable per run directory, so a resumed run continues the same wandb run
-    run_id = "".join(c if c.isalnum() else "-" for c in run_dir.resolve().as_posix())[-64:].strip("-")
-    try:
-        return wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or run_dir.name,
-                          tags=list(cfg.tags), config=config, dir=str(run_dir), id=run_id,
-                          resume="allow", mode=cfg.mode)
-    except Exception as e:  # not logged in, no network, a bad entity...
-        log.warning("could not start Weights & Biases (%s: %s): logging to metrics.jsonl only. "
-                    "Run `wandb login`, or log offline with logger.mode=offline and `wandb sync` "
-                    "later", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-        return None

@@ -56,6 +56,7 @@ NOT_IN_RUN_NAME = [
     "hardware.num_threads", "hardware.gpus_per_node", "hardware.strategy",
     "hardware.activation_checkpointing", "hardware.fsdp_accumulation", "logger", "logger.wandb",
     "logger.mode", "logger.project", "logger.entity", "logger.name", "logger.tags",
+    "logger.tensorboard", "logger.mlflow", "logger.tracking_uri",
     "task.num_samples", "task.temperature", "task.top_k", "task.plot", "task.hellaswag_interval",
     "task.hellaswag_limit", "task.hellaswag_file", "task.core_interval", "task.core_limit", "task.core_bundle",
     "task.keep_checkpoints", "hydra.launcher", "hydra/launcher",
@@ -271,6 +272,16 @@ def command_overrides() -> list[str]:
     if not HydraConfig.initialized():
         return []
     return list(HydraConfig.get().overrides.task)
+
+
+def command_presets() -> dict:
+    """The preset Hydra chose in each config group ({"model": "baby", "optim": "adamw", ...}):
+    none outside a Hydra app, nor Hydra's own groups; a group chosen as a list
+    (logger=[wandb,mlflow]) is not among Hydra's choices."""
+    if not HydraConfig.initialized():
+        return {}
+    return {group: choice for group, choice in HydraConfig.get().runtime.choices.items()
+            if choice is not None and not group.startswith("hydra/")}
 
 
 def refuse_scratch_over_checkpoints(run_dir: Path, overrides) -> None:

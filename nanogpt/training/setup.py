@@ -25,6 +25,7 @@ from nanogpt.evals.hellaswag import DuringTraining
 from nanogpt.evals.loss import EvalPlan, plan_evaluation
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.run import rundir
+from nanogpt.run.loggers import run_record
 from nanogpt.run.metrics import MetricsLogger
 from nanogpt.runtime import distributed, parallel
 from nanogpt.runtime.hardware import Runtime, peak_flops_info, runtime, why_compile
@@ -221,7 +222,7 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
                  schedule=schedule, max_iters=max_iters, flops_per_token=flops_per_token,
                  eval_batches=Batches(dataset, block, eval_batch_size, cfg.seed, rt.device),
                  eval_plan=plan_evaluation(tcfg, max_iters, tokens_per_step, eval_batch_size * block),
-                 metrics=MetricsLogger(run_dir, dist.is_main, cfg.logger, config_dict, state.it),
+                 metrics=MetricsLogger(run_dir, dist.is_main, cfg.logger, _logged_config(config_dict, rt), state.it),
                  start_iter=state.it, config_dict=config_dict, tokenizer=tokenizer,
                  byte_table=torch.tensor(byte_table, device=rt.device) if byte_table is not None else None,
                  can_plot=dist.is_main and tcfg.plot, hellaswag=hellaswag, core=core)
@@ -235,6 +236,12 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
     s.stop = StopRequest((signal.SIGTERM, signal.SIGINT, *requeue))
     s.meter = Meter()
     return s, state
+
+
+def _logged_config(config_dict: dict, rt) -> dict:
+    """What the dashboards record: the config with the device and dtype as resolved (not `auto`),
+    the chosen presets and the command line's overrides."""
+    return run_record(config_dict, rt.device, rt.dtype, rundir.command_presets(), rundir.command_overrides())
 
 
 def plan_steps(tcfg, tokens_per_micro: int, world: int, micro: int, flops_per_token: int,
