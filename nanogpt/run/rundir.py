@@ -33,6 +33,8 @@ from omegaconf import OmegaConf
 from nanogpt.checkpoint import sharded as dcp
 from nanogpt.checkpoint import single as checkpoint
 from nanogpt.errors import UserError
+# settings kept out of a run's name: in identity.py, which the scaling tools read without torch
+from nanogpt.run.identity import NOT_IN_RUN_NAME  # noqa: F401
 from nanogpt.run.results import read_summary
 
 log = logging.getLogger("nanogpt")
@@ -47,17 +49,6 @@ _before: dict[Path, bytes | None] = {}
 _created: set[Path] = set()
 _locks: dict[Path, object] = {}
 _guarded: list[Path] = []  # the run directories GuardRunDir checked, in order
-
-
-# settings that do not change what is trained stay out of a run's name (Hydra's exclude_keys)
-NOT_IN_RUN_NAME = [
-    "init_from", "run", "sweep_name", "hardware", "hardware.device", "hardware.compile",
-    "hardware.num_threads", "hardware.gpus_per_node", "hardware.strategy",
-    "hardware.activation_checkpointing", "hardware.fsdp_accumulation", "logger", "logger.wandb",
-    "logger.mode", "logger.project", "logger.entity", "logger.name", "logger.tags",
-    "task.num_samples", "task.temperature", "task.top_k", "task.plot", "task.hellaswag_interval",
-    "task.hellaswag_limit", "task.hellaswag_file", "task.keep_checkpoints", "hydra.launcher", "hydra/launcher",
-]
 
 
 def run_name(overrides: str) -> str:
