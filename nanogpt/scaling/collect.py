@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nanogpt.run.identity import point_id
 from nanogpt.run.results import find_run_dirs, read_config, read_metrics, read_summary  # noqa: F401
 from nanogpt.scaling.fit import (  # noqa: F401
     CHINCHILLA,
@@ -41,6 +42,7 @@ from nanogpt.scaling.fit import (  # noqa: F401
     isoflop_fit,
     isoflop_profile,
 )
+from nanogpt.scaling import seeds
 
 N_KINDS = {"non_embedding": "params_non_embedding", "total": "params"}
 
@@ -83,6 +85,10 @@ class Run:
     final_val_bpb: float = math.nan
     best_val_bpb: float = math.nan
     branched_from: str = ""
+    # the run's seed, and the id of its experiment less the seed: runs of one point share it
+    # (nanogpt.run.identity.point_id; "" when the run records no config)
+    seed: float = math.nan
+    point: str = ""
     config: dict = field(default_factory=dict, repr=False, compare=False)  # not in the CSV
 
     def loss(self, which: str = "final") -> float:
@@ -94,7 +100,7 @@ LOSSES = ("final", "best", "final_bpb", "best_bpb")
 
 
 CSV_COLUMNS = [f.name for f in dataclasses.fields(Run) if f.name != "config"]
-OPTIONAL_COLUMNS = {"final_val_bpb", "best_val_bpb", "branched_from"}  # CSVs written before them still read
+OPTIONAL_COLUMNS = {"final_val_bpb", "best_val_bpb", "branched_from", "seed", "point"}  # CSVs written before them still read
 
 
 def read_run(run_dir, n_kind: str = "non_embedding") -> Run:
@@ -127,7 +133,8 @@ def read_run(run_dir, n_kind: str = "non_embedding") -> Run:
         params_non_embedding=params_ne, iters=pick("iters", _num(last.get("iter"))),
         final_val_bpb=pick("final_val_bpb", bpbs[-1] if bpbs else math.nan),
         best_val_bpb=pick("best_val_bpb", math.nan),
-        branched_from=f"{branch['run']}@{branch['iter']}" if branch else "", config=config)
+        branched_from=f"{branch['run']}@{branch['iter']}" if branch else "",
+        seed=_num(config.get("seed")), point=point_id(config, params, D) if config else "", config=config)
 
 
 def write_csv(runs: list[Run], path) -> None:
@@ -142,8 +149,8 @@ def write_csv(runs: list[Run], path) -> None:
 
 def _from_csv(column: str, text: str | None):
     if text is None:  # an optional column the CSV lacks
-        return "" if column == "branched_from" else math.nan
-    if column in ("run_dir", "status", "branched_from"):
+        return "" if column in ("branched_from", "point") else math.nan
+    if column in ("run_dir", "status", "branched_from", "point"):
         return text
     if column in ("n_layer", "n_embd"):
         return int(text) if text else None
@@ -311,6 +318,10 @@ def _cmd_collect(args) -> int:
     print(format_runs(runs))
     counts = {s: sum(r.status == s for r in runs) for s in sorted({r.status for r in runs})}
     print(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    groups = seeds.group_seeds(runs, args.loss)
+    if seeds.has_repeats(groups):  # runs that differ only by seed: one point, with its spread
+        print(f"\n{len(groups)} points ({args.loss} val loss over the seeds of each)")
+        print(format_table(seeds.SEED_TABLE_HEADER, seeds.seed_table_rows(groups)))
     if args.out:
         write_csv(runs, args.out)
         print(f"wrote {args.out}")
@@ -321,8 +332,14 @@ def _cmd_fit(args) -> int:
     runs = load_runs(args.paths, n_kind=args.n_kind)
     if not runs:
         raise SystemExit(f"no run directories under {' '.join(args.paths)}")
-    data = fit_data(runs, args.loss)
-    print(f"{len(data['N'])} of {len(runs)} runs are finished with a {args.loss} val loss: fitting those")
+    usable = sum(seeds.usable(r, args.loss) for r in runs)
+    fitted, stds = seeds.seed_means(runs, args.loss) if args.seeds == "mean" else (runs, {})
+    data = fit_data(fitted, args.loss)
+    if len(fitted) < usable:  # seeds of one point: their mean is one point of the fit
+        print(f"{usable} of {len(runs)} runs are finished with a {args.loss} val loss: fitting the "
+              f"means of their {len(data['N'])} points over seeds")
+    else:
+        print(f"{len(data['N'])} of {len(runs)} runs are finished with a {args.loss} val loss: fitting those")
     fit3 = boot = iso = None
     if args.approach in ("3", "both"):
         try:
@@ -361,8 +378,10 @@ def _cmd_fit(args) -> int:
         from nanogpt.scaling import plot
         out = Path(args.plots)
         out.mkdir(parents=True, exist_ok=True)
+        yerr = seeds.std_array(data["run_dir"], stds)
         written = [plot.plot_loss_vs_flops(data["C"], data["L"], data["N"], fit=fit3,
-                                           out=out / "loss_vs_flops.png")]
+                                           out=out / "loss_vs_flops.png",
+                                           yerr=yerr if np.isfinite(yerr).any() else None)]
         if iso:
             written.append(plot.plot_isoflops(iso, out=out / "isoflops.png"))
         if fit3:
@@ -394,6 +413,7 @@ def main(argv=None) -> int:
 
     p = common(sub.add_parser("collect", help="list every run (any status) and write a CSV"))
     p.add_argument("--out", help="CSV file to write")
+    p.add_argument("--loss", choices=LOSSES, default="final", help="the loss of the per-point table over seeds")
     p.set_defaults(func=_cmd_collect)
 
     p = common(sub.add_parser("fit", help="fit Chinchilla's approaches 2 and 3 to the finished runs"))
@@ -409,6 +429,9 @@ def main(argv=None) -> int:
                    help="budgets to print the compute-optimal N and D for")
     p.add_argument("--plots", metavar="DIR", help="write loss_vs_flops.png, isoflops.png, approach3.png here")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--seeds", choices=["mean", "each"], default="mean",
+                   help="runs that differ only by seed: fit their mean (one point each, error bars "
+                        "in the plots) or every run")
     p.set_defaults(func=_cmd_fit)
 
     p = common(sub.add_parser("best-lr", help="the best learning rate per model size"))
