@@ -106,3 +106,65 @@ def test_a_seed_sweep_trains_distinct_runs_that_collect_groups(tmp_path, data_ro
     assert len({r.final_val_loss for r in runs}) == 3  # three seeds, three different models
     (group,) = seeds.group_seeds(runs)
     assert group.summary.n == 3 and group.seeds == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------------------------
+# compare
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def groups(tmp_path) -> Path:
+    for i, loss in enumerate(A):
+        fake_run(tmp_path / "baseline" / f"{i}_seed={i}", loss, seed=i, bpb=loss / 2)
+    for i, loss in enumerate(B):
+        fake_run(tmp_path / "change" / f"{i}_seed={i}", loss, seed=i, lr=3e-3)
+    fake_run(tmp_path / "change" / "5_seed=5", math.nan, seed=5, lr=3e-3, status="failed")
+    fake_run(tmp_path / "single" / "0", 3.3)
+    return tmp_path
+
+
+def row(out: str, first: str) -> list[str]:
+    return next(line.split() for line in out.splitlines() if line.startswith(first))
+
+
+def test_compare_prints_the_groups_welch_and_the_target_test(groups):
+    from scipy import stats as sp
+
+    proc = cli("compare", groups / "baseline", groups / "change", "--target", "3.28")
+    assert proc.returncode == 0, proc.stderr
+    a, b = row(proc.stdout, "A "), row(proc.stdout, "B ")
+    assert a[2:5] == ["5", "3.2830", "0.0030"] and a[5:7] == ["[3.2792,", "3.2867]"]
+    assert b[2:4] == ["5", "3.2721"] and b[-1] == "1"  # the failed run is counted as left out
+    welch = row(proc.stdout, "B - A")
+    assert float(welch[-1]) == pytest.approx(sp.ttest_ind(B, A, equal_var=False).pvalue, rel=0.01)
+    assert float(welch[-3]) == pytest.approx(sp.ttest_ind(B, A, equal_var=False).statistic, abs=0.005)
+    target = proc.stdout.split("One-sided t-test")[1]
+    a_t, b_t = row(target, "A "), row(target, "B ")
+    assert a_t[-1] == "FAIL" and b_t[-1] == "PASS"
+    assert float(b_t[-2]) == pytest.approx(sp.ttest_1samp(B, 3.28, alternative="less").pvalue, rel=0.01)
+
+
+def test_compare_one_group_and_other_losses(groups):
+    proc = cli("compare", groups / "baseline", "--loss", "final_bpb", "--target", "1.65")
+    assert proc.returncode == 0, proc.stderr
+    assert "final val bits per byte" in proc.stdout and "Welch" not in proc.stdout
+    assert row(proc.stdout.split("One-sided")[1], "A ")[-1] == "PASS"
+    mixed = cli("compare", groups)  # every run under one directory: two lrs in one group
+    assert "note: group A's runs differ in optim.lr, not only by seed" in mixed.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{root}/nope"], "error: {root}/nope: no such directory: give a sweep or run directory"),
+    (["{root}/empty"], "error: {root}/empty holds no run directories"),
+    (["{root}/baseline", "{root}/single"], "error: group B ({root}/single) has 1 finished run with a final "
+                                           "val loss (nats/token): Welch's t-test needs at least 2 per group"),
+    (["{root}/single", "--target", "3.3"], "error: group A ({root}/single) has 1 finished run"),
+    (["{root}/change", "--loss", "final_bpb"], "error: no finished run in {root}/change has a final val bits "
+                                               "per byte (6 run(s): 1 failed, 5 finished); choose another --loss"),
+    (["{root}/baseline", "--target", "nan"], "error: --target must be a finite loss, got nan"),
+])
+def test_compare_bad_input_is_one_line_and_exit_2(groups, args, message):
+    (groups / "empty").mkdir()
+    proc = cli("compare", *[a.format(root=groups) for a in args])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.startswith(message.format(root=groups)), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""

@@ -3,6 +3,7 @@
     python -m nanogpt.scaling collect sweeps/isoflop --out runs.csv
     python -m nanogpt.scaling fit runs.csv --approach both --target-flops 1e19 1e20 --plots plots/
     python -m nanogpt.scaling best-lr sweeps/lr_sweep
+    python -m nanogpt.scaling compare sweeps/baseline sweeps/change --target 3.28   (compare.py)
 
 Everything is read from the files each run writes (summary.json, metrics.jsonl, .hydra/config.yaml),
 never from logs. Runs that did not finish are listed with their status but left out of the fits.
@@ -16,12 +17,14 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from nanogpt.errors import UserError
 from nanogpt.run.identity import point_id
 from nanogpt.run.results import find_run_dirs, read_config, read_metrics, read_summary  # noqa: F401
 from nanogpt.scaling.fit import (  # noqa: F401
@@ -42,7 +45,7 @@ from nanogpt.scaling.fit import (  # noqa: F401
     isoflop_fit,
     isoflop_profile,
 )
-from nanogpt.scaling import seeds
+from nanogpt.scaling import compare, seeds
 
 N_KINDS = {"non_embedding": "params_non_embedding", "total": "params"}
 
@@ -440,9 +443,21 @@ def main(argv=None) -> int:
                    help="group sizes by (n_layer, n_embd) or by parameter count")
     p.set_defaults(func=_cmd_best_lr)
 
+    p = sub.add_parser("compare", help="seeds of groups of runs: mean, std, 95%% CI, Welch's t-test, "
+                                       "and the one-sided test against a target loss")
+    p.add_argument("paths", nargs="+", metavar="GROUP",
+                   help="one group per path: the finished runs under a sweep or run directory (or in a collect CSV)")
+    p.add_argument("--target", type=float, help="test that each group's mean is below this loss (PASS: p < 0.01)")
+    p.add_argument("--loss", choices=LOSSES, default="final")
+    p.add_argument("--n-kind", choices=list(N_KINDS), default="non_embedding", help=argparse.SUPPRESS)
+    p.set_defaults(func=compare.cmd_compare)
+
     args = parser.parse_args(argv)
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     try:
         return args.func(args)
+    except UserError as e:  # the user's input (compare, tune-fit): one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}")
