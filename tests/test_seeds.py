@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import QUICK, REPO, launch
+
 from nanogpt.scaling import collect as scaling
 from nanogpt.scaling import seeds
 
@@ -155,11 +155,11 @@ def test_compare_one_group_and_other_losses(groups):
 @pytest.mark.parametrize("args, message", [
     (["{root}/nope"], "error: {root}/nope: no such directory: give a sweep or run directory"),
     (["{root}/empty"], "error: {root}/empty holds no run directories"),
-    (["{root}/baseline", "{root}/single"], "error: group B ({root}/single) has 1 finished run with a final "
-                                           "val loss (nats/token): Welch's t-test needs at least 2 per group"),
+    (["{root}/baseline", "{root}/single"], ("error: group B ({root}/single) has 1 finished run with a final "
+                                            "val loss (nats/token): Welch's t-test needs at least 2 per group")),
     (["{root}/single", "--target", "3.3"], "error: group A ({root}/single) has 1 finished run"),
-    (["{root}/change", "--loss", "final_bpb"], "error: no finished run in {root}/change has a final val bits "
-                                               "per byte (6 run(s): 1 failed, 5 finished); choose another --loss"),
+    (["{root}/change", "--loss", "final_bpb"], ("error: no finished run in {root}/change has a final val bits "
+                                                "per byte (6 run(s): 1 failed, 5 finished); choose another --loss")),
     (["{root}/baseline", "--target", "nan"], "error: --target must be a finite loss, got nan"),
 ])
 def test_compare_bad_input_is_one_line_and_exit_2(groups, args, message):

@@ -33,8 +33,7 @@ from omegaconf import OmegaConf
 from nanogpt.checkpoint import sharded as dcp
 from nanogpt.checkpoint import single as checkpoint
 from nanogpt.errors import UserError
-# settings kept out of a run's name: in identity.py, which the scaling tools read without torch
-from nanogpt.run.identity import NOT_IN_RUN_NAME  # noqa: F401
+from nanogpt.run.identity import NOT_IN_RUN_NAME  # noqa: F401 (here before; the scaling tools read it without torch)
 from nanogpt.run.results import read_summary
 
 log = logging.getLogger("nanogpt")

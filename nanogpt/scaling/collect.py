@@ -4,6 +4,7 @@
     python -m nanogpt.scaling fit runs.csv --approach both --target-flops 1e19 1e20 --plots plots/
     python -m nanogpt.scaling best-lr sweeps/lr_sweep
     python -m nanogpt.scaling compare sweeps/baseline sweeps/change --target 3.28   (compare.py)
+    python -m nanogpt.scaling tune-fit sweeps/size_lr_batch --plots plots/          (tune.py)
 
 Everything is read from the files each run writes (summary.json, metrics.jsonl, .hydra/config.yaml),
 never from logs. Runs that did not finish are listed with their status but left out of the fits.
@@ -27,6 +28,7 @@ import numpy as np
 from nanogpt.errors import UserError
 from nanogpt.run.identity import point_id
 from nanogpt.run.results import find_run_dirs, read_config, read_metrics, read_summary  # noqa: F401
+from nanogpt.scaling import compare, seeds, tune
 from nanogpt.scaling.fit import (  # noqa: F401
     CHINCHILLA,
     CHINCHILLA_TABLE,
@@ -45,7 +47,6 @@ from nanogpt.scaling.fit import (  # noqa: F401
     isoflop_fit,
     isoflop_profile,
 )
-from nanogpt.scaling import compare, seeds
 
 N_KINDS = {"non_embedding": "params_non_embedding", "total": "params"}
 
@@ -442,6 +443,13 @@ def main(argv=None) -> int:
     p.add_argument("--by", choices=["arch", "N"], default="arch",
                    help="group sizes by (n_layer, n_embd) or by parameter count")
     p.set_defaults(func=_cmd_best_lr)
+
+    p = common(sub.add_parser("tune-fit", help="optimal lr and batch size as power laws of compute, "
+                                               "hold-out check, isoFLOP fit on tuned losses (tune.py)"))
+    p.add_argument("--loss", choices=LOSSES, default="final")
+    p.add_argument("--rtol", type=float, default=0.1, help="relative FLOPs tolerance of a budget group")
+    p.add_argument("--plots", metavar="DIR", help="write tuned.png (and isoflops_tuned.png) here")
+    p.set_defaults(func=tune.cmd_tune_fit)
 
     p = sub.add_parser("compare", help="seeds of groups of runs: mean, std, 95%% CI, Welch's t-test, "
                                        "and the one-sided test against a target loss")

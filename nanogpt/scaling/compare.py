@@ -123,8 +123,9 @@ def compare(paths: list[str], loss: str = "final", target: float | None = None,
             t = stats.below_target(g.values, target)
             rows.append([g.name, _fmt(t.diff, signed=True), _fmt(t.t, ".2f"), int(t.df), _p(t.p),
                          "PASS" if t.passes() else "FAIL"])
-        lines += ["", f"One-sided t-test: is the mean below the target {target:g}? "
-                      f"(PASS: p < {stats.PASS_P:g}, modded-nanogpt's rule)",
+        title = (f"One-sided t-test: is the mean below the target {target:g}? "
+                 f"(PASS: p < {stats.PASS_P:g}, modded-nanogpt's rule)")
+        lines += ["", title,
                   format_table(["group", "mean - target", "t", "df", "p", "verdict"], rows)]
     return "\n".join(lines)
 
