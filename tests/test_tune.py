@@ -25,14 +25,14 @@ def exact(tmp_path_factory):
 
 def test_noise_free_sweep_gives_the_exact_laws(exact):
     _, fit = exact
-    assert [b.C for b in fit.budgets] == pytest.approx([1e17, 1e18, 1e19, 1e20])
+    assert [b.C for b in fit.points] == pytest.approx([1e17, 1e18, 1e19, 1e20])
     assert len(fit.cells) == 20 and all(c.n_runs == 49 for c in fit.cells)
     assert fit.lr_law.a == pytest.approx(LR_EXP, abs=1e-6)
     assert math.exp(fit.lr_law.const) == pytest.approx(tune.DEEPSEEK_LR[0], rel=1e-4)
     assert fit.batch_law.a == pytest.approx(BATCH_EXP, abs=1e-6)
-    assert all(b.lr.interior and b.batch.interior for b in fit.budgets) and not fit.notes
+    assert all(b.lr.interior and b.batch.interior for b in fit.points) and not fit.notes
     # each budget's best size is the law's compute-optimal N (the middle of its sizes)
-    for b in fit.budgets:
+    for b in fit.points:
         assert b.N == pytest.approx(LAW.compute_optimal(b.C)[0], rel=1e-6)
     assert abs(fit.lr_holdout.error) < 1e-5 and abs(fit.batch_holdout.error) < 1e-5  # sizes are rounded
 
@@ -109,3 +109,27 @@ def test_tune_fit_bad_input_is_one_line_and_exit_2(exact, tmp_path):
     assert empty.returncode == 2 and empty.stderr.startswith(f"error: no run directories under {tmp_path / 'empty'}")
     missing = cli("tune-fit", tmp_path / "nope")
     assert missing.returncode == 2 and missing.stderr.strip() == f"error: {tmp_path / 'nope'}: no such directory"
+
+
+def test_against_parameters_when_each_size_trains_one_budget(tmp_path):
+    # one size per budget, the compute-optimal one: N ~ C^a, so lr_opt ~ C^-0.125 ~ N^(-0.125 / a)
+    root = tune.synthetic_tune_sweep(tmp_path / "s", LAW, sizes=1, batches=[2.0 ** 18])
+    fit = tune.tune_fit(collect.load_runs([root]), against="N")
+    assert [p.N for p in fit.points] == sorted(p.N for p in fit.points) and len(fit.points) == 4
+    assert fit.lr_law.a == pytest.approx(LR_EXP / LAW.a, abs=1e-4)
+    assert fit.lr_holdout.x == fit.points[-1].N and abs(fit.lr_holdout.error) < 1e-4
+    proc = cli("tune-fit", root, "--against", "N")
+    assert proc.returncode == 0, proc.stderr
+    assert "Tuned optimum per model size" in proc.stdout and f"N^{LR_EXP / LAW.a:.4f}" in proc.stdout
+    assert "Hold-out: fitted on the 3 smaller sizes" in proc.stdout
+
+
+def test_against_parameters_refuses_a_size_trained_at_several_budgets(tmp_path):
+    for i, C in enumerate((1e17, 1e18)):
+        for lr in (1e-3, 2e-3, 4e-3):
+            tune._write_run(tmp_path / f"{i}_{lr}", N=1e7, D=C / 6e7, L=3 + math.log(lr / 2e-3) ** 2, lr=lr, B=1e5, seed=0)
+    assert len(tune.tune_fit(collect.load_runs([tmp_path])).points) == 2  # against C: fine
+    proc = cli("tune-fit", tmp_path, "--against", "N")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: size N=1e+07 was trained at 2 budgets: --against N needs one budget per "
+                                   "size (tokens growing with parameters); fit an isoFLOP sweep --against C")

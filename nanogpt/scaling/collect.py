@@ -449,6 +449,9 @@ def main(argv=None) -> int:
     p.add_argument("--loss", choices=LOSSES, default="final")
     p.add_argument("--rtol", type=float, default=0.1, help="relative FLOPs tolerance of a budget group")
     p.add_argument("--plots", metavar="DIR", help="write tuned.png (and isoflops_tuned.png) here")
+    p.add_argument("--against", choices=["C", "N"], default="C",
+                   help="fit lr_opt and batch_opt as power laws of compute (each budget's best size, as "
+                        "DeepSeek) or of parameters (every size at its one budget, as Porian et al.)")
     p.set_defaults(func=tune.cmd_tune_fit)
 
     p = sub.add_parser("compare", help="seeds of groups of runs: mean, std, 95%% CI, Welch's t-test, "

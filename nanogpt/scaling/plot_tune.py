@@ -29,21 +29,21 @@ def _draw_axis_curve(ax, axis: AxisOptimum, color, label: str) -> None:
     ax.plot(axis.opt, axis.loss, marker="*", ms=12, color=color, mec="k", alpha=1.0 if axis.interior else 0.4)
 
 
-def _draw_law(ax, Cs, values, law, hold: HoldOut | None, name: str) -> None:
-    ax.scatter(Cs, values, color="k", zorder=3, label=f"tuned {name}")
-    grid = np.logspace(np.log10(min(Cs)) - 0.2, np.log10(max(Cs)) + 0.2, 50)
-    ax.plot(grid, law.predict(grid), "r-", label=f"{name} ~ C^{law.a:.3f}")
+def _draw_law(ax, xs, values, law, hold: HoldOut | None, name: str, against: str) -> None:
+    ax.scatter(xs, values, color="k", zorder=3, label=f"tuned {name}")
+    grid = np.logspace(np.log10(min(xs)) - 0.2, np.log10(max(xs)) + 0.2, 50)
+    ax.plot(grid, law.predict(grid), "r-", label=f"{name} ~ {against}^{law.a:.3f}")
     if hold is not None:
-        # the law without the largest budget: a line through the smaller ones' fit
-        x, y = np.log(Cs[:-1]), np.log(values[:-1])
+        # the law without the largest point: a line through the smaller ones' fit
+        x, y = np.log(xs[:-1]), np.log(values[:-1])
         slope, intercept = np.polyfit(x, y, 1)
         ax.plot(grid, np.exp(intercept + slope * np.log(grid)), "b--", lw=1,
                 label=f"without the largest: {hold.error:+.0%} there")
         if math.isfinite(hold.interval[0]):
-            ax.errorbar([hold.C], [hold.predicted], yerr=[[hold.predicted - hold.interval[0]],
+            ax.errorbar([hold.x], [hold.predicted], yerr=[[hold.predicted - hold.interval[0]],
                                                           [hold.interval[1] - hold.predicted]],
                         fmt="bs", ms=5, capsize=3)
-    ax.set(xscale="log", yscale="log", xlabel="training FLOPs C", ylabel=name)
+    ax.set(xscale="log", yscale="log", xlabel="training FLOPs C" if against == "C" else "parameters N", ylabel=name)
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3, which="both")
 
@@ -52,17 +52,17 @@ def plot_tune_fit(fit: TuneFit, out) -> Path:
     ncols = 3 if fit.batch_law else 2
     fig = Figure(figsize=(6 * ncols, 4.2), layout="constrained")
     axes = fig.subplots(1, ncols)
-    for i, b in enumerate(fit.budgets):
+    for i, b in enumerate(fit.points):
         _draw_axis_curve(axes[0], b.lr, f"C{i % 10}", f"C={b.C:.2g}, N={b.N:.2g}")
     axes[0].set(xscale="log", xlabel="learning rate", ylabel="val loss (best batch)",
-                title="lr sweep per budget (star: tuned)")
+                title=f"lr sweep per {'budget' if fit.against == 'C' else 'size'} (star: tuned)")
     axes[0].legend(fontsize="small")
     axes[0].grid(alpha=0.3, which="both")
-    Cs = np.array([b.C for b in fit.budgets])
-    _draw_law(axes[1], Cs, np.array([b.lr.opt for b in fit.budgets]), fit.lr_law, fit.lr_holdout, "lr_opt")
+    _draw_law(axes[1], fit.xs, np.array([b.lr.opt for b in fit.points]), fit.lr_law, fit.lr_holdout, "lr_opt",
+              fit.against)
     if fit.batch_law:
-        _draw_law(axes[2], Cs, np.array([b.batch.opt for b in fit.budgets]), fit.batch_law, fit.batch_holdout,
-                  "batch_opt (tokens)")
+        _draw_law(axes[2], fit.xs, np.array([b.batch.opt for b in fit.points]), fit.batch_law, fit.batch_holdout,
+                  "batch_opt (tokens)", fit.against)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")

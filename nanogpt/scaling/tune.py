@@ -15,7 +15,8 @@ The steps, each printed:
    best lr. An optimum at the grid's edge is not refined and is flagged.
 3. the budget's optimum is its cell with the lowest tuned loss (the compute-optimal size):
    lr_opt(C) and B_opt(C) are fitted as power laws, with the t-interval of the exponent (the
-   regression's covariance).
+   regression's covariance). `against="N"`: every size instead, each trained at one budget,
+   and the laws in N (Porian et al.'s form).
 4. hold-out: the same fits on all budgets but the largest predict the largest one's lr and
    batch (with a 95% prediction interval); the error says how far the law extrapolates.
 5. isoFLOP: Chinchilla's approach 2 on every cell's tuned loss, beside the same fit on the
@@ -79,7 +80,7 @@ class Cell:
 
 @dataclass
 class HoldOut:
-    C: float  # the held-out (largest) budget
+    x: float  # the held-out (largest) budget C, or size N with --against N
     predicted: float
     interval: tuple[float, float]  # 95% prediction interval (nan with only two budgets fitted)
     measured: float
@@ -93,7 +94,8 @@ class HoldOut:
 @dataclass
 class TuneFit:
     cells: list[Cell]
-    budgets: list[Cell]  # each budget's best cell, in increasing C
+    points: list[Cell]  # what the laws fit, in increasing x: each budget's best cell (or every cell)
+    against: str  # x of the laws: "C" (compute) or "N" (parameters)
     lr_law: PowerLawFit
     batch_law: PowerLawFit | None  # None when no cell swept the batch size
     lr_holdout: HoldOut | None = None
@@ -102,6 +104,10 @@ class TuneFit:
     iso_fixed: IsoFLOPFit | None = None  # on the loss at one grid lr
     fixed_lr: float = math.nan
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def xs(self) -> np.ndarray:
+        return np.array([getattr(p, self.against) for p in self.points])
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,12 +189,12 @@ def prediction_interval(x, y, x0: float, level: float = 0.95) -> tuple[float, tu
     return float(math.exp(pred)), (float(math.exp(pred - half)), float(math.exp(pred + half)))
 
 
-def holdout(Cs, values) -> HoldOut | None:
-    """Fit on all budgets but the largest, predict the largest (None with fewer than 3 budgets)."""
-    if len(Cs) < 3:
+def holdout(xs, values) -> HoldOut | None:
+    """Fit on all points but the largest x, predict the largest (None with fewer than 3 points)."""
+    if len(xs) < 3:
         return None
-    pred, interval = prediction_interval(Cs[:-1], values[:-1], Cs[-1])
-    return HoldOut(float(Cs[-1]), pred, interval, float(values[-1]))
+    pred, interval = prediction_interval(xs[:-1], values[:-1], xs[-1])
+    return HoldOut(float(xs[-1]), pred, interval, float(values[-1]))
 
 
 def _isoflop(cells: list[Cell], losses, rtol: float) -> IsoFLOPFit:
@@ -210,27 +216,43 @@ def fixed_lr_isoflop(runs, loss: str, rtol: float) -> tuple[float, IsoFLOPFit | 
         return lr, None
 
 
-def tune_fit(runs, loss: str = "final", rtol: float = 0.1) -> TuneFit:
-    """Steps 1-5 of the module's docstring. Raises ValueError when fewer than two budgets remain."""
+def law_points(cells: list[Cell], against: str) -> list[Cell]:
+    """The cells the laws fit. Against C: each budget's best size (its compute-optimal model, as
+    DeepSeek). Against N: every size, each trained at one budget (Porian et al.: tokens grow with
+    the parameters, e.g. 20 per parameter)."""
+    if against == "C":
+        return [min((c for c in cells if c.C == C), key=lambda c: c.loss) for C in sorted({c.C for c in cells})]
+    repeated = sorted({c.N for c in cells if sum(d.N == c.N for d in cells) > 1})
+    if repeated:
+        raise ValueError(f"size N={repeated[0]:.4g} was trained at {sum(c.N == repeated[0] for c in cells)} "
+                         "budgets: --against N needs one budget per size (tokens growing with parameters); "
+                         "fit an isoFLOP sweep --against C")
+    return sorted(cells, key=lambda c: c.N)
+
+
+def tune_fit(runs, loss: str = "final", rtol: float = 0.1, against: str = "C") -> TuneFit:
+    """Steps 1-5 of the module's docstring. Raises ValueError when fewer than two points remain."""
+    if against not in ("C", "N"):
+        raise ValueError(f"against must be C or N, got {against!r}")
     cells = tuned_cells(runs, loss, rtol)
-    budgets = []
-    for C in sorted({c.C for c in cells}):
-        budgets.append(min((c for c in cells if c.C == C), key=lambda c: c.loss))
-    if len(budgets) < 2:
-        raise ValueError(f"the optimal lr as a power law of compute needs at least two budgets, got "
-                         f"{len(budgets)}: sweep task.max_flops (or the model size at fixed tokens per parameter)")
-    notes = [f"C={b.C:.3g}: the best {axis} ({getattr(b, axis).best:.3g}) is at the edge of the grid: "
-             "extend the sweep" for b in budgets for axis in ("lr", "batch")
+    points = law_points(cells, against)
+    if len(points) < 2:
+        what = "budgets" if against == "C" else "model sizes"
+        raise ValueError(f"the optimal lr as a power law of {'compute' if against == 'C' else 'parameters'} "
+                         f"needs at least two {what}, got {len(points)}: sweep task.max_flops (or the model "
+                         "size at fixed tokens per parameter)")
+    notes = [f"{against}={getattr(b, against):.3g}: the best {axis} ({getattr(b, axis).best:.3g}) is at the "
+             "edge of the grid: extend the sweep" for b in points for axis in ("lr", "batch")
              if getattr(b, axis).swept and not getattr(b, axis).interior]
-    Cs = np.array([b.C for b in budgets])
-    lr_opt = np.array([b.lr.opt for b in budgets])
-    batch_swept = any(b.batch.swept for b in budgets)
-    batch_opt = np.array([b.batch.opt for b in budgets])
-    fit = TuneFit(cells=cells, budgets=budgets, lr_law=fit_power_law(Cs, lr_opt),
-                  batch_law=fit_power_law(Cs, batch_opt) if batch_swept else None,
-                  lr_holdout=holdout(Cs, lr_opt), batch_holdout=holdout(Cs, batch_opt) if batch_swept else None,
+    xs = np.array([getattr(p, against) for p in points])
+    lr_opt = np.array([b.lr.opt for b in points])
+    batch_swept = any(b.batch.swept for b in points)
+    batch_opt = np.array([b.batch.opt for b in points])
+    fit = TuneFit(cells=cells, points=points, against=against, lr_law=fit_power_law(xs, lr_opt),
+                  batch_law=fit_power_law(xs, batch_opt) if batch_swept else None,
+                  lr_holdout=holdout(xs, lr_opt), batch_holdout=holdout(xs, batch_opt) if batch_swept else None,
                   notes=notes)
-    if any(sum(c.C == b.C for c in cells) >= 3 for b in budgets):  # several sizes per budget
+    if any(sum(c.C == b.C for c in cells) >= 3 for b in points):  # several sizes per budget
         try:
             fit.iso = _isoflop(cells, [c.loss for c in cells], rtol)
         except ValueError as e:
@@ -243,7 +265,7 @@ def tune_fit(runs, loss: str = "final", rtol: float = 0.1) -> TuneFit:
 # Report
 # --------------------------------------------------------------------------------------------
 def _ci(law: PowerLawFit) -> str:
-    return f"[{law.ci[0]:.3f}, {law.ci[1]:.3f}]" if math.isfinite(law.ci[0]) else "(no interval: 2 budgets)"
+    return f"[{law.ci[0]:.3f}, {law.ci[1]:.3f}]" if math.isfinite(law.ci[0]) else "(no interval: 2 points)"
 
 
 def _holdout_line(name: str, h: HoldOut) -> str:
@@ -259,23 +281,27 @@ def format_tune_fit(fit: TuneFit) -> str:
     def flag(axis: AxisOptimum) -> str:
         return f"{axis.opt:.3g}" + ("" if axis.interior or not axis.swept else " (edge)")
 
+    x = fit.against
     rows = [[b.C, sum(c.C == b.C for c in fit.cells), b.N, flag(b.lr), len(b.lr.values), flag(b.batch),
-             len(b.batch.values), b.loss, b.n_runs] for b in fit.budgets]
-    lines = ["Tuned optimum per budget (its best model size; lr and batch: parabola minimum in log scale)",
-             format_table(["C", "sizes", "N_best", "lr_opt", "lrs", "batch_opt", "batches", "L_opt", "runs"], rows),
-             f"  lr_opt = {math.exp(fit.lr_law.const):.4g} C^{fit.lr_law.a:.4f}   exponent 95% CI {_ci(fit.lr_law)}"]
+             len(b.batch.values), b.loss, b.n_runs] for b in fit.points]
+    title = ("Tuned optimum per budget (its best model size" if x == "C" else "Tuned optimum per model size (")
+    lines = [title + "; lr and batch: parabola minimum in log scale)",
+             format_table(["C", "sizes", "N_best" if x == "C" else "N", "lr_opt", "lrs", "batch_opt", "batches",
+                           "L_opt", "runs"], rows),
+             f"  lr_opt = {math.exp(fit.lr_law.const):.4g} {x}^{fit.lr_law.a:.4f}   exponent 95% CI {_ci(fit.lr_law)}"]
     if fit.batch_law:
-        lines.append(f"  batch_opt = {math.exp(fit.batch_law.const):.4g} C^{fit.batch_law.a:.4f}   "
+        lines.append(f"  batch_opt = {math.exp(fit.batch_law.const):.4g} {x}^{fit.batch_law.a:.4f}   "
                      f"exponent 95% CI {_ci(fit.batch_law)}  (tokens per step)")
     else:
-        lines.append("  batch size: one value per budget, not fitted (sweep it to fit B_opt)")
+        lines.append("  batch size: one value per point, not fitted (sweep it to fit B_opt)")
     if fit.lr_holdout:
-        lines.append(f"Hold-out: fitted on the {len(fit.budgets) - 1} smaller budgets, predicting C={fit.lr_holdout.C:.3g}")
+        lines.append(f"Hold-out: fitted on the {len(fit.points) - 1} smaller {'budgets' if x == 'C' else 'sizes'}, "
+                     f"predicting {x}={fit.lr_holdout.x:.3g}")
         lines.append(_holdout_line("lr_opt", fit.lr_holdout))
         if fit.batch_holdout:
             lines.append(_holdout_line("batch_opt", fit.batch_holdout))
     else:
-        lines.append("Hold-out: needs at least 3 budgets")
+        lines.append("Hold-out: needs at least 3 points")
     if fit.iso:
         lines.append("IsoFLOP (approach 2) on each size's tuned loss:")
         lines.append(f"  N_opt ~ C^{fit.iso.N_law.a:.4f} {_ci(fit.iso.N_law)}   D_opt ~ C^{fit.iso.D_law.a:.4f}")
@@ -346,11 +372,11 @@ def cmd_tune_fit(args) -> int:
         runs = load_runs(args.paths, n_kind=args.n_kind)
         if not runs:
             raise ValueError(f"no run directories under {' '.join(args.paths)}")
-        fit = tune_fit(runs, args.loss, args.rtol)
+        fit = tune_fit(runs, args.loss, args.rtol, args.against)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     print(f"{sum(c.n_runs for c in fit.cells)} of {len(runs)} runs are finished with an lr and a "
-          f"{args.loss} val loss: {len(fit.cells)} (budget, size) points in {len(fit.budgets)} budgets")
+          f"{args.loss} val loss: {len(fit.cells)} (budget, size) points in {len({c.C for c in fit.cells})} budgets")
     print(format_tune_fit(fit))
     if args.plots:
         from nanogpt.scaling import plot
