@@ -150,6 +150,10 @@ def test_compare_one_group_and_other_losses(groups):
     assert row(proc.stdout.split("One-sided")[1], "A ")[-1] == "PASS"
     mixed = cli("compare", groups)  # every run under one directory: two lrs in one group
     assert "note: group A's runs differ in optim.lr, not only by seed" in mixed.stdout
+    # the same from a CSV (no configs): lr 1e-3 (baseline and single) and lr 3e-3
+    scaling.write_csv(scaling.load_runs([groups]), groups / "all.csv")
+    from_csv = cli("compare", groups / "all.csv")
+    assert "note: group A's runs differ in their point (2 different), not only by seed" in from_csv.stdout
 
 
 @pytest.mark.parametrize("args, message", [

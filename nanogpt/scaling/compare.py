@@ -60,9 +60,14 @@ def load_group(name: str, path: str, loss: str, n_kind: str = "non_embedding") -
 def mixed_settings(group: Group) -> list[str]:
     """The settings in which a group's finished runs differ (other than the seed): a group
     should be seeds of one configuration, else its spread is not seed noise."""
-    settings = [identity_settings(r.config) for r in group.runs if r.config and r.status == "finished"]
+    finished = [r for r in group.runs if r.status == "finished"]
+    settings = [identity_settings(r.config) for r in finished if r.config]
     keys = sorted({k for s in settings for k in s})
-    return [k for k in keys if len({repr(s.get(k)) for s in settings}) > 1]
+    differing = [k for k in keys if len({repr(s.get(k)) for s in settings}) > 1]
+    points = {r.point for r in finished if r.point}
+    if not differing and len(points) > 1:  # runs from a CSV: no config, but their points differ
+        differing = [f"their point ({len(points)} different)"]
+    return differing
 
 
 def _need_two(group: Group, test: str, loss: str) -> None:
