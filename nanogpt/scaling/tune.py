@@ -265,7 +265,9 @@ def tune_fit(runs, loss: str = "final", rtol: float = 0.1, against: str = "C") -
 # Report
 # --------------------------------------------------------------------------------------------
 def _ci(law: PowerLawFit) -> str:
-    return f"[{law.ci[0]:.3f}, {law.ci[1]:.3f}]" if math.isfinite(law.ci[0]) else "(no interval: 2 points)"
+    if math.isfinite(law.ci[0]):
+        return f"[{law.ci[0]:.3f}, {law.ci[1]:.3f}]"
+    return "(no interval: two points, or the same optimum at every point)"
 
 
 def _holdout_line(name: str, h: HoldOut) -> str:
