@@ -77,6 +77,7 @@ def test_an_edge_optimum_is_reported(tmp_path):
     fit = tune.tune_fit(runs)
     assert fit.batch_law is None and fit.lr_holdout is None
     assert "C=1e+17: the best lr (0.001) is at the edge of the grid: extend the sweep" in fit.notes
+    assert "every lr optimum is at the edge of its grid: the lr_opt law describes the grid, not the optimum" in fit.notes
 
 
 def cli(*args):

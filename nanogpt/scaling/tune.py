@@ -244,6 +244,10 @@ def tune_fit(runs, loss: str = "final", rtol: float = 0.1, against: str = "C") -
     notes = [f"{against}={getattr(b, against):.3g}: the best {axis} ({getattr(b, axis).best:.3g}) is at the "
              "edge of the grid: extend the sweep" for b in points for axis in ("lr", "batch")
              if getattr(b, axis).swept and not getattr(b, axis).interior]
+    for axis in ("lr", "batch"):
+        if any(getattr(b, axis).swept for b in points) and not any(getattr(b, axis).interior for b in points):
+            notes.append(f"every {axis} optimum is at the edge of its grid: the {axis}_opt law describes the "
+                         "grid, not the optimum")
     xs = np.array([getattr(p, against) for p in points])
     lr_opt = np.array([b.lr.opt for b in points])
     batch_swept = any(b.batch.swept for b in points)
