@@ -44,6 +44,8 @@ def _draw_law(ax, xs, values, law, hold: HoldOut | None, name: str, against: str
                                                           [hold.interval[1] - hold.predicted]],
                         fmt="bs", ms=5, capsize=3)
     ax.set(xscale="log", yscale="log", xlabel="training FLOPs C" if against == "C" else "parameters N", ylabel=name)
+    if np.ptp(np.log(values)) < 1e-6:  # one optimum everywhere: a flat law, not a zoom into float noise
+        ax.set_ylim(values[0] / 2, values[0] * 2)
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3, which="both")
 
