@@ -29,8 +29,9 @@ from nanogpt.config import (
     one_of,
 )
 from nanogpt.errors import UserError
+from nanogpt.run.identity import NOT_IN_RUN_NAME
 from nanogpt.run.metrics import LoggerConfig
-from nanogpt.run.rundir import NOT_IN_RUN_NAME, GuardRunDir, fail, run_dir, run_name
+from nanogpt.run.rundir import GuardRunDir, fail, run_dir, run_name
 from nanogpt.runtime.fsdp import check_optimizer
 from nanogpt.runtime.schema import HardwareConfig
 from nanogpt.tasks import TASK_SCHEMAS

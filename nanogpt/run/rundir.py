@@ -2,7 +2,7 @@
 changed by a command that is rejected.
 
 The name: the same command always maps to the same directory (`run_dir`, from Hydra's
-override_dirname less the settings in NOT_IN_RUN_NAME), so re-running a stopped command resumes
+override_dirname less the settings in run/identity.py's NOT_IN_RUN_NAME), so re-running a stopped command resumes
 it; conf/config.yaml reaches these through the resolvers nanogpt.gate.register_resolvers installs.
 
 Hydra creates the run directory and writes .hydra/ (config, overrides) before the task starts.
@@ -48,19 +48,6 @@ _before: dict[Path, bytes | None] = {}
 _created: set[Path] = set()
 _locks: dict[Path, object] = {}
 _guarded: list[Path] = []  # the run directories GuardRunDir checked, in order
-
-
-# settings that do not change what is trained stay out of a run's name (Hydra's exclude_keys)
-NOT_IN_RUN_NAME = [
-    "init_from", "run", "sweep_name", "hardware", "hardware.device", "hardware.compile",
-    "hardware.num_threads", "hardware.gpus_per_node", "hardware.strategy",
-    "hardware.activation_checkpointing", "hardware.fsdp_accumulation", "logger", "logger.wandb",
-    "logger.mode", "logger.project", "logger.entity", "logger.name", "logger.tags",
-    "logger.tensorboard", "logger.mlflow", "logger.tracking_uri",
-    "task.num_samples", "task.temperature", "task.top_k", "task.plot", "task.hellaswag_interval",
-    "task.hellaswag_limit", "task.hellaswag_file", "task.core_interval", "task.core_limit", "task.core_bundle",
-    "task.keep_checkpoints", "hydra.launcher", "hydra/launcher",
-]
 
 
 def run_name(overrides: str) -> str:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanogpt.errors import UserError
+from nanogpt.run.identity import NOT_IN_RUN_NAME
 from nanogpt.run.results import flatten
-from nanogpt.run.rundir import NOT_IN_RUN_NAME
 
 FORMATS = ("table", "csv", "markdown")
 COLUMNS = ("run", "status", "val_loss", "best_val_loss", "val_bpb", "tokens", "flops", "wall_time_s", "differs")

@@ -1,4 +1,4 @@
-"""`python -m nanogpt.scaling collect|fit|best-lr SWEEP...`: the command line of nanogpt/scaling/collect.py."""
+"""`python -m nanogpt.scaling collect|fit|best-lr|tune-fit|compare SWEEP...`: the command line of nanogpt/scaling/collect.py."""
 import sys
 
 from nanogpt.scaling.collect import main

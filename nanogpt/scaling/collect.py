@@ -3,6 +3,8 @@
     python -m nanogpt.scaling collect sweeps/isoflop --out runs.csv
     python -m nanogpt.scaling fit runs.csv --approach both --target-flops 1e19 1e20 --plots plots/
     python -m nanogpt.scaling best-lr sweeps/lr_sweep
+    python -m nanogpt.scaling compare sweeps/baseline sweeps/change --target 3.28   (compare.py)
+    python -m nanogpt.scaling tune-fit sweeps/size_lr_batch --plots plots/          (tune.py)
 
 Everything is read from the files each run writes (summary.json, metrics.jsonl, .hydra/config.yaml),
 never from logs. Runs that did not finish are listed with their status but left out of the fits.
@@ -16,13 +18,17 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from nanogpt.errors import UserError
+from nanogpt.run.identity import point_id
 from nanogpt.run.results import find_run_dirs, read_config, read_metrics, read_summary  # noqa: F401
+from nanogpt.scaling import compare, seeds, tune
 from nanogpt.scaling.fit import (  # noqa: F401
     CHINCHILLA,
     CHINCHILLA_TABLE,
@@ -83,6 +89,10 @@ class Run:
     final_val_bpb: float = math.nan
     best_val_bpb: float = math.nan
     branched_from: str = ""
+    # the run's seed, and the id of its experiment less the seed: runs of one point share it
+    # (nanogpt.run.identity.point_id; "" when the run records no config)
+    seed: float = math.nan
+    point: str = ""
     config: dict = field(default_factory=dict, repr=False, compare=False)  # not in the CSV
 
     def loss(self, which: str = "final") -> float:
@@ -94,7 +104,7 @@ LOSSES = ("final", "best", "final_bpb", "best_bpb")
 
 
 CSV_COLUMNS = [f.name for f in dataclasses.fields(Run) if f.name != "config"]
-OPTIONAL_COLUMNS = {"final_val_bpb", "best_val_bpb", "branched_from"}  # CSVs written before them still read
+OPTIONAL_COLUMNS = {"final_val_bpb", "best_val_bpb", "branched_from", "seed", "point"}  # CSVs written before them still read
 
 
 def read_run(run_dir, n_kind: str = "non_embedding") -> Run:
@@ -127,7 +137,8 @@ def read_run(run_dir, n_kind: str = "non_embedding") -> Run:
         params_non_embedding=params_ne, iters=pick("iters", _num(last.get("iter"))),
         final_val_bpb=pick("final_val_bpb", bpbs[-1] if bpbs else math.nan),
         best_val_bpb=pick("best_val_bpb", math.nan),
-        branched_from=f"{branch['run']}@{branch['iter']}" if branch else "", config=config)
+        branched_from=f"{branch['run']}@{branch['iter']}" if branch else "",
+        seed=_num(config.get("seed")), point=point_id(config, params, D) if config else "", config=config)
 
 
 def write_csv(runs: list[Run], path) -> None:
@@ -142,8 +153,8 @@ def write_csv(runs: list[Run], path) -> None:
 
 def _from_csv(column: str, text: str | None):
     if text is None:  # an optional column the CSV lacks
-        return "" if column == "branched_from" else math.nan
-    if column in ("run_dir", "status", "branched_from"):
+        return "" if column in ("branched_from", "point") else math.nan
+    if column in ("run_dir", "status", "branched_from", "point"):
         return text
     if column in ("n_layer", "n_embd"):
         return int(text) if text else None
@@ -311,6 +322,10 @@ def _cmd_collect(args) -> int:
     print(format_runs(runs))
     counts = {s: sum(r.status == s for r in runs) for s in sorted({r.status for r in runs})}
     print(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    groups = seeds.group_seeds(runs, args.loss)
+    if seeds.has_repeats(groups):  # runs that differ only by seed: one point, with its spread
+        print(f"\n{len(groups)} points ({args.loss} val loss over the seeds of each)")
+        print(format_table(seeds.SEED_TABLE_HEADER, seeds.seed_table_rows(groups)))
     if args.out:
         write_csv(runs, args.out)
         print(f"wrote {args.out}")
@@ -321,8 +336,14 @@ def _cmd_fit(args) -> int:
     runs = load_runs(args.paths, n_kind=args.n_kind)
     if not runs:
         raise SystemExit(f"no run directories under {' '.join(args.paths)}")
-    data = fit_data(runs, args.loss)
-    print(f"{len(data['N'])} of {len(runs)} runs are finished with a {args.loss} val loss: fitting those")
+    usable = sum(seeds.usable(r, args.loss) for r in runs)
+    fitted, stds = seeds.seed_means(runs, args.loss) if args.seeds == "mean" else (runs, {})
+    data = fit_data(fitted, args.loss)
+    if len(fitted) < usable:  # seeds of one point: their mean is one point of the fit
+        print(f"{usable} of {len(runs)} runs are finished with a {args.loss} val loss: fitting the "
+              f"means of their {len(data['N'])} points over seeds")
+    else:
+        print(f"{len(data['N'])} of {len(runs)} runs are finished with a {args.loss} val loss: fitting those")
     fit3 = boot = iso = None
     if args.approach in ("3", "both"):
         try:
@@ -361,8 +382,10 @@ def _cmd_fit(args) -> int:
         from nanogpt.scaling import plot
         out = Path(args.plots)
         out.mkdir(parents=True, exist_ok=True)
+        yerr = seeds.std_array(data["run_dir"], stds)
         written = [plot.plot_loss_vs_flops(data["C"], data["L"], data["N"], fit=fit3,
-                                           out=out / "loss_vs_flops.png")]
+                                           out=out / "loss_vs_flops.png",
+                                           yerr=yerr if np.isfinite(yerr).any() else None)]
         if iso:
             written.append(plot.plot_isoflops(iso, out=out / "isoflops.png"))
         if fit3:
@@ -394,6 +417,7 @@ def main(argv=None) -> int:
 
     p = common(sub.add_parser("collect", help="list every run (any status) and write a CSV"))
     p.add_argument("--out", help="CSV file to write")
+    p.add_argument("--loss", choices=LOSSES, default="final", help="the loss of the per-point table over seeds")
     p.set_defaults(func=_cmd_collect)
 
     p = common(sub.add_parser("fit", help="fit Chinchilla's approaches 2 and 3 to the finished runs"))
@@ -409,6 +433,9 @@ def main(argv=None) -> int:
                    help="budgets to print the compute-optimal N and D for")
     p.add_argument("--plots", metavar="DIR", help="write loss_vs_flops.png, isoflops.png, approach3.png here")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--seeds", choices=["mean", "each"], default="mean",
+                   help="runs that differ only by seed: fit their mean (one point each, error bars "
+                        "in the plots) or every run")
     p.set_defaults(func=_cmd_fit)
 
     p = common(sub.add_parser("best-lr", help="the best learning rate per model size"))
@@ -417,9 +444,31 @@ def main(argv=None) -> int:
                    help="group sizes by (n_layer, n_embd) or by parameter count")
     p.set_defaults(func=_cmd_best_lr)
 
+    p = common(sub.add_parser("tune-fit", help="optimal lr and batch size as power laws of compute, "
+                                               "hold-out check, isoFLOP fit on tuned losses (tune.py)"))
+    p.add_argument("--loss", choices=LOSSES, default="final")
+    p.add_argument("--rtol", type=float, default=0.1, help="relative FLOPs tolerance of a budget group")
+    p.add_argument("--plots", metavar="DIR", help="write tuned.png (and isoflops_tuned.png) here")
+    p.add_argument("--against", choices=["C", "N"], default="C",
+                   help="fit lr_opt and batch_opt as power laws of compute (each budget's best size, as "
+                        "DeepSeek) or of parameters (every size at its one budget, as Porian et al.)")
+    p.set_defaults(func=tune.cmd_tune_fit)
+
+    p = sub.add_parser("compare", help="seeds of groups of runs: mean, std, 95%% CI, Welch's t-test, "
+                                       "and the one-sided test against a target loss")
+    p.add_argument("paths", nargs="+", metavar="GROUP",
+                   help="one group per path: the finished runs under a sweep or run directory (or in a collect CSV)")
+    p.add_argument("--target", type=float, help="test that each group's mean is below this loss (PASS: p < 0.01)")
+    p.add_argument("--loss", choices=LOSSES, default="final")
+    p.add_argument("--n-kind", choices=list(N_KINDS), default="non_embedding", help=argparse.SUPPRESS)
+    p.set_defaults(func=compare.cmd_compare)
+
     args = parser.parse_args(argv)
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     try:
         return args.func(args)
+    except UserError as e:  # the user's input (compare, tune-fit): one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}")

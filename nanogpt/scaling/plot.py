@@ -146,11 +146,15 @@ def plot_runs(run_dirs, out, x: str = "tokens", ax=None) -> Path | Figure:
 # --------------------------------------------------------------------------------------------
 # Scaling-law figures (nanogpt.scaling.collect fit --plots)
 # --------------------------------------------------------------------------------------------
-def plot_loss_vs_flops(C, L, N=None, fit: Approach3Fit | None = None, ax=None, out=None):
+def plot_loss_vs_flops(C, L, N=None, fit: Approach3Fit | None = None, ax=None, out=None, yerr=None):
     """Every run's loss against its FLOPs (coloured by N), the compute-efficient frontier and,
-    with an approach-3 fit, its predicted loss at the compute-optimal N and D."""
+    with an approach-3 fit, its predicted loss at the compute-optimal N and D. `yerr`: each
+    point's std over seeds (nanogpt.scaling.seeds), drawn as error bars."""
     C, L = np.asarray(C, dtype=float), np.asarray(L, dtype=float)
     fig, ax = _axes(ax)
+    if yerr is not None:
+        ax.errorbar(C, L, yerr=np.nan_to_num(np.asarray(yerr, dtype=float)), fmt="none", ecolor="0.4",
+                    elinewidth=0.8, capsize=2, zorder=1, label="± std over seeds")
     if N is not None:
         points = ax.scatter(C, L, c=np.log10(N), cmap="viridis", s=18)
         fig.colorbar(points, ax=ax, label="log10 N")
