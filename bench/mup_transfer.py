@@ -29,6 +29,7 @@ LRS = [4.9e-4, 9.8e-4, 1.95e-3, 3.9e-3, 7.8e-3, 1.56e-2, 3.13e-2, 6.25e-2]
 def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
     from nanogpt.gate import register_configs, register_resolvers, validate
 
     register_configs()

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import TINY
 from inprocess import make_config
+
 from nanogpt.config import ConfigError
 from nanogpt.training.coord_check import LAYER_TYPES, coord_check
 

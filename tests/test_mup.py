@@ -3,15 +3,13 @@ shape is SP, each rule reaches the model and the optimizers, the export folds th
 bad input is refused before any work, and a μP run resumes bit for bit."""
 from __future__ import annotations
 
-import math
 import re
-from types import SimpleNamespace
-
-import pytest
-import torch
 
 import gpt2_reference_model as reference
+import pytest
+import torch
 from conftest import TINY, launch, read_metrics
+
 from nanogpt import parametrization
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.training.optim import AdamWConfig, MuonConfig, make_adamw, make_muon
@@ -181,6 +179,7 @@ RUN = ["optim.decay_iters=4", "optim.warmup_iters=1", "task.eval_interval=2", "o
 
 def test_a_mup_run_resumes_bit_exactly_and_refuses_sp_or_another_base(tmp_path, data_root):
     from inprocess import train_tiny
+
     from nanogpt.checkpoint.load import load_run
     from nanogpt.errors import UserError
 
@@ -192,7 +191,7 @@ def test_a_mup_run_resumes_bit_exactly_and_refuses_sp_or_another_base(tmp_path, 
     def losses(run):
         return {r["iter"]: r["loss"] for r in read_metrics(run) if r["kind"] == "train"}
     assert losses(straight) == losses(resumed) and sorted(losses(straight)) == [1, 2, 3, 4]
-    model, ckpt, _ = load_run(str(straight), "last")
+    model, _, _ = load_run(str(straight), "last")
     assert (model.config.param, model.config.base_width) == ("mup", 32)
 
     before = (resumed / "metrics.jsonl").read_text()

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from nanogpt import parametrization
 from nanogpt.config import (
     MISSING,
     ConfigError,
@@ -23,7 +24,6 @@ from nanogpt.config import (
     in_unit_interval,
     one_of,
 )
-from nanogpt import parametrization
 from nanogpt.errors import UserError
 from nanogpt.training.schedule import COOLDOWNS, SCHEDULES
 
