@@ -201,3 +201,20 @@ def test_a_mup_run_resumes_bit_exactly_and_refuses_sp_or_another_base(tmp_path, 
     with pytest.raises(UserError, match=r"another model shape \(base_width: checkpoint 32 vs config 16\)"):
         train_tiny(resumed, *RUN[:-1], "model.base_width=16", "task.max_iters=6", "init_from=resume")
     assert (resumed / "metrics.jsonl").read_text() == before
+
+
+def test_the_logit_multiplier_comes_before_the_soft_cap_and_keeps_a_zero_head():
+    """An untied, zero-initialised head stays zero (the first logits are 0 at every width), and a
+    soft-cap squashes the already-scaled logits: c tanh((h W / m) / c) (docs/mup.md)."""
+    model = build(n_embd=64, param="mup", base_width=32, tie_embeddings=False, logit_softcap=2.0)  # m = 2
+    assert torch.count_nonzero(model.lm_head.weight) == 0
+    torch.nn.init.normal_(model.lm_head.weight, std=1.0)
+    x = torch.randint(0, 50, (2, 16))
+    store = {}
+    model.lm_head.register_forward_hook(lambda m, args, out: store.update(raw=out))
+    logits, _ = model(x, x)
+    torch.testing.assert_close(logits, 2.0 * torch.tanh(store["raw"] / 2.0))
+    model.lm_head.register_forward_pre_hook(lambda m, args: store.update(inp=args[0]))
+    model.transformer.ln_f.register_forward_hook(lambda m, args, out: store.update(normed=out))
+    model(x, x)
+    torch.testing.assert_close(store["inp"], store["normed"] / 2)  # the head reads ln_f's output / m
