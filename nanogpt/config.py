@@ -76,6 +76,9 @@ class ModelConfig(GPTConfig):
             super().__post_init__()
         except ValueError as e:
             raise ConfigError(f"invalid model config: {e}") from None
+        if self.param != "sp" and (self.pretrained or self.path):  # μP: docs/mup.md
+            raise ConfigError(f"model.param={self.param} with pretrained weights: GPT-2's weights were "
+                              "trained in the standard parametrisation; load them with model.param=sp")
 
 
 @dataclass

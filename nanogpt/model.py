@@ -14,6 +14,10 @@ the very same logits as before the options existed):
     logit_softcap=c     logits -> c * tanh(logits / c)
     bias=False          no biases in the linears and LayerNorms
 
+`param=mup|completep` (with base_width, base_depth) changes how the weights are initialised,
+scaled and trained as the model grows, not what it can compute: every rule is in
+nanogpt/parametrization.py (docs/mup.md); `param=sp`, the default, is GPT-2's.
+
 Attention goes through `F.scaled_dot_product_attention` (flash / memory-efficient kernels on
 GPUs), except in bf16 on the CPU, where two batched matmuls are faster. Generation can use a
 key/value cache (`KVCache`) so each new token costs one position of compute instead of the whole
@@ -28,6 +32,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from nanogpt import parametrization
 
 POS_EMBS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
@@ -62,6 +68,10 @@ class GPTConfig:
     mlp_ratio: float = 4.0  # MLP hidden width = round(mlp_ratio * n_embd)
     tie_embeddings: bool = True  # lm_head is wte (GPT-2); False: its own matrix, zero-initialised
     logit_softcap: Optional[float] = None  # None: raw logits; c: c * tanh(logits / c)
+    # the parametrisation (nanogpt/parametrization.py, docs/mup.md): sp (GPT-2) | mup | completep
+    param: str = "sp"
+    base_width: Optional[int] = None  # mup, completep: the n_embd the hyperparameters were tuned at
+    base_depth: Optional[int] = None  # completep: the n_layer the hyperparameters were tuned at
 
     # fields that do not change the weights' shapes or meaning: a checkpoint resumes with another value
     NOT_ARCHITECTURE = ("dropout",)
@@ -89,6 +99,7 @@ class GPTConfig:
             raise ValueError(f"mlp_ratio must give an MLP at least 1 wide, got mlp_ratio={self.mlp_ratio}")
         if self.logit_softcap is not None and not self.logit_softcap > 0:
             raise ValueError(f"logit_softcap must be null (off) or > 0, got {self.logit_softcap}")
+        parametrization.check(self)
 
     @property
     def mlp_hidden(self) -> int:
@@ -136,8 +147,10 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-    """softmax(q k^T / sqrt(head_size) + causal mask) v, over (B, n_head, T, head_size) tensors.
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
+                     scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale + causal mask) v, over (B, n_head, T, head_size) tensors; scale None
+    is 1 / sqrt(head_size) (GPT-2; μP passes its own, nanogpt.parametrization.attention_scale).
 
     SDPA picks a fused kernel: flash attention on GPUs, and on the CPU in float32. On the CPU in
     bfloat16 its flash kernel (the backward above all) is 1.5-5x slower than two batched matmuls
@@ -148,10 +161,11 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
         mask = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
         # scale, q k^T and the mask in one baddbmm; softmax accumulates in float32 internally
         att = torch.baddbmm(mask.expand(B * H, T, T), q.reshape(B * H, T, D),
-                            k.reshape(B * H, T, D).transpose(1, 2), alpha=1.0 / math.sqrt(D))
+                            k.reshape(B * H, T, D).transpose(1, 2),
+                            alpha=1.0 / math.sqrt(D) if scale is None else scale)
         att = F.dropout(att.softmax(dim=-1), dropout_p) if dropout_p > 0 else att.softmax(dim=-1)
         return torch.bmm(att, v.reshape(B * H, T, D)).view(B, H, T, D)
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
 
 
 class RMSNorm(nn.RMSNorm):
@@ -197,6 +211,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.qk_norm = config.qk_norm
+        self.scale = parametrization.attention_scale(config)  # None: 1 / sqrt(head_size)
         if config.qk_norm:  # RMSNorm gains of the queries and of the keys, shared by the heads
             self.q_gain = nn.Parameter(torch.ones(config.n_embd // config.n_head))
             self.k_gain = nn.Parameter(torch.ones(config.n_embd // config.n_head))
@@ -213,15 +228,15 @@ class CausalSelfAttention(nn.Module):
             k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
             v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if cache is None:
-            y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
+            y = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale)
         else:
             past = cache.pos
             k, v = cache.update(self.layer_idx, k, v)
             if T == 1:  # one new query sees every cached position: no mask needed
-                y = F.scaled_dot_product_attention(q, k, v)
+                y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
             else:  # a prompt: query i (at absolute position past + i) sees keys 0 .. past + i
                 mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -268,8 +283,12 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer_idx)
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
+        self.branch = parametrization.branch_multiplier(config)  # CompleteP's 1 / depth multiplier
 
     def forward(self, x, cache: KVCache | None = None, rope=None):
+        if self.branch != 1.0:
+            x = x + self.attn(self.ln_1(x), cache, rope) * self.branch
+            return x + self.mlp(self.ln_2(x)) * self.branch
         x = x + self.attn(self.ln_1(x), cache, rope)
         x = x + self.mlp(self.ln_2(x))
         return x
@@ -291,18 +310,20 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight  # weight tying, as GPT-2
-        self.apply(self._init_weights)
+        hidden_std = parametrization.hidden_init_std(config)  # 0.02 under SP
+        for name, module in self.named_modules():  # the order self.apply visits them: the same draws
+            self._init_weights(module, hidden_std if name.startswith("transformer.h.") else 0.02)
         # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer): each block adds two
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                torch.nn.init.normal_(p, mean=0.0, std=parametrization.residual_init_std(config))
         if not config.tie_embeddings:  # modded-nanogpt: the first logits are uniform, loss ln(V)
             torch.nn.init.zeros_(self.lm_head.weight)
 
     @staticmethod
-    def _init_weights(module):
+    def _init_weights(module, std: float = 0.02):
         if isinstance(module, nn.Linear):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -349,6 +370,9 @@ class GPT(nn.Module):
         if cache is not None:
             cache.pos += T
         x = self.transformer.ln_f(x)
+        out_mult = parametrization.output_multiplier(self.config)
+        if out_mult != 1.0:  # μP's 1 / width multiplier on the logits, applied to the head's input
+            x = x * out_mult
         if targets is not None:
             logits = self.lm_head(x)
             # the loss in at least float32 (bf16/fp16 logits are upcast; float64 stays float64)

@@ -5,11 +5,11 @@ conf/task/<name>.yaml."""
 from __future__ import annotations
 
 from nanogpt.evals import core, hellaswag, loss, sample
-from nanogpt.training import bench, loop, memory_plan
+from nanogpt.training import bench, coord_check, loop, memory_plan
 
 TASKS = {"train": loop.run, "eval": loss.run, "sample": sample.run, "bench": bench.run,
-         "hellaswag": hellaswag.run, "plan": memory_plan.run,
-         "core": core.run}
+         "hellaswag": hellaswag.run, "plan": memory_plan.run, "core": core.run,
+         "coord_check": coord_check.run}
 TASK_SCHEMAS = {"train": loop.TrainTask, "eval": loss.EvalTask, "sample": sample.SampleTask,
                 "bench": bench.BenchTask, "hellaswag": hellaswag.HellaSwagTask, "plan": memory_plan.PlanTask,
-                "core": core.CoreTask}
+                "core": core.CoreTask, "coord_check": coord_check.CoordCheckTask}

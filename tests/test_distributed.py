@@ -374,3 +374,22 @@ def test_a_failing_rank_fails_the_slurm_job(tmp_path, data_root):
     rank1_log = (tmp_path / "sweeps" / "s" / ".submitit" / job / f"{job}_1_log.err").read_text()
     assert "error: rank 1 of 2 failed: no prepared data for 'tiny_char' at /nonexistent" in rank1_log
     assert "task 1: Exited with exit code 2" in proc.stderr  # what the sweep's own error shows
+
+
+def test_ddp_mup_matches_one_process(tmp_path, data_root):
+    """model.param=mup under DDP: its per-group rates and eps (the hidden matrices' lr / m) live in
+    the optimizer every rank builds alike, so two ranks equal one process (docs/mup.md)."""
+    args = [*STEP, "task.max_iters=8", "task.eval_interval=4", "hardware.dtype=float64", "model.n_embd=64",
+            "model.param=mup", "model.base_width=32", "optim.lr=1e-2"]
+    one, ddp = tmp_path / "one", tmp_path / "ddp"
+    one.mkdir()
+    ddp.mkdir()
+    launch(args, cwd=one)
+    torchrun([*args, "hydra.run.dir=outputs/ddp"], cwd=ddp)
+    [single], [shared] = run_dirs(one / "runs"), run_dirs(ddp / "outputs")
+    assert summary(shared)["world_size"] == 2 and summary(shared)["status"] == "finished"
+    a, b = losses(single), losses(shared)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for it in a:
+        assert abs(a[it] - b[it]) / abs(a[it]) < EXACT, (it, a[it], b[it])
+    assert a[8] < a[1]

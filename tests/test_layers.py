@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nanogpt"
 
 # bottom first; a module of layer i may import from layers <= i
 LAYERS = [
-    {"errors", "paths"},
+    {"errors", "paths", "parametrization"},
     {"io", "model"},
     {"tokenizer", "config"},
     {"data"},

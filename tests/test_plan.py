@@ -52,6 +52,9 @@ OPTION_VALUES = {
     "dropout": [0.1], "bias": [False], "pos_emb": POS_EMBS, "rope_base": [500.0], "norm": NORMS,
     "qk_norm": [True], "mlp": MLPS, "mlp_ratio": [2.5], "tie_embeddings": [False],
     "logit_softcap": [15.0],
+    # fields that need each other: a dict of the fields to set together
+    "param": [dict(param="mup", base_width=32), dict(param="completep", base_width=32, base_depth=2)],
+    "base_width": [dict(param="mup", base_width=16)], "base_depth": [dict(param="completep", base_width=32, base_depth=4)],
 }
 SMALL_GPT2 = GPTConfig(block_size=memory_plan.SAVED_TOKENS, vocab_size=128, n_layer=1, n_head=4, n_embd=64)
 
@@ -65,7 +68,7 @@ def test_every_model_option_is_measured_against_the_plan():
 
 @pytest.mark.parametrize("field,value", [(f, v) for f, values in OPTION_VALUES.items() for v in values])
 def test_the_plan_counts_what_each_model_option_keeps(field, value):
-    config = dataclasses.replace(SMALL_GPT2, **{field: value})
+    config = dataclasses.replace(SMALL_GPT2, **(value if isinstance(value, dict) else {field: value}))
     for dtype in DTYPES:
         for mode in ("none", "selective"):  # block keeps the block's input, whatever the block
             assert_plan_counts_what_the_cpu_keeps(config, dtype, mode)

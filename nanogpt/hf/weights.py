@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from nanogpt import parametrization
 from nanogpt.errors import UserError
 from nanogpt.io import UnsafeCheckpoint, clean_state_dict, error_reason, torch_load
 from nanogpt.model import GPT, GPTConfig
@@ -337,13 +338,54 @@ def model_from_state_dict(config: GPTConfig, state: dict[str, torch.Tensor]) -> 
 # the GPTConfig fields a Hugging Face GPT-2 config.json holds (bias=False is exported as zero
 # biases, mlp_ratio as n_inner); every other field must keep its default, GPT-2's choice
 HF_GPT2_FIELDS = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "mlp_ratio")
+# μP's and CompleteP's multipliers are folded into the weights (fold_parametrization): exportable
+FOLDED_FIELDS = ("param", "base_width", "base_depth")
+
+
+def fold_parametrization(state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Our state dict with μP's / CompleteP's forward multipliers folded into the weights, so a
+    standard GPT-2 computes the same logits (up to rounding: each folded tensor is multiplied
+    once, in float32). Each fold is exact in real arithmetic, because each multiplier scales
+    the output of one linear map (or norm) that nothing else reads:
+      attention  q.k x sqrt(d_base) / d_head  -> the query rows of c_attn (weight and bias)
+                 x sqrt(d_head), whose scores GPT-2 then divides by sqrt(d_head)
+      branches   x 1/d (CompleteP)            -> each block's attn.c_proj and mlp.c_proj
+      logits     x 1/m                        -> ln_f's gain and bias (ln_f feeds only the
+                 head; the tied embedding itself stays untouched)
+    The initialisation and learning-rate rules leave nothing in the weights to fold."""
+    if config.param == "sp":
+        return state
+    out = dict(state)
+
+    def scale(name, factor, rows=None):
+        if name not in out or factor == 1.0:
+            return
+        t = out[name].detach().to(torch.float32).clone()
+        if rows is None:
+            t.mul_(factor)
+        else:
+            t[rows].mul_(factor)
+        out[name] = t.to(state[name].dtype)
+
+    q_factor = parametrization.attention_scale(config) * (config.n_embd // config.n_head) ** 0.5
+    branch = parametrization.branch_multiplier(config)
+    for i in range(config.n_layer):
+        block = f"transformer.h.{i}."
+        for suffix in ("weight", "bias"):
+            scale(block + "attn.c_attn." + suffix, q_factor, rows=slice(0, config.n_embd))
+            scale(block + "attn.c_proj." + suffix, branch)
+            scale(block + "mlp.c_proj." + suffix, branch)
+    for suffix in ("weight", "bias"):
+        scale("transformer.ln_f." + suffix, parametrization.output_multiplier(config))
+    return out
 
 
 def check_exportable(config: GPTConfig) -> None:
     """Refuse a model option that GPT-2's format cannot hold, naming it."""
     default = GPTConfig()
     other = [f"{f.name}={getattr(config, f.name)!r}" for f in fields(GPTConfig)
-             if f.name not in HF_GPT2_FIELDS and getattr(config, f.name) != getattr(default, f.name)]
+             if f.name not in HF_GPT2_FIELDS + FOLDED_FIELDS
+             and getattr(config, f.name) != getattr(default, f.name)]
     if other:
         raise UserError(f"the model uses {', '.join(other)}, which a Hugging Face GPT-2 cannot "
                         "hold: only GPT-2 architectures export (the run's checkpoints stay usable "
@@ -361,7 +403,7 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """
     config = getattr(model, "_orig_mod", model).config  # torch.compile wraps the module
     check_exportable(config)
-    ours = clean_state_dict(model.state_dict())
+    ours = fold_parametrization(clean_state_dict(model.state_dict()), config)
     out = {}
     for name, shape in _reference_shapes(replace(config, bias=True)).items():
         if name in ours:

@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from nanogpt import parametrization
 from nanogpt.config import (
     MISSING,
     ConfigError,
@@ -37,6 +38,33 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def model_config(model: torch.nn.Module):
+    """The GPTConfig of a GPT (compiled or not); None for another module."""
+    return getattr(getattr(model, "_orig_mod", model), "config", None)
+
+
+def parametrised(model: torch.nn.Module) -> bool:
+    """Whether the model is μP or CompleteP (the optimizers then scale the hidden matrices)."""
+    config = model_config(model)
+    return config is not None and getattr(config, "param", "sp") != "sp"
+
+
+def mup_adamw_groups(model: torch.nn.Module, weight_decay: float, eps: float) -> list[dict]:
+    """decay_groups with μP's rules (nanogpt.parametrization): the hidden matrices in a group
+    of their own at lr x 1/m (lr_scale, which the schedule keeps) and eps x 1/(m d); AdamW's
+    decoupled decay is lr x weight_decay, so theirs shrinks with their rate."""
+    lr_scale, eps_scale = parametrization.adamw_hidden_scales(model_config(model))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    hidden = [p for n, p in named if parametrization.is_hidden_matrix(n, p)]
+    taken = {id(p) for p in hidden}
+    rest = [p for _, p in named if id(p) not in taken]
+    return [
+        {"params": hidden, "weight_decay": weight_decay, "lr_scale": lr_scale, "eps": eps * eps_scale},
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay, "lr_scale": 1.0},
+        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
+    ]
+
+
 def _adamw_kernel(ocfg, device_type: str) -> dict:
     """Fused AdamW (one kernel for all parameters) where the device supports it."""
     supports_fused = "fused" in inspect.signature(torch.optim.AdamW).parameters and device_type in ("cuda", "cpu")
@@ -47,9 +75,13 @@ def _adamw_kernel(ocfg, device_type: str) -> dict:
 
 
 def make_adamw(model: torch.nn.Module, ocfg, device_type: str = "cpu") -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only."""
-    return torch.optim.AdamW(decay_groups(model, ocfg.weight_decay), lr=ocfg.lr,
-                             betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.eps, **_adamw_kernel(ocfg, device_type))
+    """AdamW with weight decay on matrices only (and μP's rates for a μP model)."""
+    groups = (mup_adamw_groups(model, ocfg.weight_decay, ocfg.eps) if parametrised(model)
+              else decay_groups(model, ocfg.weight_decay))
+    optimizer = torch.optim.AdamW(groups, lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.eps,
+                                  **_adamw_kernel(ocfg, device_type))
+    set_lr(optimizer, ocfg.lr)  # each group at its own multiple from the start
+    return optimizer
 
 
 class Optimizers:
@@ -164,8 +196,11 @@ def make_muon(model: torch.nn.Module, ocfg, device_type: str = "cpu") -> Optimiz
         raise UserError("optim=muon needs 2-D hidden matrices (attention and MLP weights) to "
                         "orthogonalise, and this model has none: use optim=adamw")
     muon_class = torch.optim.Muon if ns_dtype_for(ocfg.ns_dtype, device_type) == torch.bfloat16 else Float32Muon
-    muon = muon_class([{"params": hidden, "lr_scale": 1.0}], lr=ocfg.lr, weight_decay=ocfg.weight_decay,
-                      momentum=ocfg.momentum, nesterov=ocfg.nesterov, ns_steps=ocfg.ns_steps,
+    # μP: Muon's update already meets the spectral condition with adjust_lr=original (x1)
+    hidden_scale = (parametrization.muon_hidden_lr_scale(model_config(model), ocfg.adjust_lr)
+                    if parametrised(model) else 1.0)
+    muon = muon_class([{"params": hidden, "lr_scale": hidden_scale}], lr=ocfg.lr * hidden_scale,
+                      weight_decay=ocfg.weight_decay, momentum=ocfg.momentum, nesterov=ocfg.nesterov, ns_steps=ocfg.ns_steps,
                       adjust_lr_fn=ocfg.adjust_lr)
     adamw = torch.optim.AdamW(adamw_groups, lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2), eps=ocfg.eps,
                               **_adamw_kernel(ocfg, device_type))

@@ -1,0 +1,152 @@
+"""Learning-rate transfer, SP against μP across width (and μP against CompleteP across depth).
+
+    python bench/mup_transfer.py                     # experiment=mup/transfer: sp, mup x 4 widths x 8 rates
+    python bench/mup_transfer.py --depth             # experiment=mup/transfer_depth: mup, completep x 4 depths
+    python bench/mup_transfer.py --lrs 1.95e-3,3.9e-3,7.8e-3 --widths 32,256   # a reduced grid
+
+Each point is a real training run (nanogpt.training.loop.train, in this process: one import,
+no launcher) of the shipped experiment config with model.param, the width (or depth) and
+optim.lr set; its measurement is the final val loss on the config's fixed val batches. Printed:
+the loss table and, per parametrisation, the optimal lr at each size and how many x2 grid steps
+it moves across the range. Written to --out: results.json (every run's loss) and
+transfer.png (loss against log2 lr, a curve per size, each optimum marked).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LRS = [4.9e-4, 9.8e-4, 1.95e-3, 3.9e-3, 7.8e-3, 1.56e-2, 3.13e-2, 6.25e-2]
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from nanogpt.gate import register_configs, register_resolvers, validate
+
+    register_configs()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return validate(hydra_compose("config", overrides=overrides))
+
+
+def train_one(overrides: list[str], run_dir: Path) -> float:
+    import logging
+
+    from nanogpt.runtime.distributed import Dist
+    from nanogpt.training.loop import train
+
+    logging.getLogger("nanogpt").setLevel(logging.WARNING)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = train(compose(overrides), run_dir, Dist())
+    loss = summary.get("final_val_loss")
+    return float("nan") if loss is None else float(loss)
+
+
+def optimum(losses: dict[float, float]) -> float | None:
+    finite = {lr: v for lr, v in losses.items() if math.isfinite(v)}
+    return min(finite, key=finite.get) if finite else None
+
+
+def table(results: dict, axis: str, sizes: list[int], lrs: list[float]) -> list[str]:
+    lines = []
+    for param, by_size in results.items():
+        lines.append(f"\n{param}: final val loss by {axis} (rows) and lr (columns); * marks each row's optimum")
+        lines.append(f"{axis:>6} " + " ".join(f"{lr:>9.2e}" for lr in lrs) + "   best lr")
+        best = {}
+        for size in sizes:
+            row = by_size.get(str(size), {})
+            losses = {float(lr): v for lr, v in row.items()}
+            best[size] = optimum(losses)
+            cells = []
+            for lr in lrs:
+                v = losses.get(lr)
+                cells.append(f"{'' if v is None else f'{v:.4f}'}{'*' if lr == best[size] else ' '}".rjust(10))
+            lines.append(f"{size:>6} " + "".join(cells) + f"   {best[size]:.2e}" if best[size] else "")
+        found = [b for b in best.values() if b]
+        if len(found) > 1:
+            moves = round(math.log2(max(found) / min(found)))
+            lines.append(f"{param}: the optimum moves {moves} x2 grid step(s) across {axis}s "
+                         f"{min(sizes)}-{max(sizes)} ({max(sizes) // min(sizes)}x)")
+    return lines
+
+
+def plot(results: dict, axis: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False, sharey=True)
+    for ax, (param, by_size) in zip(axes[0], results.items()):
+        for i, (size, row) in enumerate(sorted(by_size.items(), key=lambda kv: int(kv[0]))):
+            lrs = sorted(float(lr) for lr in row)
+            losses = [row[str(lr)] if str(lr) in row else row[lr] for lr in lrs]
+            color = plt.cm.viridis(i / max(len(by_size) - 1, 1))
+            ax.plot([math.log2(lr) for lr in lrs], losses, marker="o", color=color, label=f"{axis} {size}")
+            best = optimum(dict(zip(lrs, losses)))
+            if best:
+                ax.plot(math.log2(best), dict(zip(lrs, losses))[best], marker="*", markersize=14, color=color)
+        ax.set_title(param)
+        ax.set_xlabel("log2 learning rate")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("final val loss")
+    finite = [v for r in results.values() for row in r.values() for v in row.values() if math.isfinite(v)]
+    if finite:
+        axes[0][0].set_ylim(min(finite) - 0.05, min(max(finite), min(finite) + 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--depth", action="store_true", help="across depth (mup vs completep) instead of width")
+    ap.add_argument("--params", help="comma-separated (default sp,mup; with --depth mup,completep)")
+    ap.add_argument("--widths", default="32,64,128,256")
+    ap.add_argument("--depths", default="2,4,8,16")
+    ap.add_argument("--lrs", default=",".join(str(lr) for lr in LRS))
+    ap.add_argument("--out", default=str(REPO / "sweeps" / "mup_transfer_bench"))
+    ap.add_argument("overrides", nargs="*", help="more config overrides, e.g. task.max_iters=50")
+    args = ap.parse_args(argv)
+    axis = "depth" if args.depth else "width"
+    params = (args.params or ("mup,completep" if args.depth else "sp,mup")).split(",")
+    sizes = [int(s) for s in (args.depths if args.depth else args.widths).split(",")]
+    lrs = [float(lr) for lr in args.lrs.split(",")]
+    experiment = "experiment=mup/transfer_depth" if args.depth else "experiment=mup/transfer"
+    key = "model.n_layer" if args.depth else "model.n_embd"
+    out = Path(args.out) / axis
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    start = time.time()
+    for param in params:
+        for size in sizes:
+            for lr in lrs:
+                row = results.setdefault(param, {}).setdefault(str(size), {})
+                if str(lr) in row:  # a rerun resumes the grid
+                    continue
+                t0 = time.time()
+                loss = train_one([experiment, f"model.param={param}", f"{key}={size}", f"optim.lr={lr}",
+                                  *args.overrides], out / "runs" / f"{param}_{size}_{lr}")
+                row[str(lr)] = loss
+                results_file.write_text(json.dumps(results, indent=1))
+                print(f"{param} {axis}={size} lr={lr:.2e}: val {loss:.4f} ({time.time() - t0:.0f} s)", flush=True)
+    results = {p: {s: {float(lr): v for lr, v in row.items()} for s, row in results[p].items()} for p in params}
+    for line in table(results, axis, sizes, lrs):
+        print(line)
+    print(f"\n{len(params) * len(sizes) * len(lrs)} runs, {time.time() - start:.0f} s this call")
+    plot(results, axis, out / "transfer.png")
+    print(f"wrote {results_file} and {out / 'transfer.png'}")
+
+
+if __name__ == "__main__":
+    main()

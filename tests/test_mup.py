@@ -1,0 +1,220 @@
+"""μP and CompleteP (model.param, nanogpt/parametrization.py): SP is today's model, μP at its base
+shape is SP, each rule reaches the model and the optimizers, the export folds the multipliers,
+bad input is refused before any work, and a μP run resumes bit for bit."""
+from __future__ import annotations
+
+import re
+
+import gpt2_reference_model as reference
+import pytest
+import torch
+from conftest import TINY, launch, read_metrics
+
+from nanogpt import parametrization
+from nanogpt.model import GPT, GPTConfig
+from nanogpt.training.optim import AdamWConfig, MuonConfig, make_adamw, make_muon
+
+SHAPE = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=50, block_size=16, dropout=0.0)
+
+
+def build(seed=0, **kw):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**(SHAPE | kw))).eval()
+
+
+def test_sp_is_the_reference_gpt2_bit_for_bit():
+    torch.manual_seed(0)
+    ref = reference.GPT(reference.GPTConfig(**SHAPE))
+    ours = build(param="sp")
+    for k, v in ref.state_dict().items():
+        assert torch.equal(ours.state_dict()[k], v), k
+    x = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(1))
+    (a, la), (b, lb) = ours(x, x), ref(x, x)
+    assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+@pytest.mark.parametrize("param", ["mup", "completep"])
+def test_at_its_base_shape_mup_is_sp(param):
+    """Every multiplier is 1 at the base shape: the same weights, the same logits (to rounding:
+    sqrt(d) / d is not bitwise 1 / sqrt(d))."""
+    sp, mup = build(), build(param=param, base_width=32, base_depth=2)
+    for k, v in sp.state_dict().items():
+        assert torch.equal(mup.state_dict()[k], v), k
+    x = torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(mup(x, x)[0], sp(x, x)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_the_rules_reach_the_model():
+    wide = build(n_embd=128, n_head=2, param="mup", base_width=32)  # m = 4
+    cfg = wide.config
+    assert parametrization.width_mult(cfg) == 4.0
+    # hidden init std 0.02 / sqrt(m); the embedding keeps 0.02
+    assert wide.transformer.h[0].attn.c_attn.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert wide.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert wide.transformer.h[0].mlp.c_proj.weight.std().item() == pytest.approx(0.01 / 2, rel=0.05)
+    assert wide.transformer.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    # attention: sqrt(d_base) / d_head = sqrt(16) / 64
+    assert wide.transformer.h[0].attn.scale == pytest.approx(4 / 64)
+    # the logits are 1/m of an SP model's with the same weights
+    sp = GPT(GPTConfig(**(SHAPE | dict(n_embd=128))))
+    sp.load_state_dict(wide.state_dict())
+    for block in sp.transformer.h:  # SP's 1/sqrt(d) -> μP's; then only the logits differ
+        block.attn.scale = 4 / 64
+    x = torch.randint(0, 50, (2, 16))
+    torch.testing.assert_close(wide(x, x)[0], sp.eval()(x, x)[0] / 4, rtol=1e-5, atol=1e-6)
+
+
+def test_completep_scales_each_residual_branch_by_one_over_the_depth_multiplier():
+    deep = build(n_layer=8, param="completep", base_width=32, base_depth=2)  # d = 4
+    assert all(block.branch == 0.25 for block in deep.transformer.h)
+    # the residual projections keep the base depth's init, 0.02 / sqrt(2 * base_depth)
+    assert deep.transformer.h[0].mlp.c_proj.weight.std().item() == pytest.approx(0.01, rel=0.1)
+
+
+@pytest.mark.parametrize("param", ["sp", "mup", "completep"])
+def test_flops_per_token_ignore_the_multipliers(param):
+    shape = dict(n_layer=4, n_embd=64, n_head=4)
+    assert (build(**shape, param=param, base_width=16, base_depth=2).flops_per_token()
+            == build(**shape).flops_per_token())
+
+
+def groups_by_name(model, optimizer):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: g for g in optimizer.param_groups for p in g["params"]}
+
+
+def test_adamw_scales_the_hidden_matrices_lr_and_eps():
+    lr, eps = 1e-3, 1e-8
+    ocfg = AdamWConfig(lr=lr, eps=eps, fused=False)
+    mup = build(n_embd=128, param="mup", base_width=32)  # m = 4
+    cp = build(n_embd=128, n_layer=8, param="completep", base_width=32, base_depth=2)  # m = 4, d = 4
+    for model, eps_hidden in ((mup, eps / 4), (cp, eps / 16)):
+        groups = groups_by_name(model, make_adamw(model, ocfg))
+        for name in ("transformer.h.0.attn.c_attn.weight", "transformer.h.1.mlp.c_proj.weight"):
+            assert groups[name]["lr"] == pytest.approx(lr / 4) and groups[name]["eps"] == pytest.approx(eps_hidden)
+        for name in ("transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight",
+                     "transformer.h.0.attn.c_attn.bias"):
+            assert groups[name]["lr"] == lr and groups[name]["eps"] == eps, name
+        assert groups["transformer.h.0.ln_1.weight"]["weight_decay"] == 0.0
+    # SP: today's two groups, untouched
+    sp = build(n_embd=128)
+    assert len(make_adamw(sp, ocfg).param_groups) == 2
+
+
+@pytest.mark.parametrize("adjust,scale", [("original", 1.0), ("match_rms_adamw", 0.5)])
+def test_muon_hidden_rate_follows_the_spectral_condition(adjust, scale):
+    model = build(n_embd=128, param="mup", base_width=32)  # m = 4
+    opt = make_muon(model, MuonConfig(lr=0.02, adjust_lr=adjust, ns_dtype="float32", fused=False))
+    assert opt.optimizers["muon"].param_groups[0]["lr"] == pytest.approx(0.02 * scale)
+    assert opt.optimizers["muon"].param_groups[0]["lr_scale"] == pytest.approx(scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# export: the multipliers folded into a standard GPT-2
+
+@pytest.mark.parametrize("kw", [dict(param="mup", base_width=32),
+                                dict(param="completep", base_width=32, base_depth=1),
+                                dict(param="mup", base_width=32, bias=False)])
+def test_export_folds_the_multipliers_into_a_standard_gpt2(tmp_path, kw):
+    pytest.importorskip("transformers")
+    from nanogpt.hf.export import export_hf
+    from nanogpt.hf.weights import load_pretrained
+
+    model = build(n_embd=128, n_head=4, block_size=32, vocab_size=100, **kw)
+    with torch.no_grad():  # trained-looking biases and gains: a missed fold shows
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "ln_" in name:
+                p.normal_(0, 0.5)
+    x = torch.randint(0, 100, (2, 32), generator=torch.Generator().manual_seed(3))
+    want = model(x, x)[0]
+    back = load_pretrained(path=export_hf(model, tmp_path / "hf")).eval()
+    assert back.config.param == "sp"
+    got = back(x, x)[0]
+    assert (got - want).abs().max() < 1e-4 * want.abs().max()
+    # the multipliers matter here: the unfolded weights in an SP model give other logits
+    sp = GPT(GPTConfig(**{**model.config.__dict__, "param": "sp", "base_width": None, "base_depth": None}))
+    sp.load_state_dict(model.state_dict())
+    assert (sp.eval()(x, x)[0] - want).abs().max() > 1e-2 * want.abs().max()
+
+
+def test_export_still_refuses_a_modern_option_by_name(tmp_path):
+    from nanogpt.errors import UserError
+    from nanogpt.hf.export import export_hf
+
+    model = build(param="mup", base_width=16, norm="rmsnorm")
+    with pytest.raises(UserError, match=re.escape("the model uses norm='rmsnorm', which a Hugging Face GPT-2")):
+        export_hf(model, tmp_path / "hf")
+    assert not any(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: one error line, exit 2, nothing written
+
+@pytest.mark.parametrize("args,message", [
+    (["model.param=mup"], "error: invalid model config: param=mup needs model.base_width, the width its "
+                          "learning rate was tuned at (e.g. model.base_width=32"),
+    (["model.param=completep", "model.base_width=16"],
+     "error: invalid model config: param=completep needs model.base_depth"),
+    (["model.param=mup", "model.base_width=17"],
+     "error: invalid model config: base_width=17 does not divide into n_head=2 heads"),
+    (["model.param=mup", "model.base_width=0"],
+     "error: invalid model config: base_width=0 does not divide into n_head=2 heads"),
+    (["model.param=mu"], "error: invalid model config: unknown param='mu': use sp, mup or completep"),
+    (["model=pretrained/gpt2", "model.param=mup", "model.base_width=768"],
+     "error: model.param=mup with pretrained weights: GPT-2's weights were trained in the standard"),
+])
+def test_bad_parametrisation_is_refused_before_any_work(tmp_path, data_root, args, message):
+    proc = launch([*TINY, "data.name=tiny_char", *args, "hydra.run.dir=run"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# training: resume bit for bit, and refuse another parametrisation by name
+
+RUN = ["optim.decay_iters=4", "optim.warmup_iters=1", "task.eval_interval=2", "optim.lr=3e-3",
+       "model.n_embd=64", "model.param=mup", "model.base_width=32"]
+
+
+def test_a_mup_run_resumes_bit_exactly_and_refuses_sp_or_another_base(tmp_path, data_root):
+    from inprocess import train_tiny
+
+    from nanogpt.checkpoint.load import load_run
+    from nanogpt.errors import UserError
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train_tiny(straight, *RUN, "task.max_iters=4")
+    train_tiny(resumed, *RUN, "task.max_iters=2")
+    train_tiny(resumed, *RUN, "task.max_iters=4", "init_from=resume")
+
+    def losses(run):
+        return {r["iter"]: r["loss"] for r in read_metrics(run) if r["kind"] == "train"}
+    assert losses(straight) == losses(resumed) and sorted(losses(straight)) == [1, 2, 3, 4]
+    model, _, _ = load_run(str(straight), "last")
+    assert (model.config.param, model.config.base_width) == ("mup", 32)
+
+    before = (resumed / "metrics.jsonl").read_text()
+    with pytest.raises(UserError, match=r"another model shape \(param: checkpoint mup vs config sp; "
+                                        r"base_width: checkpoint 32 vs config None\)"):
+        train_tiny(resumed, *RUN[:-2], "task.max_iters=6", "init_from=resume")
+    with pytest.raises(UserError, match=r"another model shape \(base_width: checkpoint 32 vs config 16\)"):
+        train_tiny(resumed, *RUN[:-1], "model.base_width=16", "task.max_iters=6", "init_from=resume")
+    assert (resumed / "metrics.jsonl").read_text() == before
+
+
+def test_the_logit_multiplier_comes_before_the_soft_cap_and_keeps_a_zero_head():
+    """An untied, zero-initialised head stays zero (the first logits are 0 at every width), and a
+    soft-cap squashes the already-scaled logits: c tanh((h W / m) / c) (docs/mup.md)."""
+    model = build(n_embd=64, param="mup", base_width=32, tie_embeddings=False, logit_softcap=2.0)  # m = 2
+    assert torch.count_nonzero(model.lm_head.weight) == 0
+    torch.nn.init.normal_(model.lm_head.weight, std=1.0)
+    x = torch.randint(0, 50, (2, 16))
+    store = {}
+    model.lm_head.register_forward_hook(lambda m, args, out: store.update(raw=out))
+    logits, _ = model(x, x)
+    torch.testing.assert_close(logits, 2.0 * torch.tanh(store["raw"] / 2.0))
+    model.lm_head.register_forward_pre_hook(lambda m, args: store.update(inp=args[0]))
+    model.transformer.ln_f.register_forward_hook(lambda m, args, out: store.update(normed=out))
+    model(x, x)
+    torch.testing.assert_close(store["inp"], store["normed"] / 2)  # the head reads ln_f's output / m
