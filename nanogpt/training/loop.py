@@ -31,7 +31,7 @@ from nanogpt.errors import UserError
 from nanogpt.evals.loss import estimate_loss
 from nanogpt.evals.sample import generate_texts
 from nanogpt.run import rundir
-from nanogpt.run.metrics import mfu
+from nanogpt.run.metrics import compact, eta, fraction, mfu
 from nanogpt.runtime import distributed, fsdp
 from nanogpt.training import branch
 from nanogpt.training.guards import Interrupted
@@ -223,8 +223,10 @@ def log_step(s: Training, state: TrainState, loss: torch.Tensor) -> None:
     meter.tokens_per_s = tok_s = state.tokens_per_step / dt
     step_mfu = mfu(s.flops_per_token, tok_s, s.peak, dist.world_size)
     lr = s.schedule(it - 1)  # the step just taken
-    log.info("iter %d: loss %.4f, lr %.2e, %.1f ms/iter, %s tok/s%s", it, loss_val, lr,
-             dt * 1000, f"{tok_s:,.0f}", f", mfu {step_mfu * 100:.1f}%" if step_mfu else "")
+    left = eta(it - s.start_iter, s.max_iters - s.start_iter, meter.elapsed())  # evaluations included
+    log.info("iter %s: loss %.4f, lr %.2e, %.1f ms/iter, %s tok/s%s%s", fraction(it, s.max_iters), loss_val, lr,
+             dt * 1000, compact(tok_s), f", mfu {step_mfu * 100:.1f}%" if step_mfu else "",
+             f", ETA {left}" if left and it < s.max_iters else "")
     s.metrics.log({"kind": "train", "iter": it, "tokens": state.tokens_at(it), "loss": loss_val,
                    "lr": lr, "ms_per_iter": dt * 1000, "tokens_per_s": tok_s, "mfu": step_mfu,
                    "time_s": now - meter.t_start})

@@ -24,7 +24,7 @@ from nanogpt.evals.hellaswag import DuringTraining
 from nanogpt.evals.loss import EvalPlan, plan_evaluation
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.run import rundir
-from nanogpt.run.metrics import MetricsLogger
+from nanogpt.run.metrics import Heartbeat, MetricsLogger
 from nanogpt.runtime import distributed, parallel
 from nanogpt.runtime.hardware import Runtime, peak_flops_info, runtime, why_compile
 from nanogpt.tokenizer import load_tokenizer
@@ -226,6 +226,8 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
     s.prefetch = Prefetcher(Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size),
                             state.it, accum)
     step.batch = s.prefetch.get
+    if dist.is_main and accum > 1:  # a step of many micro-batches says how far it is (every ~10 s)
+        step.on_micro = Heartbeat(max_iters)
     # in a SLURM job, submitit's pre-emption / time-limit signal also saves and stops (then requeues)
     requeue = (dist.requeue_signal,) if dist.requeue_signal else ()
     s.stop = StopRequest((signal.SIGTERM, signal.SIGINT, *requeue))

@@ -1,0 +1,52 @@
+"""Progress and time left: training's log lines, a long step's micro-batches, evaluation and
+preparation bars that become plain periodic lines in a log file (issue 25, items 2 and 4)."""
+from __future__ import annotations
+
+import io
+import re
+import sys
+
+from conftest import QUICK, launch
+
+from nanogpt.run.metrics import Progress, duration, progress
+
+
+def test_training_lines_show_iteration_of_max_percent_rate_and_eta(tmp_path, data_root):
+    proc = launch([*QUICK, "task.max_iters=4", "task.eval_interval=4", f"run={tmp_path / 'run'}"], cwd=tmp_path)
+    lines = [line for line in proc.stdout.splitlines() if ": loss " in line]
+    assert len(lines) == 4, proc.stdout
+    assert re.search(r"iter 2/4 \(50\.0%\): loss [\d.]+, lr \S+, [\d.]+ ms/iter, [\d.]+k? tok/s(, mfu [\d.]+%)?, ETA \d+s$",
+                     lines[1]), lines[1]
+    assert "iter 4/4 (100.0%)" in lines[3] and "ETA" not in lines[3]  # nothing left at the end
+
+
+def test_a_step_of_many_micro_batches_says_how_far_it_is(tmp_path, data_root):
+    """32,768 tokens/step on a CPU is over a minute per step: the log must not go quiet. Here
+    every micro-batch line is due at once (NANOGPT_PROGRESS_EVERY=0; by default ~10 s apart)."""
+    proc = launch([*QUICK, "task.max_iters=1", "task.eval_interval=1", "task.tokens_per_step=384",
+                   f"run={tmp_path / 'run'}"], cwd=tmp_path, env={"NANOGPT_PROGRESS_EVERY": "0"})
+    assert "iter 1/1: micro-batch 2/3, 0s into the step" in proc.stdout, proc.stdout
+    assert "iter 1/1: micro-batch 3/3" in proc.stdout
+
+
+def test_bars_become_plain_periodic_lines_in_a_log_file(monkeypatch):
+    log_file = io.StringIO()  # not a terminal: a log file, a SLURM log
+    monkeypatch.setattr(sys, "stderr", log_file)
+    monkeypatch.setenv("NANOGPT_PROGRESS_EVERY", "0")
+    with progress(total=4, desc="hellaswag", unit="ex") as bar:
+        for _ in range(4):
+            bar.update(1)
+    lines = log_file.getvalue().splitlines()
+    assert lines[0].startswith("hellaswag: 1/4 (25.0%), ") and " ex/s, ETA " in lines[0], lines
+    assert "\r" not in log_file.getvalue()
+    assert lines[-1].startswith("hellaswag: 4/4 (100.0%)") and ", done in " in lines[-1]
+
+    monkeypatch.setenv("NANOGPT_PROGRESS_EVERY", "30")  # the default pace: a short job prints nothing
+    log_file.truncate(0)
+    list(progress(range(3), desc="eval val"))
+    assert log_file.getvalue() == ""
+
+
+def test_durations_read_as_a_person_writes_them():
+    assert [duration(s) for s in (4.6, 61, 1798, 11300, 200000)] == ["5s", "1m01s", "29m58s", "3h08m", "2d07h"]
+    assert isinstance(progress(total=1), Progress)
