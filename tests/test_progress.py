@@ -7,6 +7,7 @@ import re
 import sys
 
 from conftest import QUICK, launch
+from test_prepare import RANK_FILE, needs_ranks, run_script
 
 from nanogpt.run.metrics import Progress, duration, progress
 
@@ -50,3 +51,17 @@ def test_bars_become_plain_periodic_lines_in_a_log_file(monkeypatch):
 def test_durations_read_as_a_person_writes_them():
     assert [duration(s) for s in (4.6, 61, 1798, 11300, 200000)] == ["5s", "1m01s", "29m58s", "3h08m", "2d07h"]
     assert isinstance(progress(total=1), Progress)
+
+
+@needs_ranks
+def test_preparation_shows_progress_in_a_log(tmp_path):
+    """prepare/owt.py tokenizing, its stderr a file: plain progress lines, no carriage returns."""
+    from test_prepare_hf import make_docs, write_parquet_layout
+
+    write_parquet_layout(tmp_path / "owt", make_docs(30))
+    proc = run_script("owt", "--data-files", str(tmp_path / "owt" / "plain_text" / "*.parquet"),
+                      "--out-dir", tmp_path / "o", "--num-proc", "1", "--rank-file", RANK_FILE,
+                      env={"NANOGPT_PROGRESS_EVERY": "0"})
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^tokenizing: \d+/30 \([\d.]+%\)", proc.stderr, re.M), proc.stderr
+    assert "tokenizing: 30/30 (100.0%)" in proc.stderr and ", done in " in proc.stderr and "\r" not in proc.stderr
