@@ -65,3 +65,37 @@ def test_preparation_shows_progress_in_a_log(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^tokenizing: \d+/30 \([\d.]+%\)", proc.stderr, re.M), proc.stderr
     assert "tokenizing: 30/30 (100.0%)" in proc.stderr and ", done in " in proc.stderr and "\r" not in proc.stderr
+
+
+def test_a_local_sweep_says_how_many_points_are_done_and_failed(tmp_path, data_root):
+    """Point 0 fails (a batch that is no multiple of the micro-batch), point 1 trains."""
+    proc = launch(["-m", *QUICK, "task.max_iters=2", "task.eval_interval=2", "sweep_name=s",
+                   "task.tokens_per_step=100,128"], cwd=tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out  # the failed point fails the sweep, as before
+    assert "sweep: 1 of 2 points done, 1 failed" in out, out[-3000:]
+    assert "sweep: 2 of 2 points done, 1 failed" in out, out[-3000:]
+
+
+class FakeJob:
+    def __init__(self, done_at: int, fails: bool):
+        self.polls, self.done_at, self.fails = 0, done_at, fails
+
+    def done(self):
+        self.polls += 1
+        return self.polls >= self.done_at
+
+    def results(self):
+        if self.fails:
+            raise RuntimeError("the job failed")
+        return [None]
+
+
+def test_a_slurm_sweep_reports_points_in_the_order_they_finish():
+    from hydra_plugins.nanogpt_slurm_launcher import wait_for_jobs
+
+    lines = []
+    wait_for_jobs([FakeJob(3, False), FakeJob(1, True), FakeJob(2, False)], poll_s=0, report=lines.append)
+    assert [line.split(", ETA")[0] for line in lines] == [
+        "sweep: 1 of 3 points done, 1 failed", "sweep: 2 of 3 points done, 1 failed",
+        "sweep: 3 of 3 points done, 1 failed"]

@@ -231,6 +231,26 @@ class Heartbeat:
             self.t_said = now
 
 
+class SweepTally:
+    """A sweep's points as they finish: `sweep: 3 of 6 points done, 1 failed, ETA 12m04s`
+    (the SLURM launcher and the local one, nanogpt.run.sweep, print it as each point ends)."""
+
+    def __init__(self, total: int | None):
+        self.total, self.done, self.failed = total, 0, 0
+        self.t0 = time.perf_counter()
+
+    def add(self, failed: bool = False) -> str:
+        self.done += 1
+        self.failed += bool(failed)
+        return self.line()
+
+    def line(self) -> str:
+        of = f" of {self.total}" if self.total else ""
+        left = eta(self.done, self.total, time.perf_counter() - self.t0)
+        more = f", ETA {left}" if left and self.total and self.done < self.total else ""
+        return f"sweep: {self.done}{of} points done, {self.failed} failed{more}"
+
+
 class MetricsLogger:
     """start_iter: the iteration a run starts (or resumes) at. metrics.jsonl keeps the records of
     iterations up to a resumed checkpoint and drops the later ones, which the run is about to
