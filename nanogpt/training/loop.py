@@ -329,7 +329,8 @@ def train_state(s: Training, state: TrainState, rng: list) -> dict:
     return {"model_args": dataclasses.asdict(s.gpt_config),
             "scaler": s.step.scaler.state_dict() if s.step.scaler.is_enabled() else None,
             **state.state_dict(), "max_iters": s.max_iters, "rng": rng, "config": s.config_dict,
-            "tokenizer": s.dataset.meta["tokenizer"], "dataset": s.dataset.meta.get("dataset")}
+            "tokenizer": s.dataset.meta["tokenizer"], "dataset": s.dataset.meta.get("dataset"),
+            "weights": s.weights}
 
 
 def stop_requested(s: Training) -> bool:
@@ -357,7 +358,8 @@ def write_summary(s: Training, state: TrainState, status: str) -> None:
         "eval_time_s": s.meter.eval_time,
         "tokens_per_s": tok_s, "mfu": mfu(per_token, tok_s, s.peak, s.dist.world_size) if tok_s else None,
         "world_size": s.dist.world_size, "device": str(s.rt.device), "dtype": str(s.rt.dtype).replace("torch.", ""),
-        "stop_signal": signal.Signals(s.stop_signal).name if s.stop_signal else None, "config": s.config_dict})
+        "stop_signal": signal.Signals(s.stop_signal).name if s.stop_signal else None,
+        "weights": s.weights, "config": s.config_dict})
 
 
 def record_failure(s: Training, state: TrainState) -> None:
