@@ -151,3 +151,22 @@ def test_registered_as_an_lm_eval_model(setup, monkeypatch):
                                           {"batch_size": 3, "device": None})
     assert (lm.batch_size, lm.max_length, lm.eot_token_id) == (3, 64, 50256)
     assert lm.tok_decode(lm.tok_encode("Hello world")) == "Hello world"
+
+
+def test_a_task_whose_data_cannot_be_downloaded_is_one_error_line(tmp_path, trained_run):
+    """Offline, a task on the hub (arc_easy: allenai/ai2_arc) ended in a ConnectionError /
+    OfflineModeIsEnabled traceback. A local task YAML naming a hub dataset takes the same path in
+    seconds (no indexing of lm-eval's own task files)."""
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "hub_mc.yaml").write_text(TASKS["toy_mc"].replace("toy_mc", "hub_mc").replace(
+        'dataset_path: json\ndataset_kwargs: {data_files: {test: "DATA/mc.jsonl"}}',
+        "dataset_path: allenai/ai2_arc\ndataset_name: ARC-Easy"))
+    proc = subprocess.run([sys.executable, "-m", "nanogpt.lm_eval", str(trained_run), "--tasks", "hub_mc",
+                           "--include-path", str(tmp_path / "tasks"), "--only-include-path", "--device", "cpu"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: the data of lm-eval task hub_mc could not be downloaded (")
+    assert "allenai/ai2_arc" in error and "--include-path DIR" in error
