@@ -99,3 +99,20 @@ def test_a_slurm_sweep_reports_points_in_the_order_they_finish():
     assert [line.split(", ETA")[0] for line in lines] == [
         "sweep: 1 of 3 points done, 1 failed", "sweep: 2 of 3 points done, 1 failed",
         "sweep: 3 of 3 points done, 1 failed"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_training_draws_a_live_bar_on_a_terminal_only(tmp_path, data_root, monkeypatch):
+    from inprocess import train_tiny
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    train_tiny(tmp_path / "run", "task.max_iters=4", "task.eval_interval=4")
+    assert re.search(r"train: 100%.*4/4", sys.stderr.getvalue()), sys.stderr.getvalue()[-2000:]
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: the periodic lines only
+    train_tiny(tmp_path / "run2", "task.max_iters=4", "task.eval_interval=4")
+    assert "train:" not in sys.stderr.getvalue()

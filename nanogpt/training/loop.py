@@ -31,7 +31,7 @@ from nanogpt.errors import UserError
 from nanogpt.evals.loss import estimate_loss
 from nanogpt.evals.sample import generate_texts
 from nanogpt.run import rundir
-from nanogpt.run.metrics import compact, eta, fraction, mfu
+from nanogpt.run.metrics import compact, eta, fraction, mfu, progress
 from nanogpt.runtime import distributed, fsdp
 from nanogpt.training import branch
 from nanogpt.training.guards import Interrupted
@@ -136,7 +136,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     s, state = setup(cfg, Path(run_dir), dist)
     try:
         try:
-            train_loop(s, state)
+            with live_progress(s, state):
+                train_loop(s, state)
         finally:
             s.prefetch.close()
             s.stop.restore()
@@ -172,6 +173,8 @@ def train_loop(s: Training, state: TrainState) -> None:
             break
         loss = train_step(s.step, state.it)
         state.it += 1
+        if s.bar is not None:
+            s.bar.update(1)
         if s.resume_record:
             record_resume(s)
         if loss is None:  # a non-finite step, skipped (task.on_nan=skip)
@@ -181,6 +184,28 @@ def train_loop(s: Training, state: TrainState) -> None:
         s.meter.iters_since_log += 1
         if state.it % s.tcfg.log_interval == 0:
             log_step(s, state, loss)
+
+
+@contextlib.contextmanager
+def live_progress(s: Training, state: TrainState):
+    """On a terminal (rank 0): a live bar of iterations, rate and time left under the log lines
+    (which tqdm prints above it); in a log file or a SLURM log the periodic `iter N/max (%) ...
+    ETA` lines say the same, and no bar is drawn."""
+    bar = progress(total=s.max_iters, initial=state.it, desc="train", unit="it", is_main=s.dist.is_main,
+                   plain=False)
+    if not bar.terminal:
+        bar.close()
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    s.bar = bar
+    try:
+        with logging_redirect_tqdm():
+            yield
+    finally:
+        s.bar = None
+        bar.close()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -125,6 +125,7 @@ class Training:
     meter: Meter | None = None
     stop_signal: int | None = None  # the signal that stopped the run, the same on every rank
     weights: dict | None = None  # where pretrained weights came from (nanogpt.hf.weights.weights_source)
+    bar: object | None = None  # the live progress bar on a terminal (nanogpt.training.loop.live_progress)
 
     @property
     def tcfg(self):
