@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import QUICK, launch
+from conftest import QUICK, launch, needs_gpt2_ranks
 
 from nanogpt.hf.export import export_hf
 from nanogpt.hf.weights import describe_source, snapshot_commit, weights_source
@@ -58,3 +58,20 @@ def test_hub_weights_record_the_commit_they_resolved_to(tmp_path):
     assert describe_source(source) == ("openai-community/gpt2 from the Hugging Face hub at commit "
                                        "607a30d783dfa663caf39e06633721c8d4cfcd7e (revision main)")
     assert snapshot_commit(tmp_path / "elsewhere" / "model.safetensors") is None
+
+
+@needs_gpt2_ranks  # GPT-2's tokenizer comes with OpenAI's weights
+def test_a_task_on_hub_weights_names_the_commit_it_scored(tmp_path, small_hf_dir, monkeypatch):
+    """task=hellaswag / eval / lm_eval on model=pretrained/gpt2: their JSON's "source" was "gpt2"."""
+    import huggingface_hub
+
+    from nanogpt.checkpoint.load import load_model_and_tokenizer
+
+    commit = "1" * 40
+    snapshot = tmp_path / "models--openai-community--gpt2" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors"):
+        (snapshot / f).symlink_to(small_hf_dir / f)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename, **kw: str(snapshot / filename))
+    _, _, source = load_model_and_tokenizer(None, "best", "gpt2", None, "cpu")
+    assert source == f"openai-community/gpt2 from the Hugging Face hub at commit {commit} (revision main)"

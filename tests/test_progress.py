@@ -6,7 +6,8 @@ import io
 import re
 import sys
 
-from conftest import QUICK, launch
+import pytest
+from conftest import QUICK, launch, needs_slurm
 from test_prepare import RANK_FILE, needs_ranks, run_script
 
 from nanogpt.run.metrics import Progress, duration, progress
@@ -116,3 +117,14 @@ def test_training_draws_a_live_bar_on_a_terminal_only(tmp_path, data_root, monke
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: the periodic lines only
     train_tiny(tmp_path / "run2", "task.max_iters=4", "task.eval_interval=4")
     assert "train:" not in sys.stderr.getvalue()
+
+
+@pytest.mark.slurm
+@needs_slurm
+def test_a_slurm_sweep_says_how_many_points_are_done_and_failed(tmp_path, data_root):
+    """Before: the job list, then nothing until the sweep returned."""
+    proc = launch(["-m", "hydra/launcher=slurm_cpu", *QUICK, "task.max_iters=2", "task.eval_interval=2",
+                   "sweep_name=s", "task.tokens_per_step=100,128"], cwd=tmp_path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]  # point 0 fails, and fails the sweep as before
+    assert "sweep: 1 of 2 points done" in out and "sweep: 2 of 2 points done, 1 failed" in out, out[-3000:]
