@@ -28,7 +28,7 @@ from typing import Any, Callable, List, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import DictConfig, OmegaConf
@@ -129,10 +129,10 @@ def _failed(job) -> bool:
     """Did this ended job fail (an exception, a non-zero exit, a cancel)? Its error is raised
     later, in order, by collect_results."""
     try:
-        job.results()
-    except Exception:  # noqa: BLE001
+        returned = job.results()[0]  # the job's JobReturn: a task that raised is FAILED in it
+    except Exception:  # noqa: BLE001 (no result at all: cancelled, killed)
         return True
-    return False
+    return getattr(returned, "status", None) == JobStatus.FAILED
 
 
 def collect_results(jobs: list, job_overrides: Sequence[Sequence[str]], first_idx: int, sweep_dir: Path,

@@ -87,19 +87,22 @@ class FakeJob:
         return self.polls >= self.done_at
 
     def results(self):
-        if self.fails:
-            raise RuntimeError("the job failed")
-        return [None]
+        from hydra.core.utils import JobReturn, JobStatus
+
+        if self.fails == "cancelled":
+            raise RuntimeError("no result: the job was cancelled")
+        return [JobReturn(status=JobStatus.FAILED if self.fails else JobStatus.COMPLETED)]
 
 
 def test_a_slurm_sweep_reports_points_in_the_order_they_finish():
     from hydra_plugins.nanogpt_slurm_launcher import wait_for_jobs
 
     lines = []
-    wait_for_jobs([FakeJob(3, False), FakeJob(1, True), FakeJob(2, False)], poll_s=0, report=lines.append)
+    wait_for_jobs([FakeJob(3, False), FakeJob(1, True), FakeJob(2, False), FakeJob(4, "cancelled")], poll_s=0,
+                  report=lines.append)
     assert [line.split(", ETA")[0] for line in lines] == [
-        "sweep: 1 of 3 points done, 1 failed", "sweep: 2 of 3 points done, 1 failed",
-        "sweep: 3 of 3 points done, 1 failed"]
+        "sweep: 1 of 4 points done, 1 failed", "sweep: 2 of 4 points done, 1 failed",
+        "sweep: 3 of 4 points done, 1 failed", "sweep: 4 of 4 points done, 2 failed"]
 
 
 class Terminal(io.StringIO):
