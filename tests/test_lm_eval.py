@@ -170,3 +170,27 @@ def test_a_task_whose_data_cannot_be_downloaded_is_one_error_line(tmp_path, trai
     [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert error.startswith("error: the data of lm-eval task hub_mc could not be downloaded (")
     assert "allenai/ai2_arc" in error and "--include-path DIR" in error
+
+
+@needs_gpt2_ranks
+def test_hellaswag_and_lm_eval_differ_only_in_normalisation_on_the_same_strings(setup, monkeypatch):
+    """The documented comparison (docs/evaluation.md): on the same examples, with the same
+    context and endings (toy_mc: no preprocessing, lm-eval's " " before each ending as ours),
+    both score the same log-likelihoods, so acc agrees; acc_norm is per token in task=hellaswag
+    and per character in lm-eval, and each follows its rule exactly."""
+    monkeypatch.setenv("NANOGPT_GPT2_RANKS", str(GPT2_RANKS))
+    from nanogpt.evals import hellaswag
+    from nanogpt.evals.lm_eval import NanoGPTLM, load
+
+    model, tokenizer, rt, _ = load(None, "best", None, str(setup / "hf"), "cpu", "float32")
+    examples = hellaswag.read_jsonl(str(setup / "mc.jsonl"))
+    ours = hellaswag.score(model, hellaswag.encode(examples, tokenizer), [e.label for e in examples], rt)
+    theirs = evaluate_with(NanoGPTLM(model, tokenizer, rt, batch_size=5), setup)["samples"]["toy_mc"]
+    theirs = sorted(theirs, key=lambda s: s["doc_id"])
+    for ex, got, their in zip(examples, ours["examples"], theirs):
+        loglik = np.array([r[0][0] for r in their["resps"]])
+        np.testing.assert_allclose(-np.array(got["sum_loss"]), loglik, atol=1e-3)  # the same scores
+        assert their["acc"] == float(got["pred"] == ex.label)
+        by_chars = int(np.argmax(loglik / np.array([len(e) for e in ex.endings])))  # lm-eval's acc_norm
+        assert their["acc_norm"] == float(by_chars == ex.label)
+        assert got["pred_norm"] == int(np.argmin(got["mean_loss"]))  # ours: per token
