@@ -71,7 +71,10 @@ def main(cfg: DictConfig):
         from nanogpt.tasks import TASKS
 
         _log_recipe()
-        return TASKS[config.task.name](config, run_dir, dist)
+        result = TASKS[config.task.name](config, run_dir, dist)
+        if config.task.name != "train" and dist.is_main:  # it wrote into run=RUN (or task.out):
+            remove_if_untouched(run_dir)  # no runs/_TASK/<overrides>/ left holding only .hydra/
+        return result
     except Exception as e:
         own_dir = Path(HydraConfig.get().runtime.output_dir)
         storage = isinstance(e, OSError) and e.errno in _STORAGE_ERRORS

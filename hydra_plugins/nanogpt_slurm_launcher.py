@@ -22,12 +22,13 @@ job unpickles, then names nothing a job would have to import (jobs run the upstr
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, List, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import DictConfig, OmegaConf
@@ -81,8 +82,9 @@ class PerJobSlurmLauncher(SlurmLauncher):
         for settings, indices in groups:
             submitted = self._submit(settings, [(i, job_overrides[i]) for i in indices], initial_job_idx)
             jobs.update(zip(indices, submitted))
-        return collect_results([jobs[i] for i in range(len(job_overrides))], job_overrides, initial_job_idx,
-                               sweep_dir, self.config.hydra.overrides.task)
+        ordered = [jobs[i] for i in range(len(job_overrides))]
+        wait_for_jobs(ordered)
+        return collect_results(ordered, job_overrides, initial_job_idx, sweep_dir, self.config.hydra.overrides.task)
 
     def _submit(self, settings: dict, jobs: list[tuple[int, Sequence[str]]], first_idx: int) -> list:
         """One job array of `jobs` (index in the sweep, overrides), as the upstream launcher
@@ -103,6 +105,34 @@ class PerJobSlurmLauncher(SlurmLauncher):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
         return executor.map_array(runner, *zip(*args))
+
+
+POLL_S = 5.0  # how often the sweep command looks at its jobs (submitit asks sacct at most once a minute)
+
+
+def wait_for_jobs(jobs: list, poll_s: float = POLL_S, report: Callable[[str], None] | None = None) -> None:
+    """Wait until every job has ended, saying `sweep: N of M points done, F failed` each time
+    one does (in the order they finish), so a long SLURM sweep is not silent until it returns."""
+    from nanogpt.run.metrics import SweepTally, say
+
+    report = report or say
+    tally, pending = SweepTally(len(jobs)), list(range(len(jobs)))
+    while pending:
+        for i in [i for i in pending if jobs[i].done()]:
+            pending.remove(i)
+            report(tally.add(failed=_failed(jobs[i])))
+        if pending:
+            time.sleep(poll_s)
+
+
+def _failed(job) -> bool:
+    """Did this ended job fail (an exception, a non-zero exit, a cancel)? Its error is raised
+    later, in order, by collect_results."""
+    try:
+        returned = job.results()[0]  # the job's JobReturn: a task that raised is FAILED in it
+    except Exception:  # noqa: BLE001 (no result at all: cancelled, killed)
+        return True
+    return getattr(returned, "status", None) == JobStatus.FAILED
 
 
 def collect_results(jobs: list, job_overrides: Sequence[Sequence[str]], first_idx: int, sweep_dir: Path,

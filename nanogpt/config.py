@@ -70,6 +70,9 @@ class ModelConfig(GPTConfig):
     # initialise from OpenAI's GPT-2 weights: gpt2, gpt2-medium, gpt2-large, gpt2-xl
     pretrained: Optional[str] = None
     path: Optional[str] = None  # a local Hugging Face model directory (offline machines)
+    # the hub revision of model.pretrained (branch, tag or commit); None: main. Either way the run
+    # records the commit it got (summary.json "weights")
+    revision: Optional[str] = None
 
     def __post_init__(self):
         try:

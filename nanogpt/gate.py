@@ -7,8 +7,10 @@ callback does not see, are checked there).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import io
 import itertools
 import math
 import sys
@@ -163,6 +165,25 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("nanogpt_tasks_per_node", lambda gpus: gpus or 1)
         # a cooldown branch's length: its WSD cooldown (the last decay_frac) starts at branch_iter
         OmegaConf.register_new_resolver("nanogpt_cooldown_end", _cooldown_end)
+        # --help's groups: the options a user chooses, not the schemas registered as base_*
+        OmegaConf.register_new_resolver("nanogpt_config_groups", _config_groups)
+
+
+def _config_groups() -> str:
+    """`group: option, ...` per config group of the app's conf/ directory (its YAML files), as
+    Hydra's --help lists them, without the schema nodes register_configs adds (base_model, ...)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    sources = HydraConfig.get().runtime.config_sources
+    conf = next((Path(s.path) for s in sources if s.provider == "main" and s.schema == "file"), None)
+    if conf is None:
+        return ""
+    groups: dict[str, list[str]] = {}
+    for f in sorted(conf.rglob("*.yaml")):
+        group = f.parent.relative_to(conf).as_posix()
+        if group != "." and not group.startswith("hydra"):
+            groups.setdefault(group, []).append(f.stem)
+    return "\n".join(f"{g}: {', '.join(sorted(opts))}" for g, opts in sorted(groups.items()))
 
 
 def _cooldown_end(branch_iter, decay_frac) -> int:
@@ -256,8 +277,27 @@ def _unknown(key: str, what: str, valid: list[str]) -> str:
     return f"unknown config key '{key}'.{hint} Valid {what}: {', '.join(valid)}"
 
 
+def overrides_of(args: list[str]) -> list[str] | None:
+    """The command line's overrides, as Hydra's own parser splits them from its flags and their
+    arguments (`-sc install=bash`, `--config-name NAME`); None when the command asks for no
+    composition of these overrides (shell completion, --version) or does not parse (Hydra says why)."""
+    from hydra._internal.utils import get_args_parser
+
+    if any(a in ("--version",) for a in args):
+        return None
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # Hydra's own parse reports a bad flag
+            parsed, _ = get_args_parser().parse_known_args(args)
+    except SystemExit:
+        return None
+    return None if parsed.shell_completion else list(parsed.overrides)
+
+
 def check_overrides(args: list[str], conf_dir: Path) -> None:
-    errors = problems(args, conf_dir)
+    overrides = overrides_of(args)
+    if overrides is None:
+        return
+    errors = problems(overrides, conf_dir)
     if errors:
         for e in errors:
             print(f"error: {e}", file=sys.stderr)

@@ -38,10 +38,10 @@ from pathlib import Path
 if not __package__:  # run as `python prepare/fineweb.py`: make `prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tqdm import tqdm
 
 from nanogpt.data import shards
 from nanogpt.paths import dataset_dir
+from nanogpt.run.metrics import progress  # a bar on a terminal, periodic lines in a log
 from prepare import hf
 from prepare.bpe import encode_batches
 from prepare.common import (PrepareError, check_free_space, gpt2_tokenizer, human_bytes,
@@ -241,7 +241,7 @@ class ShardSink:
 def tokenize_into_shards(corpus: hf.Corpus, sink: ShardSink, tokenizer, num_proc: int, batch_size: int) -> None:
     resume = sink.progress.get("resume")
     batches = ((key[:3], key[3]) for key in document_batches(corpus, resume, batch_size))
-    bar = tqdm(total=corpus.num_documents, initial=sink.documents, unit="doc", desc="tokenizing", disable=None)
+    bar = progress(total=corpus.num_documents, initial=sink.documents, unit="doc", desc="tokenizing")
     try:
         for (restart, skip, offset), tokens, lengths in encode_batches(batches, tokenizer, num_proc, eot="before"):
             end = 0
@@ -395,7 +395,7 @@ def fetch_pretokenized(out_dir: str | Path, *, shards_wanted: int = PRETOKENIZED
         missing = [f for _, f in files if not (out_dir / f).is_file()]
         check_free_space(out_dir, len(missing) * (SHARD_TOKENS * 2 + shards.HEADER_BYTES),
                          f"{len(missing)} shard(s) of {repo_id}")
-        for _, name in tqdm(files, desc="downloading", unit="shard", disable=None):
+        for _, name in progress(files, desc="downloading", unit="shard"):
             try:
                 hub_download(repo_id, name, commit, out_dir)
             except OSError as e:

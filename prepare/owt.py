@@ -28,9 +28,9 @@ if not __package__:  # run as `python prepare/owt.py`: make `prepare` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-from tqdm import tqdm
 
 from nanogpt.paths import dataset_dir
+from nanogpt.run.metrics import progress  # a bar on a terminal, periodic lines in a log
 from prepare import hf
 from prepare.bpe import encode_batches
 from prepare.common import DatasetWriter, PrepareError, gpt2_tokenizer, run_cli, summary
@@ -102,7 +102,7 @@ def write_split(corpus: hf.Corpus, writer: DatasetWriter, tokenizer, val_fractio
         ((split, [t for t in batch[column] if t is not None]) for batch in parts[split].iter(batch_size=batch_size))
         for split in ("train", "val"))
     docs = {"train": 0, "val": 0}
-    with tqdm(total=n, unit="doc", desc="tokenizing", disable=None) as bar:
+    with progress(total=n, unit="doc", desc="tokenizing") as bar:
         for split, tokens, lengths in encode_batches(items, tokenizer, num_proc, eot="after"):
             writer.write(split, tokens)
             docs[split] += len(lengths)
@@ -117,7 +117,7 @@ def write_streamed(corpus: hf.Corpus, writer: DatasetWriter, tokenizer, val_frac
     rng = np.random.default_rng(seed)
     items = ((rng.random(len(texts)) < val_fraction, texts) for texts in hf.iter_texts(corpus, batch_size))
     docs = {"train": 0, "val": 0}
-    with tqdm(total=corpus.num_documents, unit="doc", desc="tokenizing", disable=None) as bar:
+    with progress(total=corpus.num_documents, unit="doc", desc="tokenizing") as bar:
         for is_val, tokens, lengths in encode_batches(items, tokenizer, num_proc, eot="after"):
             in_val = np.repeat(is_val, lengths)
             writer.write("train", tokens[~in_val])

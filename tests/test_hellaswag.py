@@ -217,3 +217,27 @@ def test_sample_from_a_hugging_face_checkpoint_without_a_run(tmp_path):
     assert proc.stdout.count("---------------") == 2 and proc.stdout.count("Hello there") == 2
     samples = list((tmp_path / "runs" / "_sample").glob("*/samples.txt"))
     assert len(samples) == 1 and samples[0].read_text().count("Hello there") == 2
+
+
+def test_a_small_file_reports_the_standard_error_of_acc_and_acc_norm():
+    """On 8 examples one flipped prediction is 12.5 points: the table and hellaswag.json say how
+    uncertain each figure is (lm-eval's standard error: sample std over sqrt(n))."""
+    import torch
+
+    from nanogpt.model import GPT, GPTConfig
+    from nanogpt.runtime.hardware import make_runtime
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, vocab_size=16, n_layer=1, n_head=2, n_embd=16))
+    rng = np.random.default_rng(0)
+    encoded = [[(rng.integers(0, 16, 12).tolist(), 4) for _ in range(4)] for _ in range(8)]
+    result = hellaswag.score(model, encoded, [0] * 8, make_runtime("cpu", "float32"))
+    for key in ("acc", "acc_norm"):
+        p = result[key]
+        assert result[f"{key}_se"] == pytest.approx(np.std([1] * round(8 * p) + [0] * round(8 * (1 - p)), ddof=1)
+                                                    / np.sqrt(8))
+    record = {"n": 8, "examples_from": "val.jsonl", "examples_per_s": 1.0, "device": "cpu", "dtype": "float32",
+              "acc": 0.25, "acc_norm": 0.5, "acc_se": hellaswag.standard_error(0.25, 8),
+              "acc_norm_se": hellaswag.standard_error(0.5, 8)}
+    text = hellaswag.table(record, "run")
+    assert "acc          0.2500   ± 0.1637" in text and "acc_norm     0.5000   ± 0.1890" in text

@@ -151,3 +151,46 @@ def test_registered_as_an_lm_eval_model(setup, monkeypatch):
                                           {"batch_size": 3, "device": None})
     assert (lm.batch_size, lm.max_length, lm.eot_token_id) == (3, 64, 50256)
     assert lm.tok_decode(lm.tok_encode("Hello world")) == "Hello world"
+
+
+def test_a_task_whose_data_cannot_be_downloaded_is_one_error_line(tmp_path, trained_run):
+    """Offline, a task on the hub (arc_easy: allenai/ai2_arc) ended in a ConnectionError /
+    OfflineModeIsEnabled traceback. A local task YAML naming a hub dataset takes the same path in
+    seconds (no indexing of lm-eval's own task files)."""
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "hub_mc.yaml").write_text(TASKS["toy_mc"].replace("toy_mc", "hub_mc").replace(
+        'dataset_path: json\ndataset_kwargs: {data_files: {test: "DATA/mc.jsonl"}}',
+        "dataset_path: allenai/ai2_arc\ndataset_name: ARC-Easy"))
+    proc = subprocess.run([sys.executable, "-m", "nanogpt.lm_eval", str(trained_run), "--tasks", "hub_mc",
+                           "--include-path", str(tmp_path / "tasks"), "--only-include-path", "--device", "cpu"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: the data of lm-eval task hub_mc could not be downloaded (")
+    assert "allenai/ai2_arc" in error and "--include-path DIR" in error
+
+
+@needs_gpt2_ranks
+def test_hellaswag_and_lm_eval_differ_only_in_normalisation_on_the_same_strings(setup, monkeypatch):
+    """The documented comparison (docs/evaluation.md): on the same examples, with the same
+    context and endings (toy_mc: no preprocessing, lm-eval's " " before each ending as ours),
+    both score the same log-likelihoods, so acc agrees; acc_norm is per token in task=hellaswag
+    and per character in lm-eval, and each follows its rule exactly."""
+    monkeypatch.setenv("NANOGPT_GPT2_RANKS", str(GPT2_RANKS))
+    from nanogpt.evals import hellaswag
+    from nanogpt.evals.lm_eval import NanoGPTLM, load
+
+    model, tokenizer, rt, _ = load(None, "best", None, str(setup / "hf"), "cpu", "float32")
+    examples = hellaswag.read_jsonl(str(setup / "mc.jsonl"))
+    ours = hellaswag.score(model, hellaswag.encode(examples, tokenizer), [e.label for e in examples], rt)
+    theirs = evaluate_with(NanoGPTLM(model, tokenizer, rt, batch_size=5), setup)["samples"]["toy_mc"]
+    theirs = sorted(theirs, key=lambda s: s["doc_id"])
+    for ex, got, their in zip(examples, ours["examples"], theirs):
+        loglik = np.array([r[0][0] for r in their["resps"]])
+        np.testing.assert_allclose(-np.array(got["sum_loss"]), loglik, atol=1e-3)  # the same scores
+        assert their["acc"] == float(got["pred"] == ex.label)
+        by_chars = int(np.argmax(loglik / np.array([len(e) for e in ex.endings])))  # lm-eval's acc_norm
+        assert their["acc_norm"] == float(by_chars == ex.label)
+        assert got["pred_norm"] == int(np.argmin(got["mean_loss"]))  # ours: per token

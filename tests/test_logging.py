@@ -38,7 +38,8 @@ def test_console_header_metrics_and_no_progress_bars_in_a_log(tmp_path, data_roo
     for part in ("cpu (hardware.device=cpu)", "float32 (hardware.dtype=float32)", "compile off (", "peak for MFU: "):
         assert part in hw, part
     console = [line.split(" - ")[1].split(":")[0] for line in out.splitlines() if ": loss " in line]
-    assert console == ["iter 2", "iter 4", "iter 6", "iter 8", "iter 10"]
+    assert console == ["iter 2/10 (20.0%)", "iter 4/10 (40.0%)", "iter 6/10 (60.0%)", "iter 8/10 (80.0%)",
+                       "iter 10/10 (100.0%)"]
 
     records = read_metrics(run)
     train = [r for r in records if r["kind"] == "train"]

@@ -78,10 +78,11 @@ def load_model_and_tokenizer(run: str | None, which: str, pretrained: str | None
             model, ckpt, ckpt_path = load_run(run, which, device)
             return model, load_tokenizer(ckpt["tokenizer"]), f"{ckpt_path} (iteration {ckpt['iter']})"
         if pretrained or path:
-            from nanogpt.hf.weights import load_pretrained
+            from nanogpt.hf.weights import describe_source, load_pretrained
 
             model = load_pretrained(pretrained, path=path).to(device)
-            return model, GPT2Tokenizer(), str(path or pretrained)
+            # hub weights: the repository and the commit they resolved to (what was scored)
+            return model, GPT2Tokenizer(), str(path) if path else describe_source(model.weights_source)
     except TokenizerError as e:
         raise UserError(str(e)) from e
     raise UserError("no model given: pass run=RUN_DIR (a training run), or OpenAI's weights with "

@@ -167,9 +167,35 @@ def evaluate(lm: NanoGPTLM, tasks: list[str], num_fewshot: int | None = None, li
     if unknown:
         raise UserError(f"lm-eval has no task {', '.join(unknown)}: see `lm_eval ls tasks` (or --include-path DIR "
                         "for your own task YAMLs)")
-    return lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
-                                   task_manager=manager, random_seed=seed, numpy_random_seed=seed,
-                                   torch_random_seed=seed, fewshot_random_seed=seed)
+    try:
+        return lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
+                                       task_manager=manager, random_seed=seed, numpy_random_seed=seed,
+                                       torch_random_seed=seed, fewshot_random_seed=seed)
+    except Exception as e:
+        reason = _download_failure(e)
+        if reason is None:
+            raise
+        raise UserError(
+            f"the data of lm-eval task {', '.join(tasks)} could not be downloaded ({reason}). lm-eval "
+            "fetches each task's dataset from the Hugging Face hub: on a machine without internet, "
+            "copy the dataset here and point --include-path DIR at task YAMLs that read it from "
+            "local files (dataset_path: json, dataset_kwargs: {data_files: {test: FILE.jsonl}}; "
+            "docs/evaluation.md), or run once online to fill the hub's cache") from None
+
+
+def _download_failure(e: BaseException) -> str | None:
+    """`ConnectionError: Couldn't reach 'allenai/ai2_arc' on the Hub (OfflineModeIsEnabled)` when
+    e (or what caused it) is a failed dataset download (offline, no network, an unknown or gated
+    dataset), else None: anything else is not the network's doing and keeps its traceback."""
+    offline = ("ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError", "DatasetNotFoundError",
+               "HfHubHTTPError", "ConnectTimeout", "MaxRetryError")
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ in offline or isinstance(e, ConnectionError):
+            return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def main(argv: list[str] | None = None) -> dict:

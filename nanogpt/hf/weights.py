@@ -90,14 +90,15 @@ def _weight_files(directory: Path) -> list[Path]:
                     f"model.safetensors.index.json, or pytorch_model.bin); it holds {present}")
 
 
-def _download(repo_id: str) -> tuple[list[Path], Path | None]:
-    """model.safetensors (and config.json, if the repo has one) from the hub, via its cache."""
+def _download(repo_id: str, revision: str | None = None) -> tuple[list[Path], Path | None]:
+    """model.safetensors (and config.json, if the repo has one) from the hub, via its cache, at
+    `revision` (a branch, tag or commit; None: main)."""
     from huggingface_hub import (
         hf_hub_download,  # only needed online: keep imports light
     )
 
     try:
-        weights = Path(hf_hub_download(repo_id=repo_id, filename="model.safetensors"))
+        weights = Path(hf_hub_download(repo_id=repo_id, filename="model.safetensors", revision=revision))
     except Exception as e:  # offline, unknown repo, gated repo, no safetensors...
         raise UserError(
             f"could not get {repo_id}/model.safetensors from the Hugging Face hub "
@@ -106,13 +107,62 @@ def _download(repo_id: str) -> tuple[list[Path], Path | None]:
             "(--path DIR for python -m nanogpt.perplexity)"
         ) from e
     try:
-        config = Path(hf_hub_download(repo_id=repo_id, filename="config.json"))
+        config = Path(hf_hub_download(repo_id=repo_id, filename="config.json", revision=revision))
     except Exception:  # the shape is then taken from GPT2_SIZES
         config = None
     return [weights], config
 
 
-def _locate(name: str | None, path: str | os.PathLike | None) -> tuple[list[Path], Path | None]:
+def hub_repo(name: str) -> str:
+    """The hub repository of a model name: OpenAI's four under openai-community/, else as given."""
+    key = _size_key(name)
+    return f"{HUB_ORG}/{key}" if key else name
+
+
+def snapshot_commit(file: Path) -> str | None:
+    """The commit a hub download resolved to: huggingface_hub keeps each file under
+    snapshots/<commit>/ in its cache (None for a file from elsewhere)."""
+    file = Path(file)
+    return file.parent.name if file.parent.parent.name == "snapshots" else None
+
+
+def weights_source(name: str | None, path, files: list[Path], revision: str | None = None) -> dict:
+    """Where weights came from, for a run's log and summary: {"path": DIR}, or {"hub": REPO,
+    "revision": what was asked (main by default), "commit": the commit it resolved to}."""
+    if path is not None:
+        return {"path": str(Path(path).expanduser().resolve())}
+    return {"hub": hub_repo(name), "revision": revision or "main", "commit": snapshot_commit(files[0])}
+
+
+def describe_source(source: dict) -> str:
+    """One line's worth: `model.path=/abs/dir`, or `openai-community/gpt2 at commit 607a30d... (revision main)`."""
+    if "path" in source:
+        return f"model.path={source['path']}"
+    commit = source.get("commit") or "unknown (not from huggingface_hub's cache)"
+    return f"{source['hub']} from the Hugging Face hub at commit {commit} (revision {source['revision']})"
+
+
+def pretrained_shape(name: str | None, path, revision: str | None = None) -> GPTConfig | None:
+    """The architecture of the weights a run will load, from their config.json (no weights read):
+    what the run's recorded config must say. None when it cannot be told now (offline, no
+    config.json for an unknown name): load_pretrained then says why."""
+    try:
+        if path is not None:
+            config_file = Path(path).expanduser() / "config.json"
+            return _gpt_config(config_file if config_file.is_file() else None, name, 0.0)
+        from huggingface_hub import hf_hub_download
+
+        try:
+            config_file = Path(hf_hub_download(repo_id=hub_repo(name), filename="config.json", revision=revision))
+        except Exception:  # noqa: BLE001 (offline: OpenAI's sizes are known)
+            config_file = None
+        return _gpt_config(config_file, name, 0.0)
+    except UserError:
+        return None
+
+
+def _locate(name: str | None, path: str | os.PathLike | None,
+            revision: str | None = None) -> tuple[list[Path], Path | None]:
     """(weight files, config.json or None) for a local directory or a hub name."""
     if path is not None:
         directory = Path(path).expanduser()
@@ -122,8 +172,7 @@ def _locate(name: str | None, path: str | os.PathLike | None) -> tuple[list[Path
         files, config_file = _weight_files(directory), directory / "config.json"
         config_file = config_file if config_file.is_file() else None
     elif name:
-        key = _size_key(name)
-        files, config_file = _download(f"{HUB_ORG}/{key}" if key else name)
+        files, config_file = _download(hub_repo(name), revision)
     else:
         raise UserError("load_pretrained needs a model name (gpt2, gpt2-medium, gpt2-large, "
                         "gpt2-xl) or a local directory (model.path=DIR)")
@@ -281,7 +330,7 @@ def _match_keys(hf_keys, expected: dict[str, torch.Size]) -> dict[str, str]:
 
 def load_pretrained(name: str | None = "gpt2", path: str | os.PathLike | None = None,
                     dropout: float = 0.0, dtype: torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu") -> GPT:
+                    device: str | torch.device = "cpu", revision: str | None = None) -> GPT:
     """A GPT with GPT-2 weights, in eval mode.
 
     `path`: a local Hugging Face GPT-2 directory (wins over `name`); else `name` ("gpt2",
@@ -289,7 +338,7 @@ def load_pretrained(name: str | None = "gpt2", path: str | os.PathLike | None = 
     repo holding a GPT-2) is downloaded once into huggingface_hub's cache. The shape comes from
     config.json when there is one, so small or fine-tuned GPT-2s load too.
     """
-    files, config_file = _locate(name, path)
+    files, config_file = _locate(name, path, revision)
     config = _gpt_config(config_file, name, dropout)
     expected = _reference_shapes(config)
     with _open_tensors(files) as tensors:
@@ -318,7 +367,9 @@ def load_pretrained(name: str | None = "gpt2", path: str | os.PathLike | None = 
                 raise UserError("lm_head.weight differs from the token embedding wte: our GPT ties "
                                 "them, so an untied GPT-2 cannot be loaded")
     state["lm_head.weight"] = state["transformer.wte.weight"]
-    return model_from_state_dict(config, state).eval()
+    model = model_from_state_dict(config, state).eval()
+    model.weights_source = weights_source(name, path, files, revision)  # what a run records
+    return model
 
 
 def model_from_state_dict(config: GPTConfig, state: dict[str, torch.Tensor]) -> GPT:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -67,13 +70,191 @@ def _finite_or_none(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def progress(iterable=None, *, total=None, desc=None, is_main=True, leave=True, unit="it"):
-    """A tqdm bar on rank 0 when stderr is a terminal; silent otherwise (disable=None asks tqdm
-    to check for a TTY), so logs and batch jobs get no carriage-return noise."""
-    from tqdm.auto import tqdm
+# ----------------------------------------------------------------------------------------------
+# progress: the one place that says how far a job is and how long it has left
 
-    return tqdm(iterable, total=total, desc=desc, leave=leave, unit=unit, dynamic_ncols=True,
-                disable=None if is_main else True)
+PROGRESS_EVERY_S = 30.0  # a plain progress line in a log file at most this often (env NANOGPT_PROGRESS_EVERY)
+HEARTBEAT_EVERY_S = 10.0  # inside a long optimizer step: a line at most this often
+
+
+def duration(seconds: float) -> str:
+    """45s, 29m58s, 3h07m, 2d04h: a time left or taken, to the precision a person reads."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def compact(n: float) -> str:
+    """920, 12.3k, 4.1M: a rate or a count, short."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return f"{n:.0f}" if abs(n) >= 10 else f"{n:.1f}"
+
+
+def fraction(done: int, total: int | None) -> str:
+    """'50/2000 (2.5%)', or '50' when the total is unknown."""
+    if not total:
+        return f"{done}"
+    return f"{done}/{total} ({100 * done / total:.1f}%)"
+
+
+def eta(done: float, total: float | None, seconds: float) -> str | None:
+    """The time left at the pace so far (`seconds` for `done` units), or None before any."""
+    if not total or done <= 0 or seconds <= 0:
+        return None
+    return duration((total - done) * seconds / done)
+
+
+def _progress_every() -> float:
+    try:
+        return float(os.environ.get("NANOGPT_PROGRESS_EVERY", PROGRESS_EVERY_S))
+    except ValueError:
+        return PROGRESS_EVERY_S
+
+
+def say(line: str) -> None:
+    """A progress line: to the logging handlers inside a launch (the console and the run's log
+    file), else to stderr (the prepare scripts, python -m tools, a notebook)."""
+    if _in_launch():
+        log.info(line)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """How far a job of `total` units is: a live tqdm bar when stderr is a terminal (rank 0), and
+    otherwise (a log file, a SLURM log) a plain line at most every NANOGPT_PROGRESS_EVERY
+    seconds (30): `hellaswag: 400/10,042 (4.0%), 12.3 ex/s, ETA 13m04s`. Other ranks: silent.
+    `plain=False` leaves log files to the caller (training logs its own periodic lines)."""
+
+    def __init__(self, iterable=None, *, total=None, desc=None, is_main=True, leave=True, unit="it",
+                 initial=0, plain=True):
+        from tqdm.auto import tqdm
+
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.iterable, self.total, self.desc, self.unit = iterable, total, desc or "progress", unit
+        self.terminal = is_main and _is_terminal()
+        self.plain = plain and is_main and not self.terminal
+        self.bar = tqdm(iterable, total=total, desc=desc, leave=leave, unit=unit, dynamic_ncols=True,
+                        initial=initial, disable=not self.terminal)
+        self.n, self.initial, self.every = initial, initial, _progress_every()
+        self.t0 = self.t_said = time.perf_counter()
+        self.said = False
+
+    def __iter__(self):
+        for item in (self.iterable if self.iterable is not None else ()):
+            yield item
+            self.update(1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.terminal:
+            self.bar.update(n)
+        elif self.plain and time.perf_counter() - self.t_said >= self.every:
+            self._say()
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.t0
+        done = self.n - self.initial
+        parts = [f"{self.desc}: {fraction(self.n, self.total)}"]
+        if elapsed > 0 and done > 0:
+            parts.append(f"{compact(done / elapsed)} {self.unit}/s")
+            left = eta(done, (self.total or 0) - self.initial, elapsed)
+            if left is not None and self.n < (self.total or 0):
+                parts.append(f"ETA {left}")
+        return ", ".join(parts)
+
+    def _say(self) -> None:
+        say(self.line())
+        self.t_said, self.said = time.perf_counter(), True
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.plain and self.said:  # a job that printed progress says when it is done
+            say(self.line() + f", done in {duration(time.perf_counter() - self.t0)}")
+            self.said = False
+
+    def __getattr__(self, name):  # set_postfix, refresh, ...: the bar's (a no-op when disabled)
+        if "bar" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["bar"], name)
+
+
+def _in_launch() -> bool:
+    """Is this a `python launch.py` job (Hydra configured its logging)?"""
+    if "hydra" not in sys.modules:
+        return False
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized()
+
+
+def _is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def progress(iterable=None, *, total=None, desc=None, is_main=True, leave=True, unit="it", initial=0,
+             plain=True) -> Progress:
+    """A `Progress` (tqdm bar on a terminal, plain periodic lines in logs): iterate it, or
+    `with progress(total=N) as bar: bar.update(k)`."""
+    return Progress(iterable, total=total, desc=desc, is_main=is_main, leave=leave, unit=unit,
+                    initial=initial, plain=plain)
+
+
+class Heartbeat:
+    """Inside an optimizer step of many micro-batches (32,768 tokens/step on a CPU: over a minute
+    per step), a line at most every HEARTBEAT_EVERY_S seconds, so a log never goes quiet for
+    minutes: `iter 3/20: micro-batch 12/32, 11s into the step`. Call it before each micro-batch."""
+
+    def __init__(self, max_iters: int, every: float | None = None):
+        self.max_iters = max_iters
+        self.every = min(HEARTBEAT_EVERY_S, _progress_every()) if every is None else every
+        self.t_step = self.t_said = time.perf_counter()
+
+    def __call__(self, it: int, micro: int, accum: int) -> None:
+        now = time.perf_counter()
+        if micro == 0:
+            self.t_step = self.t_said = now
+        elif now - self.t_said >= self.every:
+            say(f"iter {it + 1}/{self.max_iters}: micro-batch {micro + 1}/{accum}, "
+                f"{duration(now - self.t_step)} into the step")
+            self.t_said = now
+
+
+class SweepTally:
+    """A sweep's points as they finish: `sweep: 3 of 6 points done, 1 failed, ETA 12m04s`
+    (the SLURM launcher and the local one, nanogpt.run.sweep, print it as each point ends)."""
+
+    def __init__(self, total: int | None):
+        self.total, self.done, self.failed = total, 0, 0
+        self.t0 = time.perf_counter()
+
+    def add(self, failed: bool = False) -> str:
+        self.done += 1
+        self.failed += bool(failed)
+        return self.line()
+
+    def line(self) -> str:
+        of = f" of {self.total}" if self.total else ""
+        left = eta(self.done, self.total, time.perf_counter() - self.t0)
+        more = f", ETA {left}" if left and self.total and self.done < self.total else ""
+        return f"sweep: {self.done}{of} points done, {self.failed} failed{more}"
 
 
 class MetricsLogger:

@@ -31,7 +31,7 @@ from nanogpt.errors import UserError
 from nanogpt.evals.loss import estimate_loss
 from nanogpt.evals.sample import generate_texts
 from nanogpt.run import rundir
-from nanogpt.run.metrics import mfu
+from nanogpt.run.metrics import compact, eta, fraction, mfu, progress
 from nanogpt.runtime import distributed, fsdp
 from nanogpt.training import branch
 from nanogpt.training.guards import Interrupted
@@ -141,7 +141,8 @@ def train(cfg, run_dir: Path, dist: distributed.Dist) -> dict:
     s, state = setup(cfg, Path(run_dir), dist)
     try:
         try:
-            train_loop(s, state)
+            with live_progress(s, state):
+                train_loop(s, state)
         finally:
             s.prefetch.close()
             s.stop.restore()
@@ -179,6 +180,8 @@ def train_loop(s: Training, state: TrainState) -> None:
             break
         loss = train_step(s.step, state.it)
         state.it += 1
+        if s.bar is not None:
+            s.bar.update(1)
         if s.resume_record:
             record_resume(s)
         if loss is None:  # a non-finite step, skipped (task.on_nan=skip)
@@ -188,6 +191,28 @@ def train_loop(s: Training, state: TrainState) -> None:
         s.meter.iters_since_log += 1
         if state.it % s.tcfg.log_interval == 0:
             log_step(s, state, loss)
+
+
+@contextlib.contextmanager
+def live_progress(s: Training, state: TrainState):
+    """On a terminal (rank 0): a live bar of iterations, rate and time left under the log lines
+    (which tqdm prints above it); in a log file or a SLURM log the periodic `iter N/max (%) ...
+    ETA` lines say the same, and no bar is drawn."""
+    bar = progress(total=s.max_iters, initial=state.it, desc="train", unit="it", is_main=s.dist.is_main,
+                   plain=False)
+    if not bar.terminal:
+        bar.close()
+        yield
+        return
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    s.bar = bar
+    try:
+        with logging_redirect_tqdm():
+            yield
+    finally:
+        s.bar = None
+        bar.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,8 +255,10 @@ def log_step(s: Training, state: TrainState, loss: torch.Tensor) -> None:
     meter.tokens_per_s = tok_s = state.tokens_per_step / dt
     step_mfu = mfu(s.flops_per_token, tok_s, s.peak, dist.world_size)
     lr = s.schedule(it - 1)  # the step just taken
-    log.info("iter %d: loss %.4f, lr %.2e, %.1f ms/iter, %s tok/s%s", it, loss_val, lr,
-             dt * 1000, f"{tok_s:,.0f}", f", mfu {step_mfu * 100:.1f}%" if step_mfu else "")
+    left = eta(it - s.start_iter, s.max_iters - s.start_iter, meter.elapsed())  # evaluations included
+    log.info("iter %s: loss %.4f, lr %.2e, %.1f ms/iter, %s tok/s%s%s", fraction(it, s.max_iters), loss_val, lr,
+             dt * 1000, compact(tok_s), f", mfu {step_mfu * 100:.1f}%" if step_mfu else "",
+             f", ETA {left}" if left and it < s.max_iters else "")
     s.metrics.log({"kind": "train", "iter": it, "tokens": state.tokens_at(it), "loss": loss_val,
                    "lr": lr, "ms_per_iter": dt * 1000, "tokens_per_s": tok_s, "mfu": step_mfu,
                    "time_s": now - meter.t_start})
@@ -334,7 +361,8 @@ def train_state(s: Training, state: TrainState, rng: list) -> dict:
     return {"model_args": dataclasses.asdict(s.gpt_config),
             "scaler": s.step.scaler.state_dict() if s.step.scaler.is_enabled() else None,
             **state.state_dict(), "max_iters": s.max_iters, "rng": rng, "config": s.config_dict,
-            "tokenizer": s.dataset.meta["tokenizer"], "dataset": s.dataset.meta.get("dataset")}
+            "tokenizer": s.dataset.meta["tokenizer"], "dataset": s.dataset.meta.get("dataset"),
+            "weights": s.weights}
 
 
 def stop_requested(s: Training) -> bool:
@@ -362,7 +390,8 @@ def write_summary(s: Training, state: TrainState, status: str) -> None:
         "eval_time_s": s.meter.eval_time,
         "tokens_per_s": tok_s, "mfu": mfu(per_token, tok_s, s.peak, s.dist.world_size) if tok_s else None,
         "world_size": s.dist.world_size, "device": str(s.rt.device), "dtype": str(s.rt.dtype).replace("torch.", ""),
-        "stop_signal": signal.Signals(s.stop_signal).name if s.stop_signal else None, "config": s.config_dict})
+        "stop_signal": signal.Signals(s.stop_signal).name if s.stop_signal else None,
+        "weights": s.weights, "config": s.config_dict})
 
 
 def record_failure(s: Training, state: TrainState) -> None:

@@ -26,7 +26,7 @@ from nanogpt.evals.loss import EvalPlan, plan_evaluation
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.run import rundir
 from nanogpt.run.loggers import run_record
-from nanogpt.run.metrics import MetricsLogger
+from nanogpt.run.metrics import Heartbeat, MetricsLogger
 from nanogpt.runtime import distributed, parallel
 from nanogpt.runtime.hardware import Runtime, peak_flops_info, runtime, why_compile
 from nanogpt.tokenizer import load_tokenizer
@@ -127,6 +127,8 @@ class Training:
     stop: StopRequest | None = None
     meter: Meter | None = None
     stop_signal: int | None = None  # the signal that stopped the run, the same on every rank
+    weights: dict | None = None  # where pretrained weights came from (nanogpt.hf.weights.weights_source)
+    bar: object | None = None  # the live progress bar on a terminal (nanogpt.training.loop.live_progress)
 
     @property
     def tcfg(self):
@@ -170,19 +172,25 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
     tcfg, hw = cfg.task, cfg.hardware
     rt = runtime(hw, dist.local_rank, dist.cpus)
     distributed.setup(dist, hw.backend, rt.device)
-    config_dict = dataclasses.asdict(cfg)
     dataset = _open_data(cfg.data, dist)
     # the end-of-run samples' tokenizer, loaded now: a missing BPE rank file fails before training
     tokenizer = load_tokenizer(dataset.meta["tokenizer"]) if tcfg.num_samples > 0 and dist.is_main else None
     hellaswag = DuringTraining.setup(tcfg, dataset.meta["tokenizer"], dist)  # a bad file fails before training
     core = core_eval.DuringTraining.setup(tcfg, dataset.meta["tokenizer"], dist)  # so does a bad bundle
     resume_path, ckpt = _checkpoint_to_resume(cfg, run_dir, dist)
+    cfg = with_weights_shape(cfg, ckpt)  # the record (config, summary, loggers) says what is trained
+    config_dict = dataclasses.asdict(cfg)
+    if dist.is_main:
+        record_trained_model(run_dir, config_dict["model"])
     branch_point = None  # a new cooldown branch starts from its parent's kept checkpoint
     if ckpt is None and tcfg.branch_from:
         resume_path, ckpt = branch.load_point(tcfg.branch_from, tcfg.branch_iter)
         branch_point = {"run": str(Path(tcfg.branch_from).resolve()), "iter": ckpt["iter"]}
     model, gpt_config, resume_changes = build_model(cfg, dataset, ckpt, resume_path, config_dict, run_dir, dist)
     dataset.check_block_size(gpt_config.block_size)
+    # which weights a finetune started from (hub commit or directory): recorded in summary.json
+    # and in every checkpoint, so a resumed run still says it
+    weights = getattr(model, "weights_source", None) or (ckpt or {}).get("weights")
     model.to(rt.device, rt.param_dtype)
     byte_table = distributed.broadcast_object(  # rank 0 reads the tokenizer; all ranks agree
         token_bytes_table(dataset.meta["tokenizer"], gpt_config.vocab_size) if dist.is_main else None)
@@ -225,12 +233,14 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
                  metrics=MetricsLogger(run_dir, dist.is_main, cfg.logger, _logged_config(config_dict, rt), state.it),
                  start_iter=state.it, config_dict=config_dict, tokenizer=tokenizer,
                  byte_table=torch.tensor(byte_table, device=rt.device) if byte_table is not None else None,
-                 can_plot=dist.is_main and tcfg.plot, hellaswag=hellaswag, core=core)
+                 can_plot=dist.is_main and tcfg.plot, hellaswag=hellaswag, core=core, weights=weights)
     _log_header(s, state, resume_path, resume_changes)
     # last, as nothing can fail after them: the batch thread, the signal handlers, the clock
     s.prefetch = Prefetcher(Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size),
                             state.it, accum)
     step.batch = s.prefetch.get
+    if dist.is_main and accum > 1:  # a step of many micro-batches says how far it is (every ~10 s)
+        step.on_micro = Heartbeat(max_iters)
     # in a SLURM job, submitit's pre-emption / time-limit signal also saves and stops (then requeues)
     requeue = (dist.requeue_signal,) if dist.requeue_signal else ()
     s.stop = StopRequest((signal.SIGTERM, signal.SIGINT, *requeue))
@@ -325,9 +335,13 @@ def build_model(cfg, dataset, ckpt, resume_path, config_dict, run_dir, dist) -> 
             model.load_state_dict(ckpt["model"])
         return model, gpt_config, changes
     if mcfg.pretrained or mcfg.path:
-        from nanogpt.hf.weights import load_pretrained
+        from nanogpt.hf.weights import describe_source, load_pretrained
 
-        model = load_pretrained(mcfg.pretrained, path=mcfg.path, dropout=mcfg.dropout)
+        model = load_pretrained(mcfg.pretrained, path=mcfg.path, dropout=mcfg.dropout, revision=mcfg.revision)
+        if dist.is_main:
+            log.info("weights loaded: %s (%d layers x %d wide, %d heads, block %d, vocabulary %d)",
+                     describe_source(model.weights_source), model.config.n_layer, model.config.n_embd,
+                     model.config.n_head, model.config.block_size, model.config.vocab_size)
         if dataset.vocab_size > model.config.vocab_size:
             raise UserError(f"the data's vocabulary ({dataset.vocab_size}) is larger than the "
                             f"pretrained model's ({model.config.vocab_size}): use GPT-2 BPE data")
@@ -337,6 +351,46 @@ def build_model(cfg, dataset, ckpt, resume_path, config_dict, run_dir, dist) -> 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     gpt_config = model_args(mcfg, dataset.vocab_size)
     return GPT(gpt_config), gpt_config, {}
+
+
+def with_weights_shape(cfg, ckpt: dict | None):
+    """cfg with the model section of the weights a run trains: a finetune's architecture is
+    the pretrained weights' (their config.json, or the checkpoint it resumes from), whatever the
+    preset said (finetune_shakespeare names gpt2's 12 x 768; model.path=DIR may hold a 2 x 64).
+    The block is the smaller of the weights' and model.block_size (a finetune may crop it)."""
+    mcfg = cfg.model
+    if not (mcfg.pretrained or mcfg.path):
+        return cfg
+    if ckpt is not None and isinstance(ckpt.get("model_args"), dict):
+        shape = GPTConfig.from_dict(ckpt["model_args"])
+    else:
+        from nanogpt.hf.weights import pretrained_shape
+
+        shape = pretrained_shape(mcfg.pretrained, mcfg.path, mcfg.revision)
+        if shape is None:  # cannot be told before loading: load_pretrained says why
+            return cfg
+        shape.block_size = min(shape.block_size, mcfg.block_size)
+    arch = {k: v for k, v in dataclasses.asdict(shape).items() if k != "dropout"}
+    model = dataclasses.replace(mcfg, **arch, pad_vocab=False,
+                                pretrained=None if mcfg.path else mcfg.pretrained)  # path wins
+    return dataclasses.replace(cfg, model=model)
+
+
+def record_trained_model(run_dir: Path, model: dict) -> None:
+    """.hydra/config.yaml's model section as trained (with_weights_shape), rewritten whole
+    (temp file, rename) when Hydra's composition said otherwise."""
+    from omegaconf import OmegaConf
+
+    from nanogpt.io import replace_atomically
+
+    path = Path(run_dir) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return
+    recorded = OmegaConf.load(path)
+    if "model" not in recorded or OmegaConf.to_container(recorded.model) == model:
+        return
+    recorded.model = model
+    replace_atomically(path, OmegaConf.to_yaml(recorded), ".yaml.tmp")
 
 
 def _log_header(s: Training, state: TrainState, resume_path, resume_changes: dict) -> None:

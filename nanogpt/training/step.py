@@ -25,6 +25,9 @@ class Step:
     guard: NanGuard
     skip_nonfinite: bool = False  # task.on_nan=skip: check every step, skip a non-finite update
     dist: distributed.Dist = field(default_factory=distributed.Dist)
+    # called (iteration, micro-step, accum) before each micro-batch: a long step's progress line
+    # (nanogpt.run.metrics.Heartbeat), on rank 0 of a training run
+    on_micro: Callable[[int, int, int], None] | None = None
 
 
 def train_step(p: Step, it: int) -> torch.Tensor | None:
@@ -34,6 +37,8 @@ def train_step(p: Step, it: int) -> torch.Tensor | None:
     skipped (p.skip_nonfinite). Every loss and gradient norm goes into p.guard."""
     step_loss = torch.zeros((), device=p.rt.device, dtype=p.rt.param_dtype)
     for m in range(p.accum):
+        if p.on_micro is not None:
+            p.on_micro(it, m, p.accum)
         x, y = p.batch(it, m)
         with parallel.accumulating(p.train_model, sync=m == p.accum - 1):
             with p.rt.autocast():
