@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICK, REPO, launch
+from conftest import QUICK, REPO, launch, needs_slurm
 
 optuna = pytest.importorskip("optuna", reason="the search needs optuna: pip install -e '.[search]'")
 
@@ -194,3 +194,25 @@ def test_a_killed_search_continues_without_losing_or_repeating_a_trial(tmp_path,
     assert [(r["number"], r["state"]) for r in rows] == [("0", "COMPLETE"), ("1", "COMPLETE")]
     assert len(trial_dirs(sweep)) == 2 and all(int(r["iters"]) == 600 for r in rows)
     assert all(math.isfinite(float(r["value"])) for r in rows)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@needs_slurm
+def test_four_slurm_jobs_at_once_report_into_one_study(tmp_path, env):
+    """n_jobs=4 on the SLURM launcher: one job array of four trials, each run reporting its
+    evaluations into the one journal file, the sweeper telling each result."""
+    from test_distributed import job_ids, sacct_states
+
+    proc = search(["hydra/launcher=slurm_cpu", "optim.lr=tag(log,interval(1e-4,3e-2))", "hydra.sweeper.n_trials=4",
+                   "hydra.sweeper.n_jobs=4", "hydra.sweeper.seed=0", "hydra.sweeper.pruner=none", "sweep_name=q"],
+                  tmp_path, env)
+    sweep = tmp_path / "sweeps" / "q"
+    rows = trials(sweep)
+    assert [(r["number"], r["state"]) for r in rows] == [(str(i), "COMPLETE") for i in range(4)], proc.stderr[-2000:]
+    ids = job_ids(sweep)
+    assert len(ids) == 4 and len({i.split("_")[0] for i in ids}) == 1  # one array: submitted together
+    assert all(sacct_states(i) == ["COMPLETED"] for i in ids)
+    study = optuna.load_study(study_name="q", storage=open_storage(str(sweep / "optuna.journal")))
+    assert all(set(t.intermediate_values) == {5, 10, 15, 20} for t in study.trials)  # each job reported
+    assert len({t.datetime_start for t in study.trials}) == 4
