@@ -229,6 +229,9 @@ class Search:
         for key in ("n_trials", "n_jobs"):
             if not isinstance(s.get(key), int) or s[key] < 1:
                 raise UserError(f"hydra.sweeper.{key}={s.get(key)}: give a whole number >= 1")
+        if s["direction"] == "maximize" and s["pruner"] != "none":
+            raise UserError("hydra.sweeper.direction=maximize with a pruner: runs report their val loss to the "
+                            "pruner, which a study that maximises would read backwards. Add hydra.sweeper.pruner=none")
         task = OmegaConf.select(self.config, "task.name")
         if self.metric is not None and task == "train" and self.metric not in TRAINING_METRICS:
             raise UserError(f"hydra.sweeper.metric={self.metric}: a training run's summary.json reports no such "

@@ -92,6 +92,7 @@ def test_a_space_that_does_not_parse_is_one_line_before_hydra(capsys, bad, words
     ("hydra.sweeper.metric=val_los", ["metric=val_los", "final_val_loss"]),
     ("hydra.sweeper.storage=sqlite:////no/such/dir/study.db", ["cannot open the study's storage"]),
     ("hydra.sweeper.pruner=medain", ["pruner=medain", "median"]),
+    ("hydra.sweeper.direction=maximize", ["direction=maximize with a pruner", "pruner=none"]),
 ])
 def test_bad_input_is_refused_before_any_trial(tmp_path, env, bad, words):
     args = [bad] if bad.startswith("optim.lr=") else ["optim.lr=1e-3,1e-2", bad]
