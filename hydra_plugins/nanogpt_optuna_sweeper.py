@@ -346,8 +346,11 @@ class Search:
             stale = stale[len(batch):]
             for _ in range(min(self.s["n_jobs"] - len(batch), self.s["n_trials"] - held)):
                 trial = self.study.ask(self.space)
-                batch.append((trial.number, trial._trial_id, trial.params))
+                if not self._repeats_a_finished_trial(trial):
+                    batch.append((trial.number, trial._trial_id, trial.params))
             if not batch:
+                if len(self.study.get_trials(deepcopy=False)) < self.s["n_trials"]:
+                    continue  # every value asked had been tried: ask again
                 break
             results.extend(self._launch(batch))
             self.write_outputs()
@@ -358,6 +361,27 @@ class Search:
                      " ".join(param_overrides(best.params)))
         self.write_outputs(plots=True)
         return results
+
+    def _repeats_a_finished_trial(self, trial) -> bool:
+        """A trial asking for values a finished trial had (TPE does, over choices) gets that
+        trial's result without training again: runs are deterministic, and tokens are the cost."""
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if t.params == trial.params:
+                storage = self.study._storage
+                storage.set_trial_user_attr(trial._trial_id, "repeats", t.number)
+                for step, value in t.intermediate_values.items():
+                    trial.report(value, step)
+                storage.set_trial_user_attr(trial._trial_id, "tokens", 0)
+                if t.state == TrialState.COMPLETE:
+                    self.study.tell(trial, t.value)
+                else:
+                    self.study.tell(trial, state=TrialState.PRUNED)
+                log.info("trial %d asks for trial %d's values: its result is trial %d's, without training again",
+                         trial.number, t.number, t.number)
+                return True
+        return False
 
     def _settle_stale(self) -> List[Tuple[int, int, Dict[str, Any]]]:
         """Trials left running by a sweeper that was stopped: one whose run finished (or was
@@ -410,10 +434,11 @@ class Search:
             return
         if self.metric is None:
             value = ret.return_value
-        elif summary and self.metric not in summary:
+        elif self.metric not in summary:  # a task other than train: known once its first trial ran
             self._tell(number, trial_id, summary, None, f"no {self.metric} in its summary.json", run_dir=run_dir)
+            reported = [k for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
             raise UserError(f"hydra.sweeper.metric={self.metric}: trial {number}'s run ({run_dir}) reports no such "
-                            f"number; it reports {', '.join(k for k, v in summary.items() if isinstance(v, (int, float)))}")
+                            "number; " + (f"it reports {', '.join(reported)}" if reported else "it wrote no summary.json"))
         else:
             value = summary.get(self.metric)
         self._tell(number, trial_id, summary, value, None, run_dir=run_dir)
@@ -454,11 +479,11 @@ class Search:
 def _write_trials_csv(path: Path, trials: list, params: List[str]) -> None:
     from nanogpt.run.metrics import write_text_atomic
 
-    rows = [["number", "state", "value", *params, "tokens", "wall_time_s", "iters", "run_dir"]]
+    rows = [["number", "state", "value", *params, "tokens", "wall_time_s", "iters", "run_dir", "repeats"]]
     for t in trials:
         rows.append([t.number, t.state.name, "" if t.value is None else t.value,
                      *(t.params.get(p, "") for p in params),
-                     *(t.user_attrs.get(k, "") for k in ("tokens", "wall_time_s", "iters", "run_dir"))])
+                     *(t.user_attrs.get(k, "") for k in ("tokens", "wall_time_s", "iters", "run_dir", "repeats"))])
     import io
 
     buf = io.StringIO()
@@ -494,6 +519,7 @@ def _write_plots(study, sweep_dir: Path) -> None:
         return
     import warnings
 
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # choices of numbers, drawn as categories
     for name, plot in (("history", vis.plot_optimization_history), ("importances", vis.plot_param_importances),
                        ("slices", vis.plot_slice)):
         try:

@@ -151,8 +151,9 @@ def test_a_tiny_search_end_to_end_and_the_same_command_continues_it(tmp_path, en
 
 @pytest.mark.slow
 def test_the_pruner_stops_a_bad_trial_which_ends_cleanly(tmp_path, env):
-    # the random sampler with seed 2 asks 1e-2 three times, then 1e-6, which barely trains: the
-    # median pruner (after one finished trial) stops it at its first evaluation after iteration 0
+    # the random sampler with seed 2 asks 1e-2 three times (trained once), then 1e-6, which barely
+    # trains: the median pruner (after one finished trial) stops it at its first evaluation after
+    # iteration 0
     proc = search(["optim.lr=1e-2,1e-6", "hydra.sweeper.sampler=random", "hydra.sweeper.seed=2",
                    "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner=median",
                    "hydra.sweeper.pruner_startup_trials=1", "sweep_name=p"], tmp_path, env)
@@ -217,3 +218,19 @@ def test_four_slurm_jobs_at_once_report_into_one_study(tmp_path, env):
     study = optuna.load_study(study_name="q", storage=open_storage(str(sweep / "optuna.journal")))
     assert all(set(t.intermediate_values) == {5, 10, 15, 20} for t in study.trials)  # each job reported
     assert len({t.datetime_start for t in study.trials}) == 4
+
+
+@pytest.mark.slow
+def test_a_trial_asking_for_values_already_tried_is_not_trained_again(tmp_path, env):
+    # two values, four trials: the random sampler (seed 0) asks for 1e-3 three times
+    search(["optim.lr=1e-2,1e-3", "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler=random", "hydra.sweeper.seed=0",
+            "task.max_iters=10", "sweep_name=d"], tmp_path, env)
+    sweep = tmp_path / "sweeps" / "d"
+    rows = trials(sweep)
+    assert len(rows) == 4 and {r["state"] for r in rows} == {"COMPLETE"}
+    assert len(trial_dirs(sweep)) == 2  # one run per distinct value
+    trained = {r["optim.lr"]: r for r in rows if not r["repeats"]}
+    for r in rows:
+        if r["repeats"]:
+            assert r["tokens"] == "0" and r["value"] == trained[r["optim.lr"]]["value"]
+            assert rows[int(r["repeats"])]["optim.lr"] == r["optim.lr"]
