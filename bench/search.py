@@ -2,6 +2,7 @@
 
     python bench/search.py                                  # the goal: 300 iterations, 18-point grid
     python bench/search.py --iters 60 --eval-interval 15 --small --trials 5   # scaled down (~10 min, 2 cores)
+    python bench/search.py ... --trials 6 --grid-from bench_out/search/results.json   # another search, same grid
 
 Both are real `python launch.py -m ...` commands on `experiment=speedrun_cpu` (shakespeare_char,
 prepared from ../shared if missing): the grid is Hydra's basic sweeper over every combination
@@ -71,6 +72,8 @@ def main() -> None:
     p.add_argument("--small", action="store_true", help="a 2x2x2 grid instead of 3x3x2")
     p.add_argument("--trials", type=int, default=7, help="the search's trials")
     p.add_argument("--out", type=Path, default=REPO / "bench_out" / "search")
+    p.add_argument("--grid-from", type=Path, help="an earlier results.json of the same grid and iterations: its "
+                   "grid's figures are reused (tokens and losses are deterministic), only the search runs")
     a = p.parse_args()
     grid = SMALL if a.small else GRID
     a.out.mkdir(parents=True, exist_ok=True)
@@ -84,8 +87,11 @@ def main() -> None:
                    f"hydra.sweeper.n_trials={a.trials}", "hydra.sweeper.seed=0", "hydra.sweeper.startup_trials=3",
                    "hydra.sweeper.pruner=median", "hydra.sweeper.pruner_startup_trials=2"]
     results = {"machine": machine(), "iters": a.iters, "grid_values": grid, "trials": a.trials}
+    earlier = json.loads(a.grid_from.read_text()) if a.grid_from else None
+    if earlier and (earlier["iters"] != a.iters or earlier["grid_values"] != grid):
+        raise SystemExit(f"error: {a.grid_from} holds another grid or another number of iterations")
     for name, args in (("search", search_args), ("grid", grid_args)):
-        results[name] = sweep(name, args, a.out, data_root)
+        results[name] = earlier["grid"] if name == "grid" and earlier else sweep(name, args, a.out, data_root)
         r = results[name]
         print(f"{name}: {len(r['runs'])} runs ({r['pruned']} pruned), {r['tokens']:,} tokens, "
               f"{r['wall_s']:.0f} s, best val loss {r['best_val_loss']:.4f}", flush=True)
