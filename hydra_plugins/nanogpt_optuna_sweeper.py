@@ -282,7 +282,7 @@ class Search:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         pruner = make_pruner(self.pruner_spec)
-        if "://" not in self.storage_spec:
+        if not self.s.get("storage"):  # the default, in the sweep directory; a path given must exist
             Path(self.storage_spec).parent.mkdir(parents=True, exist_ok=True)
         storage = open_storage(self.storage_spec)
         space = space_json(self.space)

@@ -91,6 +91,7 @@ def test_a_space_that_does_not_parse_is_one_line_before_hydra(capsys, bad, words
     ("+optim.foo=choice(1,2)", ["optim.foo is not a config key"]),
     ("hydra.sweeper.metric=val_los", ["metric=val_los", "final_val_loss"]),
     ("hydra.sweeper.storage=sqlite:////no/such/dir/study.db", ["cannot open the study's storage"]),
+    ("hydra.sweeper.storage=/no/such/dir/study.journal", ["cannot open the study's storage", "no directory"]),
     ("hydra.sweeper.pruner=medain", ["pruner=medain", "median"]),
     ("hydra.sweeper.direction=maximize", ["direction=maximize with a pruner", "pruner=none"]),
 ])
