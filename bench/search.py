@@ -71,6 +71,8 @@ def main() -> None:
     p.add_argument("--eval-interval", type=int, default=50, help="task.eval_interval: the pruner's reports")
     p.add_argument("--small", action="store_true", help="a 2x2x2 grid instead of 3x3x2")
     p.add_argument("--trials", type=int, default=7, help="the search's trials")
+    p.add_argument("--warmup", type=int, default=0, help="hydra.sweeper.pruner_warmup_steps: iterations "
+                   "before a trial may be pruned (early losses favour high learning rates)")
     p.add_argument("--out", type=Path, default=REPO / "bench_out" / "search")
     p.add_argument("--grid-from", type=Path, help="an earlier results.json of the same grid and iterations: its "
                    "grid's figures are reused (tokens and losses are deterministic), only the search runs")
@@ -85,7 +87,8 @@ def main() -> None:
     grid_args = [*common, *(f"{k}={','.join(map(str, v))}" for k, v in grid.items())]
     search_args = ["hydra/sweeper=optuna", *common, *(f"{k}=choice({','.join(map(str, v))})" for k, v in grid.items()),
                    f"hydra.sweeper.n_trials={a.trials}", "hydra.sweeper.seed=0", "hydra.sweeper.startup_trials=3",
-                   "hydra.sweeper.pruner=median", "hydra.sweeper.pruner_startup_trials=2"]
+                   "hydra.sweeper.pruner=median", "hydra.sweeper.pruner_startup_trials=2",
+                   f"hydra.sweeper.pruner_warmup_steps={a.warmup}"]
     results = {"machine": machine(), "iters": a.iters, "grid_values": grid, "trials": a.trials}
     earlier = json.loads(a.grid_from.read_text()) if a.grid_from else None
     if earlier and (earlier["iters"] != a.iters or earlier["grid_values"] != grid):
