@@ -161,6 +161,9 @@ if __name__ == "__main__":
         from nanogpt.gate import check_overrides
 
         check_overrides(sys.argv[1:], CONF_DIR)
+        from hydra_plugins.nanogpt_optuna_sweeper import check_search_command
+
+        check_search_command(sys.argv[1:])  # a search space that does not parse: one line, exit 2
         main()
     except KeyboardInterrupt as e:  # a signal before the task started (composition, Hydra writing .hydra/)
         signum = getattr(e, "signum", signal.SIGINT)

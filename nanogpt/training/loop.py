@@ -174,7 +174,7 @@ def train_loop(s: Training, state: TrainState) -> None:
             keep_checkpoint(s, state)
         if state.it >= s.max_iters:
             break
-        if stop_requested(s):
+        if stop_requested(s) or s.pruned:
             if state.saved_at != state.it:
                 save_checkpoint(s, state, "last.pt")
             break
@@ -294,6 +294,8 @@ def evaluate_and_checkpoint(s: Training, state: TrainState) -> None:
                        "train_loss": losses["train"], "val_loss": losses["val"],
                        "val_loss_se": errors["val"], **{f"{k}_bpb": v for k, v in bpb.items()},
                        "time_s": s.meter.elapsed(), "eval_time_s": s.meter.eval_time})
+    if s.search is not None:  # a search's trial: report, and stop here (after saving) if pruned
+        s.pruned = _agree(s.dist.is_main and s.search.should_prune(it, losses), s.dist)
     if it > 0:
         if improved:  # best.pt first: a kill before the copy leaves it the newest
             save_checkpoint(s, state, "best.pt", copy_to="last.pt")
@@ -462,7 +464,7 @@ def finish(s: Training, state: TrainState) -> dict:
     resumable at max_iters, and the same command completes it. An interrupted one says how to
     resume. Returns the summary (rank 0; on the others, the status and the agreed stop signal)."""
     finished = state.it >= s.max_iters
-    status = "finished" if finished else "interrupted"
+    status = "finished" if finished else "pruned" if s.pruned else "interrupted"
     if finished and s.dist.is_main:
         if state.losses:
             log.info("val loss %.4f nats/token vs the corpus's unigram entropy %.4f: what a model "
@@ -472,8 +474,12 @@ def finish(s: Training, state: TrainState) -> dict:
     if not finished and s.dist.is_main:
         if s.can_plot:
             _plot(s.run_dir)
-        log.warning("stopped at iteration %d; checkpoint saved. Resume with the same command, or "
-                    "`python launch.py init_from=resume run=%s`", state.it, s.run_dir)
+        if s.pruned:
+            log.info("trial %d of the search pruned at iteration %d (checkpoint saved): its val loss "
+                     "was worse than the other trials' there", s.search.number, state.it)
+        else:
+            log.warning("stopped at iteration %d; checkpoint saved. Resume with the same command, or "
+                        "`python launch.py init_from=resume run=%s`", state.it, s.run_dir)
     s.metrics.close()
     if not s.dist.is_main:
         return {"status": status, "stop_signal": signal.Signals(s.stop_signal).name if s.stop_signal else None}

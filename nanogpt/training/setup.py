@@ -27,6 +27,7 @@ from nanogpt.model import GPT, GPTConfig
 from nanogpt.run import rundir
 from nanogpt.run.loggers import run_record
 from nanogpt.run.metrics import Heartbeat, MetricsLogger
+from nanogpt.run.search import TrialReporter, reporter_from_env
 from nanogpt.runtime import distributed, parallel
 from nanogpt.runtime.hardware import Runtime, peak_flops_info, runtime, why_compile
 from nanogpt.tokenizer import load_tokenizer
@@ -123,6 +124,8 @@ class Training:
     hellaswag: DuringTraining | None = None  # task.hellaswag_interval: scored and logged in the loop
     core: core_eval.DuringTraining | None = None  # task.core_interval: likewise
     resume_record: dict | None = None  # the settings a resume changed, for metrics.jsonl after its first step
+    search: TrialReporter | None = None  # the Optuna trial of a search (-m hydra/sweeper=optuna), or None
+    pruned: bool = False  # the search's pruner stopped this run at an evaluation
     prefetch: Prefetcher | None = None  # these three last: setup starts them when nothing can fail
     stop: StopRequest | None = None
     meter: Meter | None = None
@@ -233,7 +236,8 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
                  metrics=MetricsLogger(run_dir, dist.is_main, cfg.logger, _logged_config(config_dict, rt), state.it),
                  start_iter=state.it, config_dict=config_dict, tokenizer=tokenizer,
                  byte_table=torch.tensor(byte_table, device=rt.device) if byte_table is not None else None,
-                 can_plot=dist.is_main and tcfg.plot, hellaswag=hellaswag, core=core, weights=weights)
+                 can_plot=dist.is_main and tcfg.plot, hellaswag=hellaswag, core=core, weights=weights,
+                 search=reporter_from_env(run_dir))
     _log_header(s, state, resume_path, resume_changes)
     # last, as nothing can fail after them: the batch thread, the signal handlers, the clock
     s.prefetch = Prefetcher(Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size),
