@@ -11,11 +11,17 @@ Functions that draw take an optional `ax`/`axes` to draw into (e.g. a notebook's
 from __future__ import annotations
 
 import argparse
+import functools
+import os
+import textwrap
 import warnings
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
+import matplotlib
+import matplotlib.cm
+import matplotlib.colors
+from matplotlib import colormaps, ticker
 from matplotlib.figure import Figure
 
 from nanogpt.run.results import (
@@ -25,24 +31,71 @@ from nanogpt.run.results import (
     read_metrics,
     read_summary,
 )
-from nanogpt.scaling.fit import Approach3Fit, IsoFLOPFit, compute_frontier
+from nanogpt.scaling.fit import (Approach3Fit, Bootstrap, IsoFLOPFit, compute_frontier, group_by_compute,
+                                 power_law_band)
 
-X_LABELS = {"tokens": "tokens", "iter": "iteration", "flops": "training FLOPs"}
+X_LABELS = {"tokens": "tokens seen", "iter": "iteration", "flops": "training compute (FLOPs)"}
+FORMATS = ("png", "pdf", "svg")  # pdf and svg are vector: for a paper
+LOSS_LABEL = "validation loss (nats/token)"
+N_LABEL = "non-embedding parameters N"
+C_LABEL = "training compute C (FLOPs)"
+LABEL_CHARS = 40  # a legend entry longer than this is cut: a label names a run, it does not describe it
+
+# One look for every figure (the run plots, the scaling figures, the notebooks that call these):
+# paper-sized fonts, light grid, no top/right frame. Applied while a figure is drawn only.
+STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+         "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False,
+         "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.6,
+         "legend.frameon": False, "lines.linewidth": 1.4, "savefig.dpi": 150,
+         "svg.fonttype": "none", "pdf.fonttype": 42}
+
+
+def styled(draw):
+    """Draw under STYLE (matplotlib reads rcParams when an artist is made, so the style sticks)."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(STYLE):
+            return draw(*args, **kwargs)
+    return wrapper
 
 
 def _save(fig: Figure, out) -> Path:
+    """Write the figure in the format its suffix names (png, pdf or svg)."""
     out = Path(out)
+    if out.suffix.lstrip(".").lower() not in FORMATS:
+        raise ValueError(f"{out}: a figure is written as {', '.join('.' + f for f in FORMATS)}; "
+                         f"name the file with one of those suffixes")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
+    fig.savefig(out, bbox_inches="tight", metadata={"Software": None} if out.suffix == ".png" else None)
     return out
 
 
-def _axes(ax, ncols: int = 1, width: float = 6.0):
-    """The axes to draw into: the caller's, or those of a new Figure."""
+def _axes(ax, ncols: int = 1, width: float = 4.6, height: float = 3.4):
+    """The axes to draw into: the caller's, or those of a new Figure (sized for a paper column)."""
     if ax is not None:
         return ax.figure if ncols == 1 else ax[0].figure, ax
-    fig = Figure(figsize=(width * ncols, 4.2), layout="constrained")
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
     return fig, fig.subplots(1, ncols)
+
+
+def _legend_outside(ax, **kwargs):
+    """The legend right of the axes, never over the data."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, **kwargs)
+
+
+def _tidy_log_axis(axis):
+    """Readable log ticks: decades over a wide range; 1-2-5 steps inside one or two decades, where
+    matplotlib would label every minor tick (the labels then overlap)."""
+    lo, hi = sorted(axis.get_view_interval())
+    if lo <= 0 or hi <= 0:
+        return
+    decades = np.log10(hi / lo)
+    subs = (1.0,) if decades >= 2.5 else (1.0, 2.0, 5.0) if decades >= 0.7 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=subs, numticks=12))
+    axis.set_major_formatter(ticker.LogFormatterSciNotation(labelOnlyBase=False))
+    axis.set_minor_formatter(ticker.NullFormatter())
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,38 +123,75 @@ def load_curves(run_dir, x: str = "tokens") -> dict[str, np.ndarray]:
                 val_loss=np.array([m["val_loss"] for m in evals], dtype=float))
 
 
+def _short_key(key: str) -> str:
+    """model.n_layer -> n_layer; model.name -> model (a preset's name says more than "name")."""
+    parts = key.split(".")
+    return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
+
+
+def _truncate(text: str, limit: int = LABEL_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
+
+
 def run_labels(run_dirs) -> list[str]:
-    """A label per run from the config values that differ between the runs (e.g.
-    "model.n_layer=4 optim.lr=0.001"); the directory name when the configs say nothing."""
+    """A short label per run from the config values that differ between the runs ("n_layer=4
+    lr=0.001"): recipe names first (variant, experiment, *.name), as many keys as fit in
+    LABEL_CHARS, then "+k more"; the directory name when the configs say nothing or the labels
+    would clash."""
     configs = [flatten(read_config(d)) for d in run_dirs]
     keys = sorted({k for c in configs for k in c})
     differing = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    # a recipe's name (variant=modern, optim.name=muon) tells two recipes apart better than any value
+    rank = {"variant": 0, "experiment": 1}
+    differing.sort(key=lambda k: (rank.get(k, 2 if k.endswith(".name") else 3), k))
     labels = []
     for d, c in zip(run_dirs, configs):
-        label = " ".join(f"{k}={c.get(k)}" for k in differing)
-        labels.append(label if label and len(run_dirs) > 1 else Path(d).name)
+        shown = []
+        for i, k in enumerate(differing):
+            item = f"{_short_key(k)}={c.get(k)}"
+            more = len(differing) - i - 1
+            if shown and len(" ".join(shown + [item])) + (len(f" +{more} more") if more else 0) > LABEL_CHARS:
+                break
+            shown.append(item)
+        more = len(differing) - len(shown)
+        label = " ".join(shown) + (f" +{more} more" if more else "")
+        labels.append(_truncate(label) if label and len(run_dirs) > 1 else _truncate(Path(d).name))
+    if len(set(labels)) < len(labels):  # cut to the same text: the directory names instead
+        labels = [_truncate(Path(d).name) for d in run_dirs]
     return labels
 
 
-def _draw_curves(ax, curves: dict, color, label: str):
+def _positive(x, y):
+    """The points a log axis can show (x > 0): an iteration-0 eval sits at 0 tokens/FLOPs."""
+    keep = x > 0
+    return x[keep], y[keep]
+
+
+def _draw_curves(ax, curves: dict, color, label: str, log_x: bool = False):
+    """Train loss faint, validation loss as markers joined by a line, both in the run's colour."""
     has_val = len(curves["val_x"]) > 0  # the label goes on the val curve when there is one
-    if len(curves["train_x"]):
-        ax.plot(curves["train_x"], curves["train_loss"], color=color, alpha=0.35, lw=1,
-                label=None if has_val else label)
+    train = (curves["train_x"], curves["train_loss"])
+    val = (curves["val_x"], curves["val_loss"])
+    if log_x:
+        train, val = _positive(*train), _positive(*val)
+    if len(train[0]):
+        ax.plot(*train, color=color, alpha=0.35, lw=0.9, label=None if has_val else label)
     if has_val:
-        ax.plot(curves["val_x"], curves["val_loss"], color=color, marker="o", ms=3, lw=1.5, label=label)
+        ax.plot(*val, color=color, marker="o", ms=3.5, lw=1.4, label=label)
 
 
+@styled
 def plot_run(run_dir, out=None) -> Path:
     """run_dir/loss.png (or `out`): train loss (faint) and val loss (dots) against tokens.
     Raises ValueError when metrics.jsonl has nothing to plot."""
     curves = load_curves(run_dir)
     fig, ax = _axes(None)
-    _draw_curves(ax, curves, "C0", "val loss" if len(curves["val_x"]) else "train loss")
-    ax.set(xlabel="tokens", ylabel="loss", title=Path(run_dir).name)
+    _draw_curves(ax, curves, "C0", "validation" if len(curves["val_x"]) else "train")
+    if len(curves["val_x"]) and len(curves["train_x"]):
+        ax.plot([], [], color="C0", alpha=0.35, lw=0.9, label="train")
+    ax.set(xlabel=X_LABELS["tokens"], ylabel="loss (nats/token)", title=f"{Path(run_dir).name}: loss")
     handles = _draw_hellaswag(ax, run_dir)
     ax.legend(handles=ax.get_legend_handles_labels()[0] + handles)
-    ax.grid(alpha=0.3)
     return _save(fig, out or Path(run_dir) / "loss.png")
 
 
@@ -111,127 +201,265 @@ def _draw_hellaswag(ax, run_dir) -> list:
     if not points:
         return []
     right = ax.twinx()
+    right.spines["right"].set_visible(True)
+    right.grid(False)
     lines = right.plot([m["tokens"] for m in points], [m["acc_norm"] for m in points], color="C3", marker="s",
                        ms=3, lw=1.5, label="HellaSwag acc_norm")
     right.set_ylabel("HellaSwag acc_norm (0.25: chance)")
     return lines
 
 
-def plot_runs(run_dirs, out, x: str = "tokens", ax=None) -> Path | Figure:
-    """Overlay several runs (a sweep): faint train loss, val loss with dots, one colour per run,
-    labelled by what differs in their configs. Runs with nothing to plot are skipped with a warning."""
+def _common_name(run_dirs) -> str:
+    """What a set of runs is called: their common directory's name (a sweep), else the run's."""
+    if len(run_dirs) == 1:
+        return Path(run_dirs[0]).name
+    common = Path(os.path.commonpath([str(Path(d).resolve()) for d in run_dirs]))
+    return common.name or "runs"
+
+
+@styled
+def plot_runs(run_dirs, out, x: str = "tokens", ax=None, labels=None, title: str | None = None) -> Path | Figure:
+    """Overlay several runs (a sweep): faint train loss, val loss as markers and lines, one colour
+    per run, labelled `labels` or by what differs in their configs (short). The legend sits right
+    of the axes. Runs with nothing to plot are skipped with a warning."""
     if x not in X_LABELS:
         raise ValueError(f"x must be one of {list(X_LABELS)}, got {x!r}")
     run_dirs = [Path(d) for d in run_dirs]
-    fig, ax = _axes(ax, width=8)
-    drawn = 0
-    for i, (d, label) in enumerate(zip(run_dirs, run_labels(run_dirs))):
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ValueError(f"{len(labels)} labels for {len(run_dirs)} runs: give one --label per run, in order")
+    labels = [_truncate(str(lab)) for lab in labels] if labels is not None else run_labels(run_dirs)
+    fig, ax = _axes(ax, width=5.2)
+    log_x = x == "flops"
+    drawn, first = 0, []
+    for i, (d, label) in enumerate(zip(run_dirs, labels)):
         try:
             curves = load_curves(d, x)
         except ValueError as e:
             warnings.warn(f"skipping {d}: {e}")
             continue
-        _draw_curves(ax, curves, f"C{i % 10}", label)
+        _draw_curves(ax, curves, f"C{i % 10}", label, log_x=log_x)
+        first += [v[v > 0].min() for v in (curves["train_x"], curves["val_x"]) if np.any(v > 0)]
         drawn += 1
     if not drawn:
         raise ValueError("none of the runs has anything to plot")
-    ax.set(xlabel=X_LABELS[x], ylabel="loss (faint: train, dots: val)")
-    if x == "flops":
+    ax.set(xlabel=X_LABELS[x], ylabel="loss (nats/token)",
+           title=title or f"{_common_name(run_dirs)}: loss vs {X_LABELS[x].split(' (')[0]}")
+    if log_x:  # start at the first positive value: 0 FLOPs (iteration 0) has no place on a log axis
         ax.set_xscale("log")
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
+        if first:
+            ax.set_xlim(left=min(first) / 1.15)
+        _tidy_log_axis(ax.xaxis)
+    ax.plot([], [], color="grey", alpha=0.35, lw=0.9, label="(faint: train loss; dots: validation)")
+    _legend_below(fig, ax)
     return _save(fig, out) if out else fig
 
 
 # --------------------------------------------------------------------------------------------
 # Scaling-law figures (nanogpt.scaling.collect fit --plots)
 # --------------------------------------------------------------------------------------------
-def plot_loss_vs_flops(C, L, N=None, fit: Approach3Fit | None = None, ax=None, out=None):
-    """Every run's loss against its FLOPs (coloured by N), the compute-efficient frontier and,
-    with an approach-3 fit, its predicted loss at the compute-optimal N and D."""
+def _title(name: str | None, what: str) -> str:
+    return f"{name}: {what}" if name else what
+
+
+@styled
+def plot_loss_vs_flops(C, L, N=None, fit: Approach3Fit | None = None, ax=None, out=None, *, D=None,
+                       boot: Bootstrap | None = None, title: str | None = None, loss_label: str = LOSS_LABEL,
+                       n_label: str = N_LABEL, rtol: float = 0.1):
+    """Every run's loss against its FLOPs (coloured by N) and the compute-efficient frontier: the
+    runs that beat every cheaper run, joined. With an approach-3 fit, its loss at the
+    compute-optimal N and D (band: the bootstrap's 95% interval), drawn at the runs' own FLOPs
+    count: the fit knows C = 6ND, the runs also count attention, so the curve is moved by their
+    median C / 6ND (needs N and D; else drawn at 6ND)."""
     C, L = np.asarray(C, dtype=float), np.asarray(L, dtype=float)
-    fig, ax = _axes(ax)
+    fig, ax = _axes(ax, width=5.2)
     if N is not None:
-        points = ax.scatter(C, L, c=np.log10(N), cmap="viridis", s=18)
-        fig.colorbar(points, ax=ax, label="log10 N")
+        N = np.asarray(N, dtype=float)
+        points = ax.scatter(C, L, c=N, cmap="viridis", s=20, zorder=3, edgecolors="none",
+                            norm=matplotlib.colors.LogNorm(), label="runs")
+        fig.colorbar(points, ax=ax, label=n_label, pad=0.02)
     else:
-        ax.scatter(C, L, s=18)
-    # the frontier as a step: the lowest loss reached with at most C FLOPs
-    front = compute_frontier(C, L)
-    ax.step(np.append(C[front], C.max()), np.append(L[front], L[front][-1]), "k-", where="post",
-            lw=1.2, label="frontier (lower envelope)")
+        ax.scatter(C, L, s=20, zorder=3, label="runs")
+    front = compute_frontier(C, L, rtol=rtol)
+    ax.plot(C[front], L[front], "k-", lw=1.0, marker="o", mfc="none", ms=7, zorder=4,
+            label="compute-efficient frontier (best run per budget)")
     if fit is not None:
+        ratio = 1.0
+        if N is not None and D is not None:
+            ratio = float(np.median(C / (6 * N * np.asarray(D, dtype=float))))
         grid = np.logspace(np.log10(C.min()), np.log10(C.max()), 100)
-        ax.plot(grid, fit.predict(*fit.compute_optimal(grid)), "r--", lw=1.2,
-                label="approach 3 at N_opt(C)")
-    ax.set(xscale="log", xlabel="training FLOPs C", ylabel="val loss")
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3, which="both")
+        C6 = grid / ratio  # the budget in the fit's own units (6ND)
+        ax.plot(grid, fit.predict(*fit.compute_optimal(C6)), "C3--", lw=1.3, zorder=2,
+                label="approach 3: L at the optimal N, D" + (" (degenerate fit)" if fit.degenerate else ""))
+        if boot is not None:
+            lo, hi = boot.optimal_loss_interval(C6)
+            ax.fill_between(grid, lo, hi, color="C3", alpha=0.15, lw=0, label=f"{boot.level:.0%} bootstrap interval")
+    ax.set(xscale="log", xlabel=C_LABEL, ylabel=loss_label, title=_title(title, "loss vs compute"))
+    _tidy_log_axis(ax.xaxis)
+    _legend_below(fig, ax)
     return _save(fig, out) if out else fig
 
 
-def plot_isoflops(iso: IsoFLOPFit, axes=None, out=None):
-    """Left: loss vs N per budget with its parabola and minimum. Right: N_opt vs C and the power law."""
-    fig, (ax, ax2) = _axes(axes, ncols=2)
-    for i, p in enumerate(iso.profiles):
-        color = f"C{i % 10}"
-        ax.scatter(p.N, p.L, color=color, s=18, label=f"C={p.C:.2g}")
-        x = np.linspace(np.log(p.N.min()) - 0.3, np.log(p.N.max()) + 0.3, 100)
+def _legend_below(fig, ax):
+    """Below the figure, never over the data and never widening it (a colour bar may take the
+    right-hand side); in a caller's figure, beside its axes."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    if fig.get_layout_engine() is not None and len(fig.axes) <= 2:  # ours: the axes and its colour bar
+        ncols = 2 if max(len(label) for label in labels) <= 30 else 1
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(ncols, len(labels)))
+    else:
+        _legend_outside(ax)
+
+
+def _budget_groups(data, rtol):
+    """(C, N, L) per budget group of the raw runs, for the curves drawn when no parabola fits."""
+    for idx in group_by_compute(data["C"], rtol):
+        order = idx[np.argsort(data["N"][idx])]
+        yield float(np.exp(np.log(data["C"][idx]).mean())), data["N"][order], data["L"][order]
+
+
+@styled
+def plot_isoflops(iso: IsoFLOPFit | None = None, axes=None, out=None, *, data=None, rtol: float = 0.1,
+                  fit3: Approach3Fit | None = None, boot: Bootstrap | None = None, title: str | None = None,
+                  loss_label: str = LOSS_LABEL, n_label: str = N_LABEL):
+    """Left: loss vs N per budget with its parabola and minimum (stars; faint: outside the sizes
+    tried). Right: N_opt vs C, approach 2's power law with its 95% band and, given fit3, approach
+    3's line with its bootstrap band. With `data` (fit_data's dict) and no `iso`, the raw curves
+    only: what the runs show when no parabola could be fitted."""
+    if iso is None and data is None:
+        raise ValueError("plot_isoflops needs an IsoFLOPFit or the runs' data")
+    if iso is None and axes is None:  # the raw curves alone: one panel
+        fig, ax = _axes(None, width=5.2)
+        ax2 = None
+    else:
+        fig, (ax, ax2) = _axes(axes, ncols=2, width=4.4)
+    colors = colormaps["plasma"]
+    if iso is not None:
+        groups = [(p.C, p.N, p.L, p) for p in iso.profiles]
+    else:
+        groups = [(C, N, L, None) for C, N, L in _budget_groups(data, rtol)]
+    for i, (C, N, L, p) in enumerate(groups):
+        color = colors(0.85 * i / max(len(groups) - 1, 1))
+        ax.scatter(N, L, color=color, s=18, zorder=3, label=f"C = {_sci(C)}")
+        if p is None:
+            ax.plot(N, L, color=color, lw=0.8, alpha=0.6)
+            continue
+        x = np.linspace(np.log(N.min()) - 0.2, np.log(N.max()) + 0.2, 100)
         ax.plot(np.exp(x), np.polyval(p.coef, x), color=color, lw=1)
-        ax.plot(p.N_opt, p.L_opt, marker="*", ms=11, color=color, mec="k",
-                alpha=1.0 if p.interior else 0.4)
-    ax.set(xscale="log", xlabel="parameters N", ylabel="val loss", title="IsoFLOP profiles")
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3, which="both")
+        ax.plot(p.N_opt, p.L_opt, marker="*", ms=10, color=color, mec="k", mew=0.6, zorder=4,
+                alpha=1.0 if p.interior else 0.35, ls="none")
+    if iso is not None:
+        ax.plot([], [], marker="*", ms=10, color="w", mec="k", ls="none", label="fitted minimum")
+    ax.set(xscale="log", xlabel=n_label, ylabel=loss_label,
+           title=_title(title, "IsoFLOP profiles" if iso is not None else "loss vs N per budget (no parabola fitted)"))
+    _tidy_log_axis(ax.xaxis)
+    _legend_outside(ax)
+    if iso is None:
+        if ax2 is not None:  # a caller's second axes: say why it stays empty
+            ax2.set_axis_off()
+            ax2.text(0.5, 0.5, "approach 2: no fit\n(needs at least two budgets\nwith a minimum)",
+                     ha="center", va="center", transform=ax2.transAxes, color="0.4")
+        return _save(fig, out) if out else fig
     Cs = np.array([p.C for p in iso.profiles])
-    ax2.scatter(Cs, [p.N_opt for p in iso.profiles], color="k", zorder=3)
-    grid = np.logspace(np.log10(Cs.min()) - 0.3, np.log10(Cs.max()) + 0.3, 50)
-    ax2.plot(grid, iso.N_law.predict(grid), "r-", label=f"N_opt ~ C^{iso.N_law.a:.3f}")
-    ax2.set(xscale="log", yscale="log", xlabel="training FLOPs C", ylabel="N_opt", title="Approach 2")
-    ax2.legend()
-    ax2.grid(alpha=0.3, which="both")
+    N_opts = np.array([p.N_opt for p in iso.profiles])
+    grid = np.logspace(np.log10(Cs.min()) - 0.3, np.log10(Cs.max()) + 0.3, 60)
+    ax2.scatter(Cs, N_opts, color="k", zorder=4, s=20, label="approach 2: parabola minima")
+    lo_a, hi_a = iso.N_law.ci
+    ax2.plot(grid, iso.N_law.predict(grid), "k-", lw=1.2,
+             label=f"N_opt \u221d C^{iso.N_law.a:.2f}" + (f" [{lo_a:.2f}, {hi_a:.2f}]" if np.isfinite(lo_a) else ""))
+    band = power_law_band(Cs, N_opts, grid, level=0.95)
+    if band is not None:
+        ax2.fill_between(grid, *band, color="k", alpha=0.12, lw=0, label="95% confidence band")
+    if fit3 is not None and not fit3.degenerate:
+        ax2.plot(grid, fit3.compute_optimal(grid)[0], "C3--", lw=1.2, label=f"approach 3: C^{fit3.a:.2f}")
+        if boot is not None:
+            ax2.fill_between(grid, *boot.n_opt_band(grid), color="C3", alpha=0.12, lw=0,
+                             label=f"approach 3: {boot.level:.0%} bootstrap band")
+    ax2.set(xscale="log", yscale="log", xlabel=C_LABEL, ylabel="compute-optimal N_opt",
+            title=_title(title, "compute-optimal model size"))
+    _tidy_log_axis(ax2.xaxis)
+    _tidy_log_axis(ax2.yaxis)
+    _legend_outside(ax2)
     return _save(fig, out) if out else fig
 
 
-def plot_approach3(N, D, L, fit: Approach3Fit, axes=None, out=None):
+def _sci(x: float) -> str:
+    """1e12 -> "1e12", 3e12 -> "3e12": short budget names for legends."""
+    mantissa, exponent = f"{x:.1e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+@styled
+def plot_approach3(N, D, L, fit: Approach3Fit, axes=None, out=None, *, boot: Bootstrap | None = None,
+                   title: str | None = None, loss_label: str = LOSS_LABEL, n_label: str = N_LABEL):
     """Left: fitted vs measured loss. Right: loss vs tokens per model size with the fitted curves."""
     N, D, L = (np.asarray(v, dtype=float) for v in (N, D, L))
-    fig, (ax, ax2) = _axes(axes, ncols=2)
+    fig, (ax, ax2) = _axes(axes, ncols=2, width=4.4)
     pred = fit.predict(N, D)
-    ax.scatter(L, pred, s=14)
+    ax.scatter(L, pred, s=16, zorder=3)
     lim = [min(L.min(), pred.min()), max(L.max(), pred.max())]
-    ax.plot(lim, lim, "k--", lw=1)
-    ax.set(xlabel="measured val loss", ylabel="fitted L(N, D)",
-           title=f"E={fit.E:.3g} A={fit.A:.3g} B={fit.B:.3g} alpha={fit.alpha:.3f} beta={fit.beta:.3f}")
-    ax.grid(alpha=0.3)
+    ax.plot(lim, lim, "k--", lw=0.8, label="fitted = measured")
+    params = [f"E={fit.E:.3g}, A={fit.A:.3g}, B={fit.B:.3g}", f"\u03b1={fit.alpha:.3f}, \u03b2={fit.beta:.3f}"]
+    if fit.degenerate:  # said on the figure too: a reader of the PNG never saw the warning
+        params += ["DEGENERATE:"] + [line for p in fit.problems for line in textwrap.wrap(p, 44)]
+    ax.text(0.03, 0.97, "\n".join(params), transform=ax.transAxes, va="top", fontsize=7,
+            color="C3" if fit.degenerate else "0.2")
+    ax.set(xlabel=f"measured {loss_label}", ylabel="fitted L(N, D)", title=_title(title, "approach 3 fit"))
+    ax.set_aspect("equal", adjustable="datalim")
     sizes = np.unique(N)
-    for i, n in enumerate(sizes):
-        color = colormaps["viridis"](i / max(len(sizes) - 1, 1))
+    norm = matplotlib.colors.LogNorm(sizes.min(), sizes.max()) if len(sizes) > 1 else None
+    for n in sizes:
+        color = colormaps["viridis"](norm(n) if norm else 0.5)
         sel = N == n
-        ax2.scatter(D[sel], L[sel], color=color, s=14, label=f"N={n:.2g}" if len(sizes) <= 10 else None)
-        d = np.logspace(np.log10(D[sel].min()) - 0.2, np.log10(D[sel].max()) + 0.2, 50)
-        ax2.plot(d, fit.predict(n, d), color=color, lw=1)
-    ax2.set(xscale="log", xlabel="tokens D", ylabel="val loss", title="loss vs D per N (lines: fit)")
-    if len(sizes) <= 10:
-        ax2.legend(fontsize="small")
-    ax2.grid(alpha=0.3, which="both")
+        ax2.scatter(D[sel], L[sel], color=color, s=16, zorder=3)
+        d = np.logspace(np.log10(D[sel].min()) - 0.15, np.log10(D[sel].max()) + 0.15, 50)
+        ax2.plot(d, fit.predict(n, d), color=color, lw=0.9)
+    if norm:
+        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax2, label=n_label, pad=0.02)
+    ax2.set(xscale="log", xlabel="tokens D", ylabel=loss_label,
+            title=_title(title, "loss vs tokens per size (lines: fit)"))
+    _tidy_log_axis(ax2.xaxis)
     return _save(fig, out) if out else fig
+
+
+def _output_path(paths, out, fmt) -> Path:
+    """--out as given (its suffix must match --format when both are given), else loss.FORMAT
+    beside the one path, or in the working directory."""
+    if out:
+        out = Path(out)
+        suffix = out.suffix.lstrip(".").lower()
+        if fmt and suffix != fmt:
+            raise ValueError(f"--out {out} and --format {fmt} disagree: name the file *.{fmt}, or drop --format")
+        return out
+    name = f"loss.{fmt or 'png'}"
+    return Path(paths[0]) / name if len(paths) == 1 else Path(name)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nanogpt.plot",
                                      description="Overlay the loss curves of runs (or of every run in a sweep).")
     parser.add_argument("paths", nargs="+", help="run directories, or sweep directories holding runs")
-    parser.add_argument("--out", help="PNG to write (default: PATH/loss.png for one path, else ./loss.png)")
+    parser.add_argument("--out", help="figure to write, .png, .pdf or .svg (default: PATH/loss.png for one "
+                                      "path, else ./loss.png)")
+    parser.add_argument("--format", choices=FORMATS, help="figure format (pdf, svg: vector, for a paper)")
     parser.add_argument("--x", choices=list(X_LABELS), default="tokens", help="the x axis")
+    parser.add_argument("--label", action="append", metavar="TEXT",
+                        help="legend label of a run, once per run in the order the runs are found "
+                             "(default: a short name from the config keys that differ)")
+    parser.add_argument("--title", help="figure title (default: the sweep's or run's directory name)")
     args = parser.parse_args(argv)
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     try:
         run_dirs = find_run_dirs(args.paths)
         if not run_dirs:
             raise ValueError(f"no run directories under {' '.join(args.paths)}")
-        out = args.out or (Path(args.paths[0]) / "loss.png" if len(args.paths) == 1 else Path("loss.png"))
-        print(f"wrote {plot_runs(run_dirs, out, x=args.x)}")
+        if args.label and len(args.label) != len(run_dirs):
+            found = ", ".join(str(d) for d in run_dirs[:6]) + (" ..." if len(run_dirs) > 6 else "")
+            raise ValueError(f"{len(args.label)} --label for {len(run_dirs)} runs ({found}): give one per run, in this order")
+        out = _output_path(args.paths, args.out, args.format)
+        print(f"wrote {plot_runs(run_dirs, out, x=args.x, labels=args.label, title=args.title)}")
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     return 0
