@@ -119,3 +119,85 @@ def test_scaling_figures(tmp_path):
     frontier = fig.axes[0].lines[0]  # a step through the frontier runs, in increasing FLOPs
     assert np.all(np.diff(frontier.get_xdata()) >= 0) and np.all(np.diff(frontier.get_ydata()) <= 0)
     assert frontier.get_ydata()[-1] == L.min()
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing recipes (issue 25, item 3): a short legend, a normal figure, log FLOPs from the start
+# --------------------------------------------------------------------------------------------
+def recipe_run(run_dir: Path, recipe: str) -> Path:
+    """A run as training writes it (an eval at iteration 0, at 0 tokens), whose config differs
+    from the other recipe's in 11 keys, as gpt2 and modern do."""
+    run_dir.mkdir(parents=True)
+    modern = recipe == "modern"
+    lines = []
+    for it in range(0, 101, 10):
+        loss = 1.3 + 3.0 / (1 + (1.2 if modern else 0.9) * it / 20)
+        lines.append(dict(kind="train", iter=it, tokens=it * 4096, loss=loss))
+        if it % 50 == 0:
+            lines.append(dict(kind="eval", iter=it, tokens=it * 4096, val_loss=loss + 0.05))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    model = {f"option_{i}": (modern and i % 2) or i for i in range(16)}
+    config = dict(model=dict(n_layer=2, n_embd=64, **model), optim=dict(name="muon" if modern else "adamw",
+                  lr=0.02 if modern else 3e-3, weight_decay=0.0 if modern else 0.1), variant=recipe, seed=0)
+    (run_dir / "summary.json").write_text(json.dumps(dict(status="finished", tokens=100 * 4096,
+                                                          flops_per_token=6e5, config=config)))
+    return run_dir
+
+
+def plot_cli(*args):
+    return subprocess.run([sys.executable, "-m", "nanogpt.plot", *map(str, args)], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_recipe_overlay_has_short_labels_and_a_normal_width(tmp_path):
+    a = recipe_run(tmp_path / "0_+variant=gpt2,experiment=scaling-variants_tiny,model.n_embd=64", "gpt2")
+    b = recipe_run(tmp_path / "0_+variant=modern,experiment=scaling-variants_tiny,model.n_embd=64", "modern")
+    proc = plot_cli(a, b, "--out", tmp_path / "cmp.png")
+    assert proc.returncode == 0, proc.stderr
+    assert "collapsed" not in proc.stderr  # was: a 3,777-pixel figure, axes collapsed to a sliver
+    width, height = png_size(tmp_path / "cmp.png")
+    assert width < 1000 and height < 1000, (width, height)
+    labels = run_entries(plot.plot_runs([a, b], out=None))
+    assert labels == ["variant=gpt2 optim=adamw +9 more", "variant=modern optim=muon +9 more"]
+    assert all(len(label) <= plot.LABEL_CHARS for label in labels)
+
+
+def test_label_option_names_each_run(tmp_path):
+    a, b = recipe_run(tmp_path / "a", "gpt2"), recipe_run(tmp_path / "b", "modern")
+    proc = plot_cli(a, b, "--label", "GPT-2", "--label", "modern", "--title", "recipes", "--out", tmp_path / "l.png")
+    assert proc.returncode == 0, proc.stderr
+    fig = plot.plot_runs([a, b], out=None, labels=["GPT-2", "modern"], title="recipes")
+    assert run_entries(fig) == ["GPT-2", "modern"] and fig.axes[0].get_title() == "recipes"
+    proc = plot_cli(a, b, "--label", "GPT-2", "--out", tmp_path / "bad.png")
+    assert proc.returncode == 1 and "error: 1 --label for 2 runs" in proc.stderr
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_flops_axis_starts_at_the_first_positive_value_and_val_is_markers_and_lines(tmp_path):
+    a, b = recipe_run(tmp_path / "a", "gpt2"), recipe_run(tmp_path / "b", "modern")
+    ax = plot.plot_runs([a, b], out=None, x="flops").axes[0]
+    first = 10 * 4096 * 6e5  # iteration 10: iteration 0 is at 0 FLOPs, which a log axis cannot show
+    left = ax.get_xlim()[0]
+    assert first / 1.5 < left < first, left  # was: the axis ran to ~0 and the curves were squeezed flat
+    val = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert len(val) == 2 and all(line.get_linestyle() == "-" for line in val)
+    assert all(np.all(line.get_xdata() > 0) and len(line.get_xdata()) == 2 for line in val)
+
+
+def test_vector_output_on_request(tmp_path):
+    run = recipe_run(tmp_path / "run", "gpt2")
+    proc = plot_cli(run, "--format", "svg")
+    assert proc.returncode == 0, proc.stderr
+    assert b"<svg" in (run / "loss.svg").read_bytes()[:500]
+    assert plot_cli(run, "--out", tmp_path / "a.pdf").returncode == 0
+    assert (tmp_path / "a.pdf").read_bytes()[:5] == b"%PDF-"
+    proc = plot_cli(run, "--out", tmp_path / "a.png", "--format", "pdf")
+    assert proc.returncode == 1 and "--out" in proc.stderr and "disagree" in proc.stderr
+    proc = plot_cli(run, "--out", tmp_path / "a.jpg")
+    assert proc.returncode == 1 and "name the file with one of those suffixes" in proc.stderr
