@@ -330,8 +330,9 @@ def _one_line(error: Exception) -> str:
 
 
 def _sweep_name(paths) -> str:
-    """A figure title for the sweep: its directory name(s), e.g. "isoflop" or "gpt2 + modern"."""
-    names = [Path(p).stem if Path(p).suffix == ".csv" else Path(p).resolve().name for p in paths]
+    """A figure title for the sweep: its directory name(s), e.g. "isoflop" or "gpt2 + modern" (a
+    CSV's folder: sweeps/isoflop/runs.csv is "isoflop")."""
+    names = [(Path(p).resolve().parent if Path(p).suffix == ".csv" else Path(p).resolve()).name for p in paths]
     return " + ".join(dict.fromkeys(names))
 
 

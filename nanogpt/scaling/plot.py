@@ -78,14 +78,14 @@ def _axes(ax, ncols: int = 1, width: float = 4.6, height: float = 3.4):
     return fig, fig.subplots(1, ncols)
 
 
-def _legend_outside(ax, **kwargs):
+def legend_outside(ax, **kwargs):
     """The legend right of the axes, never over the data."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, **kwargs)
 
 
-def _tidy_log_axis(axis):
+def tidy_log_axis(axis):
     """Readable log ticks: decades over a wide range; 1-2-5 steps inside one or two decades, where
     matplotlib would label every minor tick (the labels then overlap)."""
     lo, hi = sorted(axis.get_view_interval())
@@ -248,7 +248,7 @@ def plot_runs(run_dirs, out, x: str = "tokens", ax=None, labels=None, title: str
         ax.set_xscale("log")
         if first:
             ax.set_xlim(left=min(first) / 1.15)
-        _tidy_log_axis(ax.xaxis)
+        tidy_log_axis(ax.xaxis)
     ax.plot([], [], color="grey", alpha=0.35, lw=0.9, label="(faint: train loss; dots: validation)")
     _legend_below(fig, ax)
     return _save(fig, out) if out else fig
@@ -294,7 +294,7 @@ def plot_loss_vs_flops(C, L, N=None, fit: Approach3Fit | None = None, ax=None, o
             lo, hi = boot.optimal_loss_interval(C6)
             ax.fill_between(grid, lo, hi, color="C3", alpha=0.15, lw=0, label=f"{boot.level:.0%} bootstrap interval")
     ax.set(xscale="log", xlabel=C_LABEL, ylabel=loss_label, title=_title(title, "loss vs compute"))
-    _tidy_log_axis(ax.xaxis)
+    tidy_log_axis(ax.xaxis)
     _legend_below(fig, ax)
     return _save(fig, out) if out else fig
 
@@ -309,7 +309,7 @@ def _legend_below(fig, ax):
         ncols = 2 if max(len(label) for label in labels) <= 30 else 1
         fig.legend(handles, labels, loc="outside lower center", ncols=min(ncols, len(labels)))
     else:
-        _legend_outside(ax)
+        legend_outside(ax)
 
 
 def _budget_groups(data, rtol):
@@ -353,8 +353,8 @@ def plot_isoflops(iso: IsoFLOPFit | None = None, axes=None, out=None, *, data=No
         ax.plot([], [], marker="*", ms=10, color="w", mec="k", ls="none", label="fitted minimum")
     ax.set(xscale="log", xlabel=n_label, ylabel=loss_label,
            title=_title(title, "IsoFLOP profiles" if iso is not None else "loss vs N per budget (no parabola fitted)"))
-    _tidy_log_axis(ax.xaxis)
-    _legend_outside(ax)
+    tidy_log_axis(ax.xaxis)
+    legend_outside(ax)
     if iso is None:
         if ax2 is not None:  # a caller's second axes: say why it stays empty
             ax2.set_axis_off()
@@ -378,9 +378,9 @@ def plot_isoflops(iso: IsoFLOPFit | None = None, axes=None, out=None, *, data=No
                              label=f"approach 3: {boot.level:.0%} bootstrap band")
     ax2.set(xscale="log", yscale="log", xlabel=C_LABEL, ylabel="compute-optimal N_opt",
             title=_title(title, "compute-optimal model size"))
-    _tidy_log_axis(ax2.xaxis)
-    _tidy_log_axis(ax2.yaxis)
-    _legend_outside(ax2)
+    tidy_log_axis(ax2.xaxis)
+    tidy_log_axis(ax2.yaxis)
+    legend_outside(ax2)
     return _save(fig, out) if out else fig
 
 
@@ -420,7 +420,7 @@ def plot_approach3(N, D, L, fit: Approach3Fit, axes=None, out=None, *, boot: Boo
         fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax2, label=n_label, pad=0.02)
     ax2.set(xscale="log", xlabel="tokens D", ylabel=loss_label,
             title=_title(title, "loss vs tokens per size (lines: fit)"))
-    _tidy_log_axis(ax2.xaxis)
+    tidy_log_axis(ax2.xaxis)
     return _save(fig, out) if out else fig
 
 
