@@ -201,3 +201,33 @@ def test_vector_output_on_request(tmp_path):
     assert proc.returncode == 1 and "--out" in proc.stderr and "disagree" in proc.stderr
     proc = plot_cli(run, "--out", tmp_path / "a.jpg")
     assert proc.returncode == 1 and "name the file with one of those suffixes" in proc.stderr
+
+
+def overlapping_tick_labels(fig) -> list[tuple[str, str]]:
+    """Pairs of x tick labels whose drawn boxes overlap, on every axes of the figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    pairs = []
+    for ax in fig.axes:
+        labels = [t for t in ax.xaxis.get_ticklabels() if t.get_visible() and t.get_text()]
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        pairs += [(labels[i].get_text(), labels[j].get_text()) for i in range(len(boxes))
+                  for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+    return pairs
+
+
+def test_log_tick_labels_never_overlap(tmp_path):
+    # sizes over 0.9 decade: matplotlib labels the minor ticks too (2e4, 3e4, 4e4, ...), into each other
+    law = scaling.chinchilla_law()
+    data = scaling.fit_data(scaling.load_runs([scaling.synthetic_sweep(
+        tmp_path / "sweep", law=law, budgets=(1e17, 3e17, 1e18), sizes_per_budget=5)]))
+    data["N"] = 1.45e4 * (data["N"] / data["N"].min()) ** 0.45  # 1.45e4 .. 1.2e5, relabelled: the axis is what matters
+    iso = scaling.isoflop_fit(data["N"], data["D"], data["C"], data["L"])
+    assert overlapping_tick_labels(plot.plot_isoflops(iso)) == []
+    from matplotlib.figure import Figure
+    small = Figure(figsize=(6.5, 2.6), layout="constrained")  # two panels in a paper's column width
+    assert overlapping_tick_labels(plot.plot_isoflops(iso, axes=small.subplots(1, 2))) == []
+    assert overlapping_tick_labels(plot.plot_loss_vs_flops(data["C"], data["L"], data["N"])) == []
+    runs = [recipe_run(tmp_path / "a", "gpt2"), recipe_run(tmp_path / "b", "modern")]
+    assert overlapping_tick_labels(plot.plot_runs(runs, out=None, x="flops")) == []

@@ -1,7 +1,11 @@
 """Loss curves of runs, and the scaling-law figures.
 
     python -m nanogpt.plot sweeps/lr_sweep --out lr_sweep.png       # every run of a sweep, overlaid
-    python -m nanogpt.plot runs/a runs/b --x flops
+    python -m nanogpt.plot runs/a runs/b --x flops --label GPT-2 --label modern --out cmp.pdf
+
+One style for every figure (STYLE: paper-sized fonts, titles naming the sweep or run, units on the
+axes, log ticks that never overlap, legends outside the data, bands where an interval exists);
+the suffix of the output picks the format (png, or pdf/svg: vector).
 
 The training loop calls `plot_run(run_dir)` when a run ends (-> run_dir/loss.png). Figures are made
 with matplotlib's object-oriented API on the Agg canvas, never through pyplot: nothing touches the
@@ -12,15 +16,16 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import textwrap
 import warnings
 from pathlib import Path
 
-import numpy as np
 import matplotlib
 import matplotlib.cm
 import matplotlib.colors
+import numpy as np
 from matplotlib import colormaps, ticker
 from matplotlib.figure import Figure
 
@@ -31,8 +36,14 @@ from nanogpt.run.results import (
     read_metrics,
     read_summary,
 )
-from nanogpt.scaling.fit import (Approach3Fit, Bootstrap, IsoFLOPFit, compute_frontier, group_by_compute,
-                                 power_law_band)
+from nanogpt.scaling.fit import (
+    Approach3Fit,
+    Bootstrap,
+    IsoFLOPFit,
+    compute_frontier,
+    group_by_compute,
+    power_law_band,
+)
 
 X_LABELS = {"tokens": "tokens seen", "iter": "iteration", "flops": "training compute (FLOPs)"}
 FORMATS = ("png", "pdf", "svg")  # pdf and svg are vector: for a paper
@@ -85,16 +96,44 @@ def legend_outside(ax, **kwargs):
         ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, **kwargs)
 
 
+class ReadableLogLocator(ticker.Locator):
+    """Log ticks whose labels fit side by side: at draw time (after the layout has sized the axes)
+    the densest of 1-2-5, 1-3 and decade steps with room for every label (~0.6 inch each on x,
+    0.3 on y). matplotlib's own choice labels minor ticks inside a decade or two, into each other."""
+    STEPS = ((1.0, 2.0, 5.0), (1.0, 3.0), (1.0,))
+
+    def __call__(self):
+        return self.tick_values(*self.axis.get_view_interval())
+
+    def _room(self) -> int:
+        ax = self.axis.axes
+        if self.axis is ax.xaxis:
+            return max(1, int(ax.get_position().width * ax.figure.get_figwidth() / 0.6))
+        return max(1, int(ax.get_position().height * ax.figure.get_figheight() / 0.3))
+
+    def tick_values(self, vmin, vmax):
+        lo, hi = sorted((vmin, vmax))
+        if lo <= 0 or not np.isfinite(hi):
+            return ticker.LogLocator().tick_values(vmin, vmax)
+        decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+        room = self._room()
+        options = [[s * 10.0 ** d for d in decades for s in subs if lo <= s * 10.0 ** d <= hi]
+                   for subs in self.STEPS + ((1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0),)]
+        # the densest steps that fit and still give two ticks; else the sparsest with two, thinned
+        for ticks in options[:-1]:
+            if min(2, room) <= len(ticks) <= room:
+                return np.array(ticks)
+        ticks = next((t for t in options[-2::-1] + options[-1:] if len(t) >= min(2, room)), None)
+        if ticks is None:  # a range inside one step: its middle
+            return np.array([float(f"{math.sqrt(lo * hi):.2g}")])
+        return np.array(ticks[::math.ceil(len(ticks) / room)])
+
+
 def tidy_log_axis(axis):
-    """Readable log ticks: decades over a wide range; 1-2-5 steps inside one or two decades, where
-    matplotlib would label every minor tick (the labels then overlap)."""
-    lo, hi = sorted(axis.get_view_interval())
-    if lo <= 0 or hi <= 0:
-        return
-    decades = np.log10(hi / lo)
-    subs = (1.0,) if decades >= 2.5 else (1.0, 2.0, 5.0) if decades >= 0.7 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
-    axis.set_major_locator(ticker.LogLocator(base=10, subs=subs, numticks=12))
-    axis.set_major_formatter(ticker.LogFormatterSciNotation(labelOnlyBase=False))
+    """Readable log ticks (ReadableLogLocator), every chosen tick labelled, no minor labels."""
+    axis.set_major_locator(ReadableLogLocator())
+    # label every tick the locator chose (matplotlib's thresholds would hide the 2s and 5s again)
+    axis.set_major_formatter(ticker.LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(np.inf, np.inf)))
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
