@@ -231,3 +231,21 @@ def test_log_tick_labels_never_overlap(tmp_path):
     assert overlapping_tick_labels(plot.plot_loss_vs_flops(data["C"], data["L"], data["N"])) == []
     runs = [recipe_run(tmp_path / "a", "gpt2"), recipe_run(tmp_path / "b", "modern")]
     assert overlapping_tick_labels(plot.plot_runs(runs, out=None, x="flops")) == []
+
+
+def test_approach3_line_is_drawn_at_the_runs_own_flops(tmp_path):
+    # the runs' recorded FLOPs count attention too (here 1.3 x 6ND, as in docs/scaling_demo); the fit
+    # knows only 6ND. Drawn at 6ND the line fell below every run; at the runs' FLOPs it meets the
+    # best run of each budget (a noise-free sweep whose sizes include the optimum's neighbourhood)
+    law = scaling.chinchilla_law()
+    data = scaling.fit_data(scaling.load_runs([scaling.synthetic_sweep(
+        tmp_path / "sweep", law=law, budgets=(1e17, 1e18, 1e19), sizes_per_budget=21, noise=0.0)]))
+    C = 1.3 * data["C"]
+    fig = plot.plot_loss_vs_flops(C, data["L"], data["N"], fit=law, D=data["D"])
+    line = next(l for l in fig.axes[0].get_lines() if l.get_linestyle() == "--")
+    for budget in (1e17, 1e18, 1e19):
+        at = np.interp(np.log(1.3 * budget), np.log(line.get_xdata()), line.get_ydata())
+        best = data["L"][np.isclose(data["C"], budget, rtol=0.01)].min()
+        assert at == pytest.approx(best, abs=2e-3), (budget, at, best)
+    frontier = fig.axes[0].get_lines()[0]  # the best run per budget, joined: no vertical stairs
+    assert len(frontier.get_xdata()) == 3 and np.all(np.diff(frontier.get_xdata()) > 0)

@@ -396,6 +396,9 @@ def test_fit_cli_flags_a_degenerate_fit_in_one_warning_line(tmp_path):
     assert len(warning) == 1 and "the approach-3 fit is degenerate: alpha = 5" in warning[0], proc.stderr
     assert "DEGENERATE (see the warning)" in proc.stdout
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {"loss_vs_flops.png", "isoflops.png", "approach3.png"}
+    cli("fit", sweep, "--bootstrap", "0", "--starts", "5", "--plots", tmp_path / "vector", "--format", "pdf")
+    assert all((tmp_path / "vector" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+               for name in ("loss_vs_flops", "isoflops", "approach3"))
 
 
 def test_fit_cli_says_in_one_line_why_approach2_fails_and_still_plots_the_curves(tmp_path):
@@ -450,3 +453,12 @@ def test_fit_never_raises_on_random_small_sweeps(tmp_path):
 @pytest.mark.slow
 def test_fit_never_raises_on_many_random_small_sweeps(tmp_path):
     fit_random_sweeps(tmp_path, cases=60, seed=2025)
+
+
+@pytest.mark.slow
+def test_fit_with_the_readme_defaults_on_6_and_9_run_sweeps(tmp_path):
+    """The report's command as it stands in the README: `fit SWEEP` (--approach both --bootstrap 200)."""
+    for name, points in (("six", FLAT_NOISE), ("nine", random_sweep(3, 9))):
+        proc = cli("fit", write_points(tmp_path / name, *points), "--plots", tmp_path / f"{name}_plots")
+        assert "Traceback" not in proc.stderr and "bootstrap resamples" in proc.stdout
+        assert (tmp_path / f"{name}_plots" / "approach3.png").exists()
