@@ -228,7 +228,9 @@ def plot_run(run_dir, out=None) -> Path:
     _draw_curves(ax, curves, "C0", "validation" if len(curves["val_x"]) else "train")
     if len(curves["val_x"]) and len(curves["train_x"]):
         ax.plot([], [], color="C0", alpha=0.35, lw=0.9, label="train")
-    ax.set(xlabel=X_LABELS["tokens"], ylabel="loss (nats/token)", title=f"{Path(run_dir).name}: loss")
+    ax.set(xlabel=X_LABELS["tokens"], ylabel="loss (nats/token)",
+           title=f"{_truncate(Path(run_dir).name, 60)}: loss")  # a Hydra run name can be 100+ characters
+    ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))  # 2M, not 2 with "1e6" in the corner
     handles = _draw_hellaswag(ax, run_dir)
     ax.legend(handles=ax.get_legend_handles_labels()[0] + handles)
     return _save(fig, out or Path(run_dir) / "loss.png")
@@ -282,7 +284,9 @@ def plot_runs(run_dirs, out, x: str = "tokens", ax=None, labels=None, title: str
     if not drawn:
         raise ValueError("none of the runs has anything to plot")
     ax.set(xlabel=X_LABELS[x], ylabel="loss (nats/token)",
-           title=title or f"{_common_name(run_dirs)}: loss vs {X_LABELS[x].split(' (')[0]}")
+           title=title or f"{_truncate(_common_name(run_dirs), 60)}: loss vs {X_LABELS[x].split(' (')[0]}")
+    if x == "tokens":
+        ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
     if log_x:  # start at the first positive value: 0 FLOPs (iteration 0) has no place on a log axis
         ax.set_xscale("log")
         if first:
