@@ -23,12 +23,19 @@ def _natural_key(path: Path):
 
 def find_run_dirs(paths) -> list[Path]:
     """Every run directory under `paths` (a directory holding .hydra/, summary.json or
-    metrics.jsonl); a path that is itself a run directory counts as one."""
-    found = []
+    metrics.jsonl), following symlinks; a path that is itself a run directory counts as one."""
+    found, seen = [], set()
     for root in map(Path, paths):
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: no such directory")
-        for dirpath, dirnames, filenames in os.walk(root):
+        # symlinked runs count (a folder of links picking runs from several sweeps); each real
+        # directory is visited once, so a link cycle or a run reached twice is harmless
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:
+                dirnames.clear()
+                continue
+            seen.add(real)
             if any(m in filenames or m in dirnames for m in RUN_MARKERS):
                 found.append(Path(dirpath))
                 dirnames.clear()  # a run's own subdirectories (.hydra, ckpt) hold no runs

@@ -101,6 +101,9 @@ class Run:
 
 
 LOSSES = ("final", "best", "final_bpb", "best_bpb")
+LOSS_LABELS = {"final": "final validation loss (nats/token)", "best": "best validation loss (nats/token)",
+               "final_bpb": "final validation loss (bits/byte)", "best_bpb": "best validation loss (bits/byte)"}
+N_LABELS = {"non_embedding": "non-embedding parameters N", "total": "parameters N (with embeddings)"}
 
 
 CSV_COLUMNS = [f.name for f in dataclasses.fields(Run) if f.name != "config"]
@@ -299,7 +302,8 @@ def format_approach3(fit: Approach3Fit, boot: Bootstrap | None) -> str:
     ci = boot.intervals if boot else {}
     head = (f"Approach 3: L(N, D) = E + A/N^alpha + B/D^beta  ({fit.n_points} runs, Huber objective "
             f"{fit.objective:.3g}" + (f", {int(np.isfinite(boot.samples['E']).sum())} bootstrap "
-                                      f"resamples, {boot.level:.0%} intervals)" if boot else ")"))
+                                      f"resamples, {boot.level:.0%} intervals)" if boot else ")")
+            + ("  DEGENERATE (see the warning)" if fit.degenerate else ""))
     notes = {"a": "  (N_opt ~ C^a)", "b": "  (D_opt ~ C^b)"}
     return "\n".join([head] + [f"  {k:<6}{_with_ci(v, ci.get(k))}{notes.get(k, '')}"
                                for k, v in fit.as_dict().items()])
@@ -332,6 +336,21 @@ def _cmd_collect(args) -> int:
     return 0
 
 
+# What a fit raises on data that cannot carry it; the command says so in one line and goes on.
+FIT_ERRORS = (ValueError, ArithmeticError, np.linalg.LinAlgError)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def _sweep_name(paths) -> str:
+    """A figure title for the sweep: its directory name(s), e.g. "isoflop" or "gpt2 + modern" (a
+    CSV's folder: sweeps/isoflop/runs.csv is "isoflop")."""
+    names = [(Path(p).resolve().parent if Path(p).suffix == ".csv" else Path(p).resolve()).name for p in paths]
+    return " + ".join(dict.fromkeys(names))
+
+
 def _cmd_fit(args) -> int:
     runs = load_runs(args.paths, n_kind=args.n_kind)
     if not runs:
@@ -353,18 +372,22 @@ def _cmd_fit(args) -> int:
                 boot = bootstrap_approach3(data["N"], data["D"], data["L"], n_boot=args.bootstrap,
                                            fit=fit3, seed=args.seed)
             print(format_approach3(fit3, boot))
-        except ValueError as e:
+            if fit3.degenerate:
+                warnings.warn(f"the approach-3 fit is degenerate: {'; '.join(fit3.problems)}. Its "
+                              "N_opt and intervals mean little: add runs (sizes, budgets) around the optimum")
+        except FIT_ERRORS as e:
             if args.approach == "3":
-                raise SystemExit(f"approach 3: {e}")
-            print(f"approach 3 skipped: {e}")
+                raise SystemExit(f"error: approach 3: {_one_line(e)}")
+            print(f"approach 3 skipped: {_one_line(e)}")
     if args.approach in ("2", "both"):
         try:
             iso = isoflop_fit(data["N"], data["D"], data["C"], data["L"], rtol=args.rtol)
             print(format_isoflops(iso))
-        except ValueError as e:
-            if args.approach == "2":
-                raise SystemExit(f"approach 2: {e}")
-            print(f"approach 2 skipped: {e}")
+        except FIT_ERRORS as e:
+            message = f"approach 2: {_one_line(e)}"
+            if args.approach == "2" and not args.plots:
+                raise SystemExit(f"error: {message}")
+            print(f"approach 2 skipped: {_one_line(e)}" + (" (the raw curves are in the plots)" if args.plots else ""))
     if args.target_flops and (fit3 or iso):
         rows = []
         for C in args.target_flops:
@@ -382,15 +405,19 @@ def _cmd_fit(args) -> int:
         from nanogpt.scaling import plot
         out = Path(args.plots)
         out.mkdir(parents=True, exist_ok=True)
-        yerr = seeds.std_array(data["run_dir"], stds)
-        written = [plot.plot_loss_vs_flops(data["C"], data["L"], data["N"], fit=fit3,
-                                           out=out / "loss_vs_flops.png",
-                                           yerr=yerr if np.isfinite(yerr).any() else None)]
-        if iso:
-            written.append(plot.plot_isoflops(iso, out=out / "isoflops.png"))
+        ext = args.format
+        labels = dict(title=args.title or _sweep_name(args.paths), loss_label=LOSS_LABELS[args.loss],
+                      n_label=N_LABELS[args.n_kind])
+        yerr = seeds.std_array(data["run_dir"], stds)  # runs that differ only by seed: their spread
+        written = [plot.plot_loss_vs_flops(data["C"], data["L"], data["N"], fit=fit3, D=data["D"], boot=boot,
+                                           out=out / f"loss_vs_flops.{ext}",
+                                           yerr=yerr if np.isfinite(yerr).any() else None, **labels)]
+        if args.approach in ("2", "both"):  # the raw curves even when no parabola could be fitted
+            written.append(plot.plot_isoflops(iso, data=data, rtol=args.rtol, fit3=fit3, boot=boot,
+                                              out=out / f"isoflops.{ext}", **labels))
         if fit3:
-            written.append(plot.plot_approach3(data["N"], data["D"], data["L"], fit3,
-                                               out=out / "approach3.png"))
+            written.append(plot.plot_approach3(data["N"], data["D"], data["L"], fit3, boot=boot,
+                                               out=out / f"approach3.{ext}", **labels))
         print("wrote " + " ".join(str(p) for p in written))
     return 0 if (fit3 or iso) else 1
 
@@ -431,7 +458,10 @@ def main(argv=None) -> int:
     p.add_argument("--rtol", type=float, default=0.1, help="relative FLOPs tolerance of a budget group")
     p.add_argument("--target-flops", type=float, nargs="*", default=[], metavar="C",
                    help="budgets to print the compute-optimal N and D for")
-    p.add_argument("--plots", metavar="DIR", help="write loss_vs_flops.png, isoflops.png, approach3.png here")
+    p.add_argument("--plots", metavar="DIR", help="write loss_vs_flops, isoflops and approach3 figures here")
+    p.add_argument("--format", choices=["png", "pdf", "svg"], default="png",
+                   help="figure format (pdf, svg: vector, for a paper)")
+    p.add_argument("--title", help="name the figures' titles give the sweep (default: its directory name)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--seeds", choices=["mean", "each"], default="mean",
                    help="runs that differ only by seed: fit their mean (one point each, error bars "

@@ -12,6 +12,7 @@ parameters N and tokens D in three ways; two of them are here:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -42,6 +43,12 @@ CHINCHILLA_TABLE = {
 PAPER_GRID = dict(alpha=np.arange(0, 2.01, 0.5), beta=np.arange(0, 2.01, 0.5),
                   e=np.arange(-1, 1.01, 0.5), a=np.arange(0, 26, 5), b=np.arange(0, 26, 5))
 HUBER_DELTA = 1e-3
+# L-BFGS-B box for (a, b, e, alpha, beta). Unbounded, a sweep that barely constrains the law (6
+# runs, a loss that rises with N) sends log A past 709 and exp() overflows; exponents below 0 or
+# above 5 mean no power law at all. An optimum on this box's edge is flagged (Approach3Fit.degenerate).
+LOG_BOUND = 700.0
+EXPONENT_BOUNDS = (0.0, 5.0)
+BOUNDS = [(-LOG_BOUND, LOG_BOUND)] * 3 + [EXPONENT_BOUNDS] * 2
 
 
 class PowerLawFit(NamedTuple):
@@ -85,6 +92,12 @@ class Approach3Fit:
     beta: float
     objective: float = math.nan  # the Huber loss at the optimum (lower is a better fit)
     n_points: int = 0
+    # why the fit should not be trusted (empty: none found); see degenerate_reasons()
+    problems: tuple[str, ...] = ()
+
+    @property
+    def degenerate(self) -> bool:
+        return bool(self.problems)
 
     def predict(self, N, D):
         N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
@@ -92,22 +105,28 @@ class Approach3Fit:
 
     @property
     def a(self) -> float:
-        """N_opt grows as C^a."""
-        return self.beta / (self.alpha + self.beta)
+        """N_opt grows as C^a (nan when both exponents are 0: no trade-off to optimise)."""
+        return self.beta / (self.alpha + self.beta) if self.alpha + self.beta > 0 else math.nan
 
     @property
     def b(self) -> float:
         """D_opt grows as C^b (a + b = 1)."""
-        return self.alpha / (self.alpha + self.beta)
+        return self.alpha / (self.alpha + self.beta) if self.alpha + self.beta > 0 else math.nan
 
     @property
     def G(self) -> float:
-        return (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
+        """N_opt = G (C/6)^a. In log space: a degenerate fit gives inf or nan, never an OverflowError."""
+        if not (self.alpha > 0 and self.beta > 0 and self.A > 0 and self.B > 0):
+            return math.nan
+        log_G = (math.log(self.alpha) + math.log(self.A) - math.log(self.beta) - math.log(self.B)) / (self.alpha + self.beta)
+        with np.errstate(over="ignore"):
+            return float(np.exp(log_G))
 
     def compute_optimal(self, C):
         """(N_opt, D_opt) minimising L under C = 6 N D (eq. 4 of the paper)."""
         C6 = np.asarray(C, dtype=float) / 6
-        return self.G * C6 ** self.a, C6 ** self.b / self.G
+        with np.errstate(all="ignore"):
+            return self.G * C6 ** self.a, C6 ** self.b / self.G
 
     def as_dict(self) -> dict[str, float]:
         return dict(E=self.E, A=self.A, B=self.B, alpha=self.alpha, beta=self.beta, a=self.a, b=self.b)
@@ -193,15 +212,37 @@ def fit_approach3(N, D, L, *, n_starts: int | None = 100, init=None,
     best = None
     with _one_blas_thread():
         for theta0 in starts:
-            res = optimize.minimize(_huber_objective, theta0, args=(logN, logD, logL, delta),
-                                    jac=True, method="L-BFGS-B", options=options)
+            res = optimize.minimize(_huber_objective, np.clip(theta0, *np.transpose(BOUNDS)),
+                                    args=(logN, logD, logL, delta), jac=True, method="L-BFGS-B",
+                                    bounds=BOUNDS, options=options)
             if np.all(np.isfinite(res.x)) and (best is None or res.fun < best.fun):
                 best = res
     if best is None:
-        raise RuntimeError("approach 3: no start converged to a finite optimum")
-    a, b, e, alpha, beta = best.x
-    return Approach3Fit(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=float(alpha),
-                        beta=float(beta), objective=float(best.fun), n_points=len(N))
+        raise ValueError("no start of the optimiser reached a finite optimum")
+    a, b, e, alpha, beta = (float(v) for v in best.x)
+    fit = Approach3Fit(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta,
+                       objective=float(best.fun), n_points=len(N))
+    return dataclasses.replace(fit, problems=degenerate_reasons(fit, L))
+
+
+def degenerate_reasons(fit: Approach3Fit, L) -> tuple[str, ...]:
+    """What makes a fit meaningless: an irreducible loss E of ~0 (e.g. 3e-69: the runs do not
+    reach the floor), an exponent or a coefficient on the optimiser's box (the sweep does not
+    pin that term down), or no finite compute-optimal exponent."""
+    reasons = []
+    if fit.E < 1e-3 * float(np.min(L)):
+        reasons.append(f"E = {fit.E:.3g} is ~0 (the runs do not pin down the irreducible loss)")
+    for name in ("alpha", "beta"):
+        value = getattr(fit, name)
+        if value <= EXPONENT_BOUNDS[0] + 1e-3 or value >= EXPONENT_BOUNDS[1] - 1e-3:
+            reasons.append(f"{name} = {value:.3g} is at the edge of the allowed "
+                           f"[{EXPONENT_BOUNDS[0]:g}, {EXPONENT_BOUNDS[1]:g}]")
+    for name, log_value in (("A", math.log(fit.A)), ("B", math.log(fit.B))):
+        if abs(log_value) >= LOG_BOUND - 1:
+            reasons.append(f"{name} = {getattr(fit, name):.3g} is at the edge of the allowed range")
+    if not math.isfinite(fit.a):
+        reasons.append("the compute-optimal exponent a is undefined")
+    return tuple(reasons)
 
 
 @dataclass
@@ -212,22 +253,50 @@ class Bootstrap:
     level: float = 0.95
 
     def interval(self, name: str) -> tuple[float, float]:
-        q = 100 * (1 - self.level) / 2
-        lo, hi = np.nanpercentile(self.samples[name], [q, 100 - q])
-        return float(lo), float(hi)
+        return _percentile_interval(self.samples[name], self.level)
 
     @property
     def intervals(self) -> dict[str, tuple[float, float]]:
         return {name: self.interval(name) for name in self.samples}
 
+    def _n_opt_samples(self, C):
+        """N_opt at budget(s) C for every resample (rows: resamples); inf/nan where one is degenerate."""
+        s = {k: v[:, None] for k, v in self.samples.items()}
+        with np.errstate(all="ignore"):
+            G = (s["alpha"] * s["A"] / (s["beta"] * s["B"])) ** (1 / (s["alpha"] + s["beta"]))
+            return G * (np.atleast_1d(np.asarray(C, dtype=float)) / 6) ** s["a"]
+
     def compute_optimal_interval(self, C: float):
         """Percentile intervals of (N_opt, D_opt) at budget C across the resamples."""
-        G = (self.samples["alpha"] * self.samples["A"] / (self.samples["beta"] * self.samples["B"])
-             ) ** (1 / (self.samples["alpha"] + self.samples["beta"]))
-        N_opt = G * (C / 6) ** self.samples["a"]
-        q = 100 * (1 - self.level) / 2
-        return (tuple(np.nanpercentile(N_opt, [q, 100 - q])),
-                tuple(np.nanpercentile(C / 6 / N_opt, [q, 100 - q])))
+        N_opt = self._n_opt_samples(C)[:, 0]
+        with np.errstate(all="ignore"):
+            return _percentile_interval(N_opt, self.level), _percentile_interval(C / 6 / N_opt, self.level)
+
+    def n_opt_band(self, C) -> tuple[np.ndarray, np.ndarray]:
+        """The interval of N_opt at every budget in C (for a band around the fitted N_opt line)."""
+        N_opt = self._n_opt_samples(C)
+        lo, hi = zip(*(_percentile_interval(N_opt[:, j], self.level) for j in range(N_opt.shape[1])))
+        return np.array(lo), np.array(hi)
+
+    def optimal_loss_interval(self, C) -> tuple[np.ndarray, np.ndarray]:
+        """The interval of the predicted loss at the compute-optimal N, D for every budget in C."""
+        N_opt = self._n_opt_samples(C)
+        s = {k: v[:, None] for k, v in self.samples.items()}
+        with np.errstate(all="ignore"):
+            loss = s["E"] + s["A"] / N_opt ** s["alpha"] + s["B"] / (np.asarray(C, dtype=float) / 6 / N_opt) ** s["beta"]
+        lo, hi = zip(*(_percentile_interval(loss[:, j], self.level) for j in range(loss.shape[1])))
+        return np.array(lo), np.array(hi)
+
+
+def _percentile_interval(values, level: float) -> tuple[float, float]:
+    """The central `level` interval of the finite values; (nan, nan) when there are none."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return math.nan, math.nan
+    q = 100 * (1 - level) / 2
+    lo, hi = np.percentile(values, [q, 100 - q])
+    return float(lo), float(hi)
 
 
 def bootstrap_approach3(N, D, L, *, n_boot: int = 200, fit: Approach3Fit | None = None,
@@ -247,7 +316,7 @@ def bootstrap_approach3(N, D, L, *, n_boot: int = 200, fit: Approach3Fit | None 
         idx = rng.integers(0, len(N), len(N))
         try:
             boot = fit_approach3(N[idx], D[idx], L[idx], n_starts=n_starts, init=fit, delta=delta)
-        except ValueError:  # a degenerate resample (e.g. a single model size): leave it out
+        except (ValueError, ArithmeticError):  # a degenerate resample (e.g. a single model size): left out
             continue
         for name, value in boot.as_dict().items():
             samples[name][i] = value
@@ -324,18 +393,37 @@ def isoflop_fit(N, D, C, L, *, rtol: float = 0.1, level: float = 0.95) -> IsoFLO
             profiles.append(isoflop_profile(N[idx], D[idx], L[idx], C_group))
         except ValueError as e:
             skipped.append(str(e))
-    if len(profiles) < 2:
-        raise ValueError(f"approach 2 needs at least two budgets with a minimum, got {len(profiles)}"
-                         + "".join(f"\n  {s}" for s in skipped))
+    if len(profiles) < 2:  # one line: what was missing, budget by budget
+        raise ValueError(f"needs at least two budgets with a minimum, got {len(profiles)}"
+                         + (f" ({'; '.join(skipped)})" if skipped else ""))
     Cs = [p.C for p in profiles]
     return IsoFLOPFit(profiles=profiles, N_law=fit_power_law(Cs, [p.N_opt for p in profiles], level),
                       D_law=fit_power_law(Cs, [p.D_opt for p in profiles], level), skipped=skipped)
 
 
-def compute_frontier(C, L) -> np.ndarray:
+def power_law_band(x, y, grid, level: float = 0.95):
+    """The `level` confidence band of the fitted power law's mean at `grid` (the regression line
+    through (log x, log y) +- t * its standard error there); None with 2 points (no residual)."""
+    lx, ly, lg = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float)), np.log(grid)
+    n = len(lx)
+    if n < 3 or np.ptp(lx) == 0:
+        return None
+    slope, intercept = np.polyfit(lx, ly, 1)
+    s = math.sqrt(np.sum((ly - (slope * lx + intercept)) ** 2) / (n - 2))
+    half = stats.t.ppf(0.5 + level / 2, n - 2) * s * np.sqrt(1 / n + (lg - lx.mean()) ** 2 / np.sum((lx - lx.mean()) ** 2))
+    centre = slope * lg + intercept
+    return np.exp(centre - half), np.exp(centre + half)
+
+
+def compute_frontier(C, L, rtol: float = 0.0) -> np.ndarray:
     """Indices of the compute-efficient frontier in increasing C: the runs with a lower loss than
-    every run that used less compute (the lower envelope of loss vs FLOPs)."""
+    every run that used less compute (the lower envelope of loss vs FLOPs). With `rtol` > 0 a
+    budget group (group_by_compute) counts as one compute value and gives at most its best run:
+    runs planned for the same budget then do not make a vertical stair of their own."""
     C, L = np.asarray(C, dtype=float), np.asarray(L, dtype=float)
+    if rtol > 0 and len(C):
+        best = np.array([idx[np.argmin(L[idx])] for idx in group_by_compute(C, rtol)])
+        return best[compute_frontier(C[best], L[best])]
     order = np.lexsort((L, C))  # by C, ties by loss
     running_min = np.minimum.accumulate(L[order])
     return order[L[order] < np.concatenate([[np.inf], running_min[:-1]])]
