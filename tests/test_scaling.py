@@ -425,7 +425,7 @@ def fit_random_sweeps(tmp_path, cases: int, seed: int):
     """Property: whatever a small sweep holds (2-12 finished runs; sizes, tokens, losses at random,
     repeated values, one budget or many), `fit` ends with 0 or 1 or a one-line error, never a
     traceback, and writes its plots."""
-    from nanogpt.scaling.collect import main
+    from nanogpt.scaling.__main__ import main
     rng = np.random.default_rng(seed)
     for case in range(cases):
         n = int(rng.integers(2, 13))

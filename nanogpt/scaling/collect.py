@@ -8,27 +8,24 @@
 
 Everything is read from the files each run writes (summary.json, metrics.jsonl, .hydra/config.yaml),
 never from logs. Runs that did not finish are listed with their status but left out of the fits.
-The fits themselves live in `nanogpt.scaling.fit` and are re-exported here for the notebooks.
+The fits themselves live in `nanogpt.scaling.fit` (re-exported here); the command line is __main__.py.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
 import math
 import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from nanogpt.errors import UserError
 from nanogpt.run.identity import point_id
 from nanogpt.run.results import find_run_dirs, read_config, read_metrics, read_summary  # noqa: F401
-from nanogpt.scaling import compare, seeds, tune
+from nanogpt.scaling import seeds
 from nanogpt.scaling.fit import (  # noqa: F401
     CHINCHILLA,
     CHINCHILLA_TABLE,
@@ -319,7 +316,7 @@ def format_isoflops(iso: IsoFLOPFit) -> str:
     return "\n".join(lines + [f"  skipped {s}" for s in iso.skipped])
 
 
-def _cmd_collect(args) -> int:
+def cmd_collect(args) -> int:
     runs = load_runs(args.paths, n_kind=args.n_kind)
     if not runs:
         raise SystemExit(f"no run directories under {' '.join(args.paths)}")
@@ -351,7 +348,7 @@ def _sweep_name(paths) -> str:
     return " + ".join(dict.fromkeys(names))
 
 
-def _cmd_fit(args) -> int:
+def cmd_fit(args) -> int:
     runs = load_runs(args.paths, n_kind=args.n_kind)
     if not runs:
         raise SystemExit(f"no run directories under {' '.join(args.paths)}")
@@ -422,7 +419,7 @@ def _cmd_fit(args) -> int:
     return 0 if (fit3 or iso) else 1
 
 
-def _cmd_best_lr(args) -> int:
+def cmd_best_lr(args) -> int:
     choices = best_lr(load_runs(args.paths, n_kind=args.n_kind), args.loss, args.by)
     if not choices:
         raise SystemExit("no finished runs with an lr and a val loss")
@@ -430,75 +427,3 @@ def _cmd_best_lr(args) -> int:
              "yes: extend the sweep" if c.edge else ""] for c in choices]
     print(format_table(["size", "N", "lrs", "best_lr", f"{args.loss}_val", "fitted_lr", "at edge"], rows))
     return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nanogpt.scaling", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def common(p):
-        p.add_argument("paths", nargs="+", help="sweep or run directories (searched recursively), or collect CSVs")
-        p.add_argument("--n-kind", choices=list(N_KINDS), default="non_embedding",
-                       help="N: non-embedding parameters (Kaplan's N, the default) or all of them")
-        return p
-
-    p = common(sub.add_parser("collect", help="list every run (any status) and write a CSV"))
-    p.add_argument("--out", help="CSV file to write")
-    p.add_argument("--loss", choices=LOSSES, default="final", help="the loss of the per-point table over seeds")
-    p.set_defaults(func=_cmd_collect)
-
-    p = common(sub.add_parser("fit", help="fit Chinchilla's approaches 2 and 3 to the finished runs"))
-    p.add_argument("--approach", choices=["2", "3", "both"], default="both")
-    p.add_argument("--loss", choices=LOSSES, default="final",
-                   help="which val loss to fit: nats per token (final, best) or bits per byte (final_bpb, best_bpb)")
-    p.add_argument("--bootstrap", type=int, default=200, metavar="K",
-                   help="approach-3 bootstrap resamples for the intervals (0: none)")
-    p.add_argument("--starts", type=int, default=100,
-                   help="L-BFGS starts: the best K points of the paper's 4500-point grid (0: all)")
-    p.add_argument("--rtol", type=float, default=0.1, help="relative FLOPs tolerance of a budget group")
-    p.add_argument("--target-flops", type=float, nargs="*", default=[], metavar="C",
-                   help="budgets to print the compute-optimal N and D for")
-    p.add_argument("--plots", metavar="DIR", help="write loss_vs_flops, isoflops and approach3 figures here")
-    p.add_argument("--format", choices=["png", "pdf", "svg"], default="png",
-                   help="figure format (pdf, svg: vector, for a paper)")
-    p.add_argument("--title", help="name the figures' titles give the sweep (default: its directory name)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--seeds", choices=["mean", "each"], default="mean",
-                   help="runs that differ only by seed: fit their mean (one point each, error bars "
-                        "in the plots) or every run")
-    p.set_defaults(func=_cmd_fit)
-
-    p = common(sub.add_parser("best-lr", help="the best learning rate per model size"))
-    p.add_argument("--loss", choices=LOSSES, default="final")
-    p.add_argument("--by", choices=["arch", "N"], default="arch",
-                   help="group sizes by (n_layer, n_embd) or by parameter count")
-    p.set_defaults(func=_cmd_best_lr)
-
-    p = common(sub.add_parser("tune-fit", help="optimal lr and batch size as power laws of compute, "
-                                               "hold-out check, isoFLOP fit on tuned losses (tune.py)"))
-    p.add_argument("--loss", choices=LOSSES, default="final")
-    p.add_argument("--rtol", type=float, default=0.1, help="relative FLOPs tolerance of a budget group")
-    p.add_argument("--plots", metavar="DIR", help="write tuned.png (and isoflops_tuned.png) here")
-    p.add_argument("--against", choices=["C", "N"], default="C",
-                   help="fit lr_opt and batch_opt as power laws of compute (each budget's best size, as "
-                        "DeepSeek) or of parameters (every size at its one budget, as Porian et al.)")
-    p.set_defaults(func=tune.cmd_tune_fit)
-
-    p = sub.add_parser("compare", help="seeds of groups of runs: mean, std, 95%% CI, Welch's t-test, "
-                                       "and the one-sided test against a target loss")
-    p.add_argument("paths", nargs="+", metavar="GROUP",
-                   help="one group per path: the finished runs under a sweep or run directory (or in a collect CSV)")
-    p.add_argument("--target", type=float, help="test that each group's mean is below this loss (PASS: p < 0.01)")
-    p.add_argument("--loss", choices=LOSSES, default="final")
-    p.add_argument("--n-kind", choices=list(N_KINDS), default="non_embedding", help=argparse.SUPPRESS)
-    p.set_defaults(func=compare.cmd_compare)
-
-    args = parser.parse_args(argv)
-    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
-    try:
-        return args.func(args)
-    except UserError as e:  # the user's input (compare, tune-fit): one line, exit 2
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}")

@@ -365,32 +365,3 @@ def _write_run(run_dir: Path, N: float, D: float, L: float, lr: float, B: float,
                    config=dict(model=dict(n_params=N), optim=dict(lr=lr), task=dict(tokens_per_step=B, max_tokens=D),
                                data=dict(name="synthetic"), seed=seed))
     (run_dir / "summary.json").write_text(json.dumps(summary))
-
-
-# --------------------------------------------------------------------------------------------
-# Command line: python -m nanogpt.scaling tune-fit SWEEP... (nanogpt.scaling.collect.main)
-# --------------------------------------------------------------------------------------------
-def cmd_tune_fit(args) -> int:
-    from nanogpt.errors import UserError
-    from nanogpt.scaling.collect import load_runs
-
-    try:
-        runs = load_runs(args.paths, n_kind=args.n_kind)
-        if not runs:
-            raise ValueError(f"no run directories under {' '.join(args.paths)}")
-        fit = tune_fit(runs, args.loss, args.rtol, args.against)
-    except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
-    print(f"{sum(c.n_runs for c in fit.cells)} of {len(runs)} runs are finished with an lr and a "
-          f"{args.loss} val loss: {len(fit.cells)} (budget, size) points in {len({c.C for c in fit.cells})} budgets")
-    print(format_tune_fit(fit))
-    if args.plots:
-        from nanogpt.scaling import plot
-        from nanogpt.scaling.plot_tune import plot_tune_fit
-
-        out = Path(args.plots)
-        written = [plot_tune_fit(fit, out / "tuned.png")]
-        if fit.iso:
-            written.append(plot.plot_isoflops(fit.iso, out=out / "isoflops_tuned.png"))
-        print("wrote " + " ".join(str(p) for p in written))
-    return 0
