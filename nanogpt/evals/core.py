@@ -409,7 +409,7 @@ def summary(tasks: list[Task], accuracies: dict[str, float], counts: dict[str, i
 
 def core(cfg, out_dir: Path) -> dict:
     from nanogpt.checkpoint.load import load_model_and_tokenizer
-    from nanogpt.run.metrics import progress, write_json_atomic
+    from nanogpt.run.metrics import progress, write_task_record
     from nanogpt.runtime.hardware import runtime
 
     t = cfg.task
@@ -436,10 +436,7 @@ def core(cfg, out_dir: Path) -> dict:
     record["reference"] = {"by": "karpathy/nanochat dev/estimate_gpt3_core.ipynb", "core": REFERENCE_CORE,
                            "accuracy": REFERENCE_ACC, "model": reference if reference in REFERENCE_CORE else None}
     print(table(record, source))
-    out = Path(t.out) if t.out else (Path(cfg.run) / "core.json" if cfg.run else out_dir / "core.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out, record)
-    log.info("wrote %s", out)
+    write_task_record(record, "core.json", t.out, cfg.run, out_dir)
     return record
 
 

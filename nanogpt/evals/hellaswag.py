@@ -185,7 +185,7 @@ def standard_error(p: float, n: int) -> float | None:
 
 def hellaswag(cfg, out_dir: Path) -> dict:
     from nanogpt.checkpoint.load import load_model_and_tokenizer
-    from nanogpt.run.metrics import progress, write_json_atomic
+    from nanogpt.run.metrics import progress, write_task_record
     from nanogpt.runtime.hardware import runtime
 
     t = cfg.task
@@ -208,10 +208,7 @@ def hellaswag(cfg, out_dir: Path) -> dict:
     if reference:
         record["reference"] = {"acc": reference[0], "acc_norm": reference[1], "by": "llm.c dev/data/hellaswag.py"}
     print(table(record, source))
-    out = Path(t.out) if t.out else (Path(cfg.run) / "hellaswag.json" if cfg.run else out_dir / "hellaswag.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out, record)
-    log.info("wrote %s", out)
+    write_task_record(record, "hellaswag.json", t.out, cfg.run, out_dir)
     return record
 
 

@@ -16,7 +16,7 @@ from nanogpt.data.batches import Batches, eval_batch
 from nanogpt.data.catalog import open_dataset
 from nanogpt.errors import UserError
 from nanogpt.evals.bpb import bits_per_byte, nats_and_bytes, token_bytes_table
-from nanogpt.run.metrics import progress, write_json_atomic
+from nanogpt.run.metrics import progress, write_task_record
 from nanogpt.runtime.hardware import runtime
 from nanogpt.runtime.parallel import lockstep
 
@@ -187,10 +187,7 @@ def evaluate(cfg, out_dir: Path, data_chosen: bool = False) -> dict:
               "eval_iters": t.eval_iters, **results}
     if reference:
         record["reference"] = {"train": reference[0], "val": reference[1]}
-    out = Path(t.out) if t.out else (Path(cfg.run) / "eval.json" if cfg.run else out_dir / "eval.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out, record)
-    log.info("wrote %s", out)
+    write_task_record(record, "eval.json", t.out, cfg.run, out_dir)
     return record
 
 

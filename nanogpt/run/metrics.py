@@ -52,6 +52,16 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     replace_atomically(Path(path), json.dumps(obj, indent=2, default=_jsonable) + "\n", ".json.tmp")
 
 
+def write_task_record(record: dict, name: str, out: str | None, run: str | None, out_dir: Path) -> Path:
+    """An evaluation task's JSON: task.out if given, else beside the run it scored (RUN/name), else
+    in the task's own output directory."""
+    path = Path(out) if out else (Path(run) / name if run else Path(out_dir) / name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, record)
+    log.info("wrote %s", path)
+    return path
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """path holds text, whole, or what it held before: never a part (samples.txt)."""
     path = Path(path)
