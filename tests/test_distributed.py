@@ -75,23 +75,36 @@ def rank_one_lacks_data(tmp_path: Path) -> dict:
 EXACT = 1e-9
 
 
-def test_ddp_two_ranks_match_one_process_with_twice_the_accumulation(tmp_path, data_root):
-    args = [*STEP, "task.max_iters=24", "task.eval_interval=12", "hardware.dtype=float64"]
+def one_and_two_ranks(tmp_path: Path, args: list[str], run_dir: str = "outputs/ddp") -> tuple[Path, Path]:
+    """The same command in one process and under torchrun with two ranks: (its run, the ranks' run),
+    the latter finished on two ranks."""
     one, ddp = tmp_path / "one", tmp_path / "ddp"
     one.mkdir()
     ddp.mkdir()
     launch(args, cwd=one)
-    # a timestamped run directory, as Hydra names it on each rank (microseconds: they differ)
-    torchrun([*args, "hydra.run.dir=outputs/${now:%H-%M-%S-%f}"], cwd=ddp)
-
+    torchrun([*args, f"hydra.run.dir={run_dir}"], cwd=ddp)
     [single] = run_dirs(one / "runs")
     [shared] = run_dirs(ddp / "outputs")  # rank 1's own directory was removed
-    assert summary(single)["tokens_per_step"] == summary(shared)["tokens_per_step"] == 512
     assert summary(shared)["world_size"] == 2 and summary(shared)["status"] == "finished"
+    return single, shared
+
+
+def same_train_losses(single: Path, shared: Path, iters: int) -> dict[int, float]:
+    """Both runs logged iterations 1..iters once each (rank 0 alone writes metrics), with losses
+    equal to EXACT; returns the single process's."""
     a, b = losses(single), losses(shared)
-    assert sorted(a) == sorted(b) == list(range(1, 25))  # rank 0 alone wrote metrics: no duplicates
+    assert sorted(a) == sorted(b) == list(range(1, iters + 1))
     for it in a:
         assert abs(a[it] - b[it]) / abs(a[it]) < EXACT, (it, a[it], b[it])
+    return a
+
+
+def test_ddp_two_ranks_match_one_process_with_twice_the_accumulation(tmp_path, data_root):
+    args = [*STEP, "task.max_iters=24", "task.eval_interval=12", "hardware.dtype=float64"]
+    # a timestamped run directory, as Hydra names it on each rank (microseconds: they differ)
+    single, shared = one_and_two_ranks(tmp_path, args, "outputs/${now:%H-%M-%S-%f}")
+    assert summary(single)["tokens_per_step"] == summary(shared)["tokens_per_step"] == 512
+    a = same_train_losses(single, shared, 24)
     assert a[24] < a[1] - 0.3  # it learned: the comparison is not between two flat lines
     ev_a, ev_b = losses(single, "eval", "val_loss"), losses(shared, "eval", "val_loss")
     assert sorted(ev_a) == sorted(ev_b) == [0, 12, 24]
@@ -108,17 +121,8 @@ def test_ddp_muon_with_the_modern_model_matches_one_process(tmp_path, data_root)
             "optim.lr=0.02", "optim.warmup_iters=2", "optim.schedule=wsd", "model.pos_emb=rope",
             "model.norm=rmsnorm", "model.qk_norm=true", "model.mlp=relu2", "model.tie_embeddings=false",
             "model.logit_softcap=15"]
-    one, ddp = tmp_path / "one", tmp_path / "ddp"
-    one.mkdir()
-    ddp.mkdir()
-    launch(args, cwd=one)
-    torchrun([*args, "hydra.run.dir=outputs/ddp"], cwd=ddp)
-    [single], [shared] = run_dirs(one / "runs"), run_dirs(ddp / "outputs")
-    assert summary(shared)["world_size"] == 2 and summary(shared)["status"] == "finished"
-    a, b = losses(single), losses(shared)
-    assert sorted(a) == sorted(b) == list(range(1, 13))
-    for it in a:
-        assert abs(a[it] - b[it]) / abs(a[it]) < EXACT, (it, a[it], b[it])
+    single, shared = one_and_two_ranks(tmp_path, args)
+    a = same_train_losses(single, shared, 12)
     assert a[12] < a[1] - 0.3
 
 
@@ -381,15 +385,6 @@ def test_ddp_mup_matches_one_process(tmp_path, data_root):
     the optimizer every rank builds alike, so two ranks equal one process (docs/mup.md)."""
     args = [*STEP, "task.max_iters=8", "task.eval_interval=4", "hardware.dtype=float64", "model.n_embd=64",
             "model.param=mup", "model.base_width=32", "optim.lr=1e-2"]
-    one, ddp = tmp_path / "one", tmp_path / "ddp"
-    one.mkdir()
-    ddp.mkdir()
-    launch(args, cwd=one)
-    torchrun([*args, "hydra.run.dir=outputs/ddp"], cwd=ddp)
-    [single], [shared] = run_dirs(one / "runs"), run_dirs(ddp / "outputs")
-    assert summary(shared)["world_size"] == 2 and summary(shared)["status"] == "finished"
-    a, b = losses(single), losses(shared)
-    assert sorted(a) == sorted(b) == list(range(1, 9))
-    for it in a:
-        assert abs(a[it] - b[it]) / abs(a[it]) < EXACT, (it, a[it], b[it])
+    single, shared = one_and_two_ranks(tmp_path, args)
+    a = same_train_losses(single, shared, 8)
     assert a[8] < a[1]
