@@ -34,7 +34,6 @@ from nanogpt.errors import UserError
 from nanogpt.run.identity import NOT_IN_RUN_NAME
 from nanogpt.run.metrics import LoggerConfig
 from nanogpt.run.rundir import GuardRunDir, fail, run_dir, run_name
-from nanogpt.runtime.fsdp import check_optimizer
 from nanogpt.runtime.schema import HardwareConfig
 from nanogpt.tasks import TASK_SCHEMAS
 from nanogpt.training.branch import cooldown_end
@@ -70,11 +69,6 @@ class Config:
         if getattr(self.task, "branch_from", None) and self.init_from == "pretrained":
             raise ConfigError("init_from=pretrained and task.branch_from both say where the weights "
                               "come from: a branch starts from its parent's checkpoint, drop init_from")
-        if getattr(self.hardware, "strategy", None) == "fsdp":  # an optimizer FSDP cannot shard
-            try:
-                check_optimizer(getattr(self.optim, "name", None))
-            except UserError as e:
-                raise ConfigError(str(e)) from None
 
 
 def _check_task(task) -> None:

@@ -105,12 +105,12 @@ def test_branch_errors_on_the_command_line_leave_nothing_behind(tmp_path, parent
     assert not (tmp_path / "branch").exists()
 
 
-def test_branches_and_muon_are_refused_with_fsdp(tmp_path, data_root):
-    """Both need what FSDP's shards do not hold: single-file checkpoints, whole matrices."""
+def test_branches_are_refused_with_fsdp(tmp_path, data_root):
+    """Branches need what FSDP's shards do not hold: single-file checkpoints. (Muon, refused here
+    before, runs under FSDP: tests/test_sharded_muon.py.)"""
     for args, message in (
         (["task.keep_checkpoints=[4]"], "cooldown branches (task.keep_checkpoints, task.branch_from) use single-file"),
         (["task.branch_from=x", "task.branch_iter=4"], "and hardware.strategy=fsdp writes sharded ones"),
-        (["optim=muon"], "optim=muon with hardware.strategy=fsdp is not supported: Muon orthogonalizes"),
     ):
         proc = launch([*TINY, *args, "hardware.strategy=fsdp", "hydra.run.dir=run"], cwd=tmp_path, check=False)
         assert proc.returncode == 2 and "error: " in proc.stderr and message in proc.stderr, proc.stderr[-2000:]

@@ -228,17 +228,3 @@ def test_consolidating_a_run_without_sharded_checkpoints_is_a_clear_error(tmp_pa
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"error: {tmp_path} has no sharded checkpoint to consolidate (ckpt/last.dcp or ckpt/best.dcp)" in proc.stderr
-
-
-def test_muon_is_refused_with_fsdp_and_says_why():
-    """Muon's update needs whole matrices (tests measured the sharded update to differ); the
-    refusal names the way that works. Composition runs this check (Config.__post_init__) as soon
-    as optim=muon exists."""
-    from nanogpt.errors import UserError
-    from nanogpt.runtime.fsdp import check_optimizer
-
-    check_optimizer("adamw")
-    with pytest.raises(UserError, match=r"optim=muon with hardware.strategy=fsdp is not supported: Muon "
-                                        r"orthogonalizes each weight matrix as a whole.*Use optim=muon with "
-                                        r"hardware.strategy=ddp, or optim=adamw with FSDP"):
-        check_optimizer("muon")

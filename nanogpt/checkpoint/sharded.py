@@ -180,7 +180,7 @@ def save(ckpt_dir: Path, it: int, model, optimizer, train_state: dict | None, li
     ckpt_dir = Path(ckpt_dir)
     name = distributed.broadcast_object(f"iter-{it:08d}-{secrets.token_hex(3)}.dcp")
     tmp, final = ckpt_dir / f".{name}.tmp", ckpt_dir / name
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, _each(optimizer))
     with checkpoint._write_errors(final), _one_process():
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
         if dist.is_main:
@@ -193,6 +193,13 @@ def save(ckpt_dir: Path, it: int, model, optimizer, train_state: dict | None, li
             remove_orphans(ckpt_dir, quiet=True)
     distributed.barrier()
     return final
+
+
+def _each(optimizer):
+    """What DCP's state-dict functions take: an optimizer, or the tuple of several stepped as one
+    (training.optim.Optimizers: Muon beside AdamW), whose states DCP keys by parameter name."""
+    several = getattr(optimizer, "optimizers", None)
+    return tuple(several.values()) if several is not None else optimizer
 
 
 def _link(ckpt_dir: Path, link: str, target: Path) -> None:
@@ -237,12 +244,12 @@ def load_into(path: Path, model, optimizer) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, _each(optimizer))
     state = {"model": model_sd, "optim": optim_sd}
     reader, planner = _safe_reader_and_planner()
     with _one_process(), _load_errors(path):
         dcp.load(state, checkpoint_id=path, storage_reader=reader(path), planner=planner(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(model, _each(optimizer), model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
 def load_model_weights(path: Path, model) -> None:

@@ -9,6 +9,7 @@ reduce-scattered right after, so only one or two blocks are ever whole at a time
     shard(model, ...)                  per transformer block, then the root (embeddings, final norm, head)
     accumulating(model, sync)          gradient accumulation: no reduce-scatter until the last micro-batch
     clip_grad_norm_(params, max_norm)  the global norm over sharded gradients, a plain tensor
+    gather_whole / scatter_rows        a matrix whole on one owner rank and its rows back (Muon)
     apply_activation_checkpointing     recompute blocks (or their cheap ops) in the backward pass
     compile_blocks                     torch.compile each block, as FSDP2 expects (GPUs)
 
@@ -109,26 +110,6 @@ def check_supported(device_type: str, autocast_dtype: torch.dtype) -> None:
         raise UserError(FLOAT16_REFUSAL)
 
 
-# optimizers whose update FSDP's shards cannot compute, and why
-UNSHARDABLE_OPTIMIZERS = {
-    "muon": "Muon orthogonalizes each weight matrix as a whole (Newton-Schulz iterations on the "
-            "full gradient), and under FSDP each rank holds only a block of its rows: "
-            "torch.optim.Muon on those shards orthogonalizes each block on its own, a different "
-            "update (in float64 the loss after the first step already differs from the "
-            "unsharded run's). Sharding it needs each matrix's gradient gathered on one rank, "
-            "orthogonalized there and its rows sent back (as distributed Muon implementations "
-            "do), which this project does not have. Use optim=muon with hardware.strategy=ddp, "
-            "or optim=adamw with FSDP",
-}
-
-
-def check_optimizer(name: str | None) -> None:
-    """Refuse an optimizer whose update cannot be computed from FSDP's shards."""
-    if name in UNSHARDABLE_OPTIMIZERS:
-        raise UserError(f"optim={name} with hardware.strategy=fsdp is not supported: "
-                        f"{UNSHARDABLE_OPTIMIZERS[name]}")
-
-
 def shard(model: nn.Module, device_type: str, autocast_dtype: torch.dtype,
           reshard_after_forward: bool = True) -> nn.Module:
     """fully_shard every transformer block, then the root (which takes the rest: the embeddings,
@@ -194,3 +175,97 @@ def all_finite(parameters) -> bool:
 def local_numel(tensors) -> int:
     """Elements this rank holds: a shard's under FSDP, the whole tensor's otherwise."""
     return sum(local(t).numel() for t in tensors)
+
+
+# ---- whole matrices on one rank, and their rows back (Muon's orthogonalisation under FSDP)
+
+def row_counts(rows: int, world: int) -> list[int]:
+    """The rows each rank holds of a tensor sharded on dim 0, by torch.chunk's rule (FSDP2's and
+    DTensor's Shard(0)): ceil(rows / world) each, the last ranks fewer or none."""
+    size = -(-rows // world)
+    return [max(0, min(size, rows - r * size)) for r in range(world)]
+
+
+def owners_by_cost(shapes, world: int) -> list[int]:
+    """A rank for each matrix, so that the Newton-Schulz work is shared: the costliest first, each
+    to the least loaded rank (lowest rank on ties), by its matmul flops ~ m^2 n (m <= n). The
+    same on every rank: a function of the shapes only."""
+    cost = [min(s[0], s[1]) ** 2 * max(s[0], s[1]) for s in shapes]
+    load, owners = [0] * world, [0] * len(shapes)
+    for i in sorted(range(len(shapes)), key=lambda i: -cost[i]):  # stable: ties in list order
+        owners[i] = min(range(world), key=lambda r: load[r])
+        load[owners[i]] += cost[i]
+    return owners
+
+
+def _row_sharding(like: torch.Tensor):
+    """(process group, world, this rank's index) of a DTensor sharded by rows over a 1-D mesh,
+    the layout fully_shard gives here; None for a plain tensor (one process, DDP)."""
+    if not hasattr(like, "device_mesh"):
+        return None
+    from torch.distributed.tensor import Shard
+
+    mesh = like.device_mesh
+    if mesh.ndim != 1 or tuple(like.placements) != (Shard(0),):
+        raise NotImplementedError(f"rows of a {like.placements} DTensor on a {mesh.ndim}-D mesh: Muon "
+                                  "here expects FSDP2's Shard(0) on one mesh dimension")
+    return mesh.get_group(), mesh.size(), mesh.get_local_rank()
+
+
+def gather_whole(parts: list[torch.Tensor], likes: list[torch.Tensor], owners: list[int]) -> list:
+    """Each matrix whole on its owner rank (None on the others), from every rank's rows: `parts[i]`
+    is this rank's rows of a matrix laid out as `likes[i]` (a row-sharded DTensor, or a plain
+    tensor, then already whole). One gather per matrix, all in flight at once."""
+    pending = []
+    for part, like, owner in zip(parts, likes, owners):
+        sharding = _row_sharding(like)
+        if sharding is None:
+            pending.append((part, None, None))
+            continue
+        group, world, me = sharding
+        counts = row_counts(like.shape[0], world)
+        padded = part.new_zeros((counts[0], *part.shape[1:]))  # gather needs equal sizes
+        padded[: part.shape[0]] = part
+        chunks = [torch.empty_like(padded) for _ in range(world)] if me == owner else None
+        work = torch.distributed.gather(padded, chunks, group_dst=owner, group=group, async_op=True)
+        pending.append((chunks, counts, work))
+    wholes = []
+    for chunks, counts, work in pending:
+        if work is None:
+            wholes.append(chunks)  # a plain tensor: already whole
+            continue
+        work.wait()
+        wholes.append(torch.cat([c[:n] for c, n in zip(chunks, counts)]) if chunks is not None else None)
+    return wholes
+
+
+def scatter_rows(wholes: list, likes: list[torch.Tensor], owners: list[int],
+                 dtype: torch.dtype) -> list[torch.Tensor]:
+    """The way back of gather_whole: each owner sends every rank its rows of the matrices it holds
+    whole (`wholes[i]`, None where this rank is not the owner, all of `dtype`); returns this rank's
+    rows of each. One scatter per matrix, all in flight at once."""
+    pending = []
+    for whole, like, owner in zip(wholes, likes, owners):
+        sharding = _row_sharding(like)
+        if sharding is None:
+            pending.append((whole, None, None))
+            continue
+        group, world, me = sharding
+        counts = row_counts(like.shape[0], world)
+        out = torch.empty((counts[0], *like.shape[1:]), dtype=dtype, device=local(like).device)
+        chunks = None
+        if me == owner:
+            # equal sizes, each chunk contiguous (a transposed result, Newton-Schulz's on a tall
+            # matrix, would otherwise travel in its memory order)
+            padded = whole.new_zeros((counts[0] * world, *whole.shape[1:]))
+            padded[: whole.shape[0]] = whole
+            chunks = list(padded.split(counts[0]))
+        work = torch.distributed.scatter(out, chunks, group_src=owner, group=group, async_op=True)
+        pending.append((out, counts[me], work))
+    rows = []
+    for out, n, work in pending:
+        if work is not None:
+            work.wait()
+            out = out[:n]
+        rows.append(out)
+    return rows

@@ -9,6 +9,7 @@ adding one touches this module and conf/optim/<name>.yaml.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Optional
@@ -25,7 +26,7 @@ from nanogpt.config import (
     one_of,
 )
 from nanogpt.errors import UserError
-from nanogpt.runtime import hardware
+from nanogpt.runtime import fsdp, hardware
 from nanogpt.training.schedule import COOLDOWNS, SCHEDULES
 
 
@@ -189,13 +190,72 @@ class Float32Muon(torch.optim.Muon):
         return loss
 
 
+def newton_schulz(update: torch.Tensor, group: dict, dtype: torch.dtype) -> torch.Tensor:
+    """The orthogonalisation torch.optim.Muon computes (bf16, its own function) or Float32Muon's."""
+    if dtype == torch.bfloat16:
+        from torch.optim._muon import _zeropower_via_newtonschulz
+
+        return _zeropower_via_newtonschulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+    return orthogonalise(update, group["ns_steps"], dtype, group["eps"])
+
+
+class ShardedMuon(torch.optim.Muon):
+    """torch.optim.Muon for FSDP2's row-sharded matrices (DTensors), with the same numbers as one
+    process: the momentum and Nesterov blend are elementwise, so each rank computes them on its own
+    rows (the momentum buffer stays sharded, and so resumes through DCP on any world size); the
+    orthogonalisation needs the whole matrix, so each matrix is gathered on one owner rank
+    (owners spread by Newton-Schulz cost), orthogonalised there and its rows scattered back; each
+    rank then applies the shape-adjusted rate and weight decay to its rows. The update is cast to
+    Newton-Schulz's dtype before it travels (the first thing the iteration does anyway): bf16
+    halves the traffic. Plain tensors (one process) are orthogonalised where they are."""
+
+    def __init__(self, params, ns_dtype: torch.dtype, **kwargs):
+        super().__init__(params, **kwargs)
+        self.ns_dtype = ns_dtype  # an attribute, not a group key: the state dict is torch.optim.Muon's
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        from torch.optim._muon import _adjust_lr
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            self._init_group(group, params, grads, bufs)
+            lr, momentum = group["lr"], group["momentum"]
+            updates = []
+            for grad, buf in zip(grads, bufs):
+                grad, buf = fsdp.local(grad), fsdp.local(buf)
+                buf.lerp_(grad, 1 - momentum)
+                updates.append((grad.lerp(buf, momentum) if group["nesterov"] else buf).to(self.ns_dtype))
+            owners = fsdp.owners_by_cost([p.shape for p in params], _world(params))
+            wholes = fsdp.gather_whole(updates, params, owners)
+            orthogonal = [None if w is None else newton_schulz(w, group, self.ns_dtype) for w in wholes]
+            for param, update in zip(params, fsdp.scatter_rows(orthogonal, params, owners, self.ns_dtype)):
+                rows = fsdp.local(param)
+                rows.mul_(1 - lr * group["weight_decay"])
+                rows.add_(update.to(rows.dtype), alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
+        return loss
+
+
+def _world(params) -> int:
+    """The ranks the matrices are sharded over (1 for plain tensors)."""
+    mesh = getattr(params[0], "device_mesh", None) if params else None
+    return mesh.size() if mesh is not None else 1
+
+
 def make_muon(model: torch.nn.Module, ocfg, device_type: str = "cpu") -> Optimizers:
     """torch.optim.Muon on the transformer's 2-D matrices, AdamW on the rest (MuonConfig)."""
     hidden, adamw_groups = muon_groups(model, ocfg)
     if not hidden:
         raise UserError("optim=muon needs 2-D hidden matrices (attention and MLP weights) to "
                         "orthogonalise, and this model has none: use optim=adamw")
-    muon_class = torch.optim.Muon if ns_dtype_for(ocfg.ns_dtype, device_type) == torch.bfloat16 else Float32Muon
+    ns_dtype = ns_dtype_for(ocfg.ns_dtype, device_type)
+    muon_class = torch.optim.Muon if ns_dtype == torch.bfloat16 else Float32Muon
+    if any(hasattr(p, "device_mesh") for p in hidden):  # sharded by FSDP: whole matrices on owner ranks
+        muon_class = functools.partial(ShardedMuon, ns_dtype=ns_dtype)
     # μP: Muon's update already meets the spectral condition with adjust_lr=original (x1)
     hidden_scale = (parametrization.muon_hidden_lr_scale(model_config(model), ocfg.adjust_lr)
                     if parametrised(model) else 1.0)
