@@ -232,3 +232,19 @@ def test_muon_runs_resume_across_world_sizes(muon_runs):
         diff = max_weight_difference(one, run)
         print(f"{name}: max |weight difference| at 12: {diff:.1e}")
         assert diff < 1e-12, name
+
+
+@pytest.mark.slow
+def test_resuming_a_sharded_muon_run_with_adamw_is_refused_before_any_work(muon_runs):
+    """Reachable now that Muon runs sharded: the save holds Muon's momentum, not AdamW's moments."""
+    from test_fsdp import ckpt_tree
+
+    root, env = muon_runs
+    shutil.copytree(root / "part_on_two", root / "to_adamw", symlinks=True)
+    before = ckpt_tree(root / "to_adamw")
+    proc = launch([*merged(*MUON, "optim=adamw"), "init_from=resume", "task.max_iters=12", FSDP, "run=to_adamw"],
+                  cwd=root, env=env, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "was trained with optim=muon, and this run asks for optim=adamw: its optimizer state cannot " \
+           "carry over. Use optim=muon, or a new run directory" in proc.stderr
+    assert ckpt_tree(root / "to_adamw") == before
