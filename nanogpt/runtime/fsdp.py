@@ -220,17 +220,20 @@ def gather_whole(parts: list[torch.Tensor], likes: list[torch.Tensor], owners: l
     for part, like, owner in zip(parts, likes, owners):
         sharding = _row_sharding(like)
         if sharding is None:
-            pending.append((part, None, None))
+            pending.append((part, None, None, None))
             continue
         group, world, me = sharding
         counts = row_counts(like.shape[0], world)
+        if part.shape[0] != counts[me]:  # a split other than torch.chunk's would misplace rows
+            raise NotImplementedError(f"rank {me} holds {part.shape[0]} of {like.shape[0]} rows, "
+                                      f"not torch.chunk's {counts[me]}: Muon cannot reassemble the matrix")
         padded = part.new_zeros((counts[0], *part.shape[1:]))  # gather needs equal sizes
         padded[: part.shape[0]] = part
         chunks = [torch.empty_like(padded) for _ in range(world)] if me == owner else None
         work = torch.distributed.gather(padded, chunks, group_dst=owner, group=group, async_op=True)
-        pending.append((chunks, counts, work))
+        pending.append((chunks, counts, work, padded))  # buffers alive until the gather is done
     wholes = []
-    for chunks, counts, work in pending:
+    for chunks, counts, work, _ in pending:
         if work is None:
             wholes.append(chunks)  # a plain tensor: already whole
             continue
@@ -248,7 +251,7 @@ def scatter_rows(wholes: list, likes: list[torch.Tensor], owners: list[int],
     for whole, like, owner in zip(wholes, likes, owners):
         sharding = _row_sharding(like)
         if sharding is None:
-            pending.append((whole, None, None))
+            pending.append((whole, None, None, None))
             continue
         group, world, me = sharding
         counts = row_counts(like.shape[0], world)
@@ -261,9 +264,9 @@ def scatter_rows(wholes: list, likes: list[torch.Tensor], owners: list[int],
             padded[: whole.shape[0]] = whole
             chunks = list(padded.split(counts[0]))
         work = torch.distributed.scatter(out, chunks, group_src=owner, group=group, async_op=True)
-        pending.append((out, counts[me], work))
+        pending.append((out, counts[me], work, chunks))  # buffers alive until the scatter is done
     rows = []
-    for out, n, work in pending:
+    for out, n, work, _ in pending:
         if work is not None:
             work.wait()
             out = out[:n]
