@@ -247,7 +247,9 @@ def _world(params) -> int:
 
 
 def make_muon(model: torch.nn.Module, ocfg, device_type: str = "cpu") -> Optimizers:
-    """torch.optim.Muon on the transformer's 2-D matrices, AdamW on the rest (MuonConfig)."""
+    """torch.optim.Muon on the transformer's 2-D matrices, AdamW on the rest (MuonConfig); for
+    matrices FSDP has sharded (build it after sharding), ShardedMuon: the same step, each matrix
+    orthogonalised whole on one rank."""
     hidden, adamw_groups = muon_groups(model, ocfg)
     if not hidden:
         raise UserError("optim=muon needs 2-D hidden matrices (attention and MLP weights) to "
