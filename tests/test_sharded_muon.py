@@ -17,7 +17,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import TINY, launch, write_char_dataset
 from test_distributed import merged, summary, torchrun
 from test_fsdp import ARGS, agree, losses
