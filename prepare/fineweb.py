@@ -395,13 +395,14 @@ def prepare_in_tasks(out_dir: str | Path, *, spec: hf.HFSpec, options: TaskOptio
         plan = tasks.make_plan(corpus, asdict(settings), options.tasks, rank_file, batch_size, num_proc)
     plan["source"]["streaming"] = spec.streaming
     load_tokenizer()
-    tasks.write_or_check_plan(out_dir, plan)
+    tasks.write_or_check_plan(out_dir, plan, write=not options.merge_only)
     work = tasks.work_dir(out_dir)
     if options.task is not None:  # one task of the user's own array: no marker (tasks run at once)
-        made = tasks.run_task(str(work), options.task)
-        print(f"task {options.task} of {options.tasks}: {len(made['made'])} file(s) tokenized, "
-              f"{len(made['kept'])} already done; merge with --merge once every task has run")
+        print(tasks.task_line(options.tasks, tasks.run_task(str(work), options.task))
+              + "; merge with --merge once every task has run")
         return None
+    if options.merge_only:
+        manifests = tasks.check_parts(work, plan)  # a missing or changed part: refused before any write
     progress.update(tasks=plan["id"], source=plan["source"])
     save_progress(out_dir, progress)  # the folder is marked unfinished until meta.json
     if not options.merge_only:
@@ -411,7 +412,7 @@ def prepare_in_tasks(out_dir: str | Path, *, spec: hf.HFSpec, options: TaskOptio
                             {"partition": options.partition, "cpus_per_task": options.cpus_per_task,
                              "timeout_min": options.timeout_min, "mem_gb": options.mem_gb,
                              "array_parallelism": options.array_parallelism})
-    manifests = tasks.check_parts(work, plan)  # before anything is written
+        manifests = tasks.check_parts(work, plan)  # changed since its task ended: refused before the merge writes
     discard_merged_shards(out_dir, progress)
     sink = functools.partial(ShardSink, out_dir, prefix or SHARD_PREFIXES.get(spec.dataset, out_dir.name), settings)
     totals = tasks.merge(out_dir, plan, manifests, sink, progress)

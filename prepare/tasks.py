@@ -78,8 +78,9 @@ def plan_id(plan: dict) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def write_or_check_plan(out_dir: Path, plan: dict) -> None:
-    """The first run writes the plan; a later one must bring the same (then it resumes)."""
+def write_or_check_plan(out_dir: Path, plan: dict, write: bool = True) -> None:
+    """The first run writes the plan (unless `write` is off: a merge writes nothing before its
+    checks); a later one must bring the same (then it resumes)."""
     path = work_dir(out_dir) / "plan.json"
     if path.exists():
         try:
@@ -91,6 +92,8 @@ def write_or_check_plan(out_dir: Path, plan: dict) -> None:
                 f"{out_dir} holds the tasks of another plan ({len(old.get('tasks', []))} tasks over "
                 f"{len(old.get('files', []))} files, settings {old.get('settings')}): run that command again to "
                 f"finish it, or remove {out_dir} (or choose another --out-dir) to start this one")
+        return
+    if not write:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -201,6 +204,7 @@ def tokenize_file(work: Path, plan: dict, index: int, tokenizer, num_proc: int, 
         for p in tmp.values():
             p.unlink(missing_ok=True)
     manifest = {"plan": plan["id"], "file": plan["files"][index], "index": index, "job": job,
+                "host": socket.gethostname(), "pid": os.getpid(),
                 "documents": counts["documents"], "token_count": counts["tokens"],
                 "tokens": {"bytes": counts["tokens"] * shards.TOKEN_DTYPE.itemsize,
                            "sha256": hashes["tokens"].hexdigest()},
@@ -250,10 +254,10 @@ def unfinished_tasks(work: Path, plan: dict) -> list[int]:
 def run_tasks(work: Path, plan: dict, todo: list[int], launcher: str, slurm: dict) -> None:
     """Runs the tasks `todo` and waits for them; a task that did not finish is an error naming it
     (its finished parts are kept: the same command resumes it)."""
+    n = len(plan["tasks"])
     if launcher == "inprocess":
         for k in todo:
-            print(f"task {k} of {len(plan['tasks'])}: {len(plan['tasks'][k])} file(s)", flush=True)
-            run_task(str(work), k)
+            print(task_line(n, run_task(str(work), k)), flush=True)
         return
     import submitit
 
@@ -275,13 +279,18 @@ def run_tasks(work: Path, plan: dict, todo: list[int], launcher: str, slurm: dic
     failed = []
     for k, job in zip(todo, jobs):
         try:
-            job.result()
+            print(task_line(n, job.result()), flush=True)
         except Exception as e:  # noqa: BLE001 - cancelled, killed, or the task raised: said below
             failed.append((k, job, e))
     if failed:
-        raise PrepareError("; ".join(task_failure(k, len(plan["tasks"]), job, e) for k, job, e in failed)
+        raise PrepareError("; ".join(task_failure(k, n, job, e) for k, job, e in failed)
                            + ". The finished parts are kept: run the same command again to resume (only the "
                            "unfinished tasks are run again, and each redoes only its unfinished files)")
+
+
+def task_line(n: int, done: dict) -> str:
+    return (f"task {done['task']} of {n}: {len(done['made'])} file(s) tokenized, {len(done['kept'])} already done "
+            "(kept)")
 
 
 def task_failure(k: int, n: int, job, e: Exception) -> str:
