@@ -107,6 +107,20 @@ def test_jsonl_files_read_through_datasets_give_the_same_bytes(tmp_path):
     assert files_of(got) == files_of(ref) and len(files_of(ref)) > 5
 
 
+def test_a_dataset_in_the_hubs_layout_by_config_name(source, tmp_path):
+    """--dataset ID --name CONFIG, as for FineWeb on the hub (here a local folder in the hub's
+    layout, with the configs its README declares): the files datasets resolves, in its order."""
+    root = source.parent.parent
+    (root / "README.md").write_text("---\nconfigs:\n- config_name: sample-10BT\n  data_files:\n"
+                                    "  - split: train\n    path: sample/10BT/*.parquet\n---\n")
+    spec = fineweb.hf.HFSpec(dataset=str(root), name="sample-10BT", streaming=True)
+    ref, got = tmp_path / "ref" / "fw", tmp_path / "tasks" / "fw"
+    fineweb.prepare(ref, spec=spec, shard_tokens=SHARD, val_tokens=VAL, num_proc=1, rank_file=RANK_FILE)
+    meta = fineweb.prepare_in_tasks(got, spec=spec, options=fineweb.TaskOptions(tasks=2), shard_tokens=SHARD,
+                                    val_tokens=VAL, num_proc=1, rank_file=RANK_FILE)
+    assert same_dataset(got, ref) and meta["source"]["config"] == "sample-10BT" and len(meta["source"]["files"]) == 5
+
+
 def test_submitit_local_tasks_and_an_arrow_source_give_the_same_bytes(source, reference, tmp_path):
     meta = in_tasks(tmp_path / "fw", source, streaming=False, tasks=3, launcher="local", timeout_min=5)
     assert files_of(tmp_path / "fw") == files_of(reference)
@@ -205,6 +219,19 @@ def test_bad_task_flags_are_refused_before_any_work(source, tmp_path):
         in_tasks(out, source, tasks=2)
     proc = cli("--data-files", source / "*.parquet", "--out-dir", out, "--launcher", "slurm")
     assert proc.returncode == 2 and "--launcher, --task and --merge go with --tasks N" in proc.stderr
+
+
+def test_an_unfinished_one_machine_prepare_is_not_taken_over(source, tmp_path, monkeypatch):
+    out = tmp_path / "fw"
+    monkeypatch.setattr(fineweb.ShardSink, "finish", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        one_machine(out, source)
+    monkeypatch.undo()
+    before = tree(out)
+    with pytest.raises(PrepareError, match="holds an unfinished one-machine prepare of these settings: run it again "
+                                           "without --tasks"):
+        in_tasks(out, source, tasks=3)
+    assert tree(out) == before
 
 
 # ---------------------------------------------------------------- a real SLURM job array
