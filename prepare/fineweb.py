@@ -271,6 +271,10 @@ def prepare(out_dir: str | Path, *, spec: hf.HFSpec, shard_tokens: int = SHARD_T
         return already_prepared(out_dir, settings)
     load_tokenizer = functools.cache(lambda: gpt2_tokenizer(rank_file))
     progress = load_progress(out_dir, settings)  # another command's unfinished prepare is refused here
+    if "tasks" in progress:
+        raise PrepareError(f"{out_dir} holds the unfinished work of `--tasks {len(tasks.load_plan(tasks.work_dir(out_dir))['tasks'])}`: "
+                           "run that command again to finish it (its finished parts are kept), or remove the folder "
+                           "(or choose another --out-dir) to prepare on one machine")
     created = not out_dir.exists()
     if not progress.get("done"):
         num_proc = num_proc or max(1, (os.cpu_count() or 2) - 1)
@@ -548,8 +552,8 @@ def main(argv: list[str] | None = None) -> None:
             args.name = None
         spec = hf.spec_from_args(args)
         out_dir = args.out_dir or dataset_dir(label)
-        kwargs = dict(spec=spec, shard_tokens=args.shard_tokens, val_tokens=args.val_tokens, num_proc=args.num_proc,
-                      rank_file=args.rank_file)
+        kwargs = {"spec": spec, "shard_tokens": args.shard_tokens, "val_tokens": args.val_tokens,
+                  "num_proc": args.num_proc, "rank_file": args.rank_file}
         if args.tasks is None:
             meta = prepare(out_dir, **kwargs)
         else:

@@ -61,7 +61,7 @@ def same_dataset(a: Path, b: Path) -> bool:
 
 def cli(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "prepare/fineweb.py", *map(str, args)], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, **kw)
+                          capture_output=True, text=True, check=False, **kw)
 
 
 def tree(out: Path) -> dict[str, bytes]:
@@ -84,8 +84,7 @@ def test_the_val_cut_falls_where_one_machine_puts_it(source, tmp_path):
     """The val split ending exactly at a document's end, inside a document, and in the third file:
     the same cut (the document cut there dropped) as one machine's."""
     tok = fineweb.gpt2_tokenizer(RANK_FILE)
-    docs = [t for f in sorted(source.glob("*.parquet")) for t in __import__("pyarrow.parquet").parquet
-            .read_table(f)["text"].to_pylist()]
+    docs = [t for f in sorted(source.glob("*.parquet")) for t in pq.read_table(f)["text"].to_pylist()]
     ends = np.cumsum([len(d) + 1 for d in tok.encode_batch(docs[:1000], 1)])
     for val in (int(ends[40]), int(ends[40]) + 1, int(ends[700]) - 2):
         ref, got = one_machine(tmp_path / f"r{val}", source, val), tmp_path / f"t{val}"
@@ -219,6 +218,20 @@ def test_bad_task_flags_are_refused_before_any_work(source, tmp_path):
         in_tasks(out, source, tasks=2)
     proc = cli("--data-files", source / "*.parquet", "--out-dir", out, "--launcher", "slurm")
     assert proc.returncode == 2 and "--launcher, --task and --merge go with --tasks N" in proc.stderr
+    proc = cli("--pretokenized", "--tasks", 2, "--out-dir", out)
+    assert proc.returncode == 2 and "--tasks tokenizes; --pretokenized downloads shards" in proc.stderr
+
+
+def test_unfinished_tasks_are_not_taken_over_by_one_machine(source, tmp_path, monkeypatch):
+    out = tmp_path / "fw"
+    monkeypatch.setattr(tasks, "merge", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        in_tasks(out, source, tasks=3)
+    monkeypatch.undo()
+    before = tree(out)
+    with pytest.raises(PrepareError, match="holds the unfinished work of `--tasks 3`: run that command again"):
+        one_machine(out, source)
+    assert tree(out) == before
 
 
 def test_an_unfinished_one_machine_prepare_is_not_taken_over(source, tmp_path, monkeypatch):
@@ -286,7 +299,7 @@ def test_a_slurm_array_with_a_cancelled_task_resumes_and_merges_the_same_bytes(t
     assert proc.returncode == 2, stdout + stderr
     assert f"error: task 1 of 3 (job {job}) did not finish (" in stderr
     assert "run the same command again to resume" in stderr and not (out / "meta.json").exists()
-    again = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300, check=False)
     wall_s = time.time() - started
     assert again.returncode == 0, again.stderr
     assert "submitted 1 task(s) (slurm)" in again.stdout  # tasks 0 and 2 were not run again
