@@ -67,7 +67,7 @@ def make_plan(corpus: hf.Corpus, settings: dict, n_tasks: int, rank_file, batch_
     plan = {"settings": settings, "files": files, "reader": kind, "tasks": file_ranges(len(files), n_tasks),
             "column": spec.column, "sample_by": spec.sample_by,
             "source": {**corpus.provenance, "streaming": spec.streaming},
-            "rank_file": str(rank_file) if rank_file else None, "batch_size": batch_size, "num_proc": num_proc}
+            "rank_file": str(Path(rank_file).resolve()) if rank_file else None, "batch_size": batch_size, "num_proc": num_proc}
     plan["id"] = plan_id(plan)
     return plan
 
@@ -79,8 +79,9 @@ def plan_id(plan: dict) -> str:
 
 
 def write_or_check_plan(out_dir: Path, plan: dict, write: bool = True) -> None:
-    """The first run writes the plan (unless `write` is off: a merge writes nothing before its
-    checks); a later one must bring the same (then it resumes)."""
+    """The first run writes the plan; a later one must bring the same files, ranges and settings
+    (then it resumes), and writes what it found of the files (their sha256) and how to run (tokenizer
+    processes, rank file) for its tasks. `write` off: a merge writes nothing before its checks."""
     path = work_dir(out_dir) / "plan.json"
     if path.exists():
         try:
@@ -92,8 +93,7 @@ def write_or_check_plan(out_dir: Path, plan: dict, write: bool = True) -> None:
                 f"{out_dir} holds the tasks of another plan ({len(old.get('tasks', []))} tasks over "
                 f"{len(old.get('files', []))} files, settings {old.get('settings')}): run that command again to "
                 f"finish it, or remove {out_dir} (or choose another --out-dir) to start this one")
-        return
-    if not write:
+    if not write or (path.exists() and old == plan):
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +144,8 @@ def part_problem(work: Path, plan: dict, index: int, hashes: bool = True) -> str
         return f"its manifest {paths['manifest'].name} is unreadable ({e})"
     if manifest.get("plan") != plan["id"] or manifest.get("file") != plan["files"][index]:
         return f"{paths['manifest'].name} was written for another plan or file"
+    if manifest.get("source_sha256") != source_sha256(plan, index):
+        return "its source file changed since the part was written (sha256 differs)"
     for what in ("tokens", "lengths"):
         path, want = paths[what], manifest[what]
         if not path.exists():
@@ -153,6 +155,12 @@ def part_problem(work: Path, plan: dict, index: int, hashes: bool = True) -> str
         if hashes and sha256_of(path) != want["sha256"]:
             return f"{path.name} changed since it was written (sha256 differs from its manifest)"
     return None
+
+
+def source_sha256(plan: dict, index: int) -> str | None:
+    """A local source file's sha256 as this run's plan found it (None for the hub's files: their
+    paths name the commit)."""
+    return (plan["source"].get("sha256") or {}).get(plan["files"][index])
 
 
 def file_texts(plan: dict, file: str, batch_size: int):
@@ -204,7 +212,7 @@ def tokenize_file(work: Path, plan: dict, index: int, tokenizer, num_proc: int, 
         for p in tmp.values():
             p.unlink(missing_ok=True)
     manifest = {"plan": plan["id"], "file": plan["files"][index], "index": index, "job": job,
-                "host": socket.gethostname(), "pid": os.getpid(),
+                "host": socket.gethostname(), "pid": os.getpid(), "source_sha256": source_sha256(plan, index),
                 "documents": counts["documents"], "token_count": counts["tokens"],
                 "tokens": {"bytes": counts["tokens"] * shards.TOKEN_DTYPE.itemsize,
                            "sha256": hashes["tokens"].hexdigest()},

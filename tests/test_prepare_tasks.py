@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -194,6 +195,27 @@ def test_the_merge_refuses_a_changed_or_truncated_part(source, tmp_path):
                                            rf"{len(good):,}"):
         in_tasks(out, source, tasks=3, merge_only=True)
     assert not list(out.glob("*.bin"))
+
+
+def test_a_source_file_changed_after_its_part_is_redone_not_merged(source, tmp_path, monkeypatch):
+    """A local file replaced (same name) after its task ran: the merge alone refuses; the command
+    redoes that file's part only, and the shards are one machine's on the new files."""
+    folder = tmp_path / "src"
+    shutil.copytree(source, folder)
+    out = tmp_path / "fw"
+    run_tasks_alone(out, folder, [0, 1, 2])
+    changed = folder / "train-00003-of-00005.parquet"
+    pq.write_table(pa.table({"text": make_docs(300, seed=11)}), changed)
+    before = tree(out)
+    with pytest.raises(PrepareError, match=r"task 2: part 3 \(train-00003-of-00005.parquet\): its source file "
+                                           r"changed since the part was written"):
+        in_tasks(out, folder, tasks=3, merge_only=True)
+    assert tree(out) == before
+    made, real = [], tasks.tokenize_file
+    monkeypatch.setattr(tasks, "tokenize_file", lambda work, plan, i, *a: made.append(i) or real(work, plan, i, *a))
+    in_tasks(out, folder, tasks=3)
+    assert made == [3]
+    assert same_dataset(out, one_machine(tmp_path / "ref" / "fw", folder))
 
 
 def test_a_finished_dataset_is_never_overwritten(source, reference, tmp_path):
