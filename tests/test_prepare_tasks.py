@@ -159,6 +159,24 @@ def test_a_stopped_task_redoes_only_its_missing_files(source, reference, tmp_pat
     assert same_dataset(tmp_path / "fw", reference)
 
 
+def test_a_stopped_merge_starts_over_to_the_same_bytes(source, reference, tmp_path, monkeypatch):
+    real, closes = fineweb.ShardSink.finish_shard, []
+
+    def stop_at_the_third_shard(self, *a, **kw):
+        closes.append(1)
+        if len(closes) == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(fineweb.ShardSink, "finish_shard", stop_at_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        in_tasks(tmp_path / "fw", source, tasks=3)
+    monkeypatch.undo()
+    assert len(list((tmp_path / "fw").glob("*.bin"))) == 2 and not (tmp_path / "fw" / "meta.json").exists()
+    in_tasks(tmp_path / "fw", source, tasks=3)
+    assert same_dataset(tmp_path / "fw", reference)
+
+
 # ---------------------------------------------------------------- bad input
 
 def run_tasks_alone(out: Path, folder: Path, which: list[int], n: int = 3) -> None:
