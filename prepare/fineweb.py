@@ -5,6 +5,8 @@ pre-tokenized FineWeb-10B shards.
   python prepare/fineweb.py --dataset HuggingFaceFW/fineweb  # FineWeb sample-10BT     -> data/fineweb10B
   python prepare/fineweb.py --name sample-100BT              # FineWeb-Edu 100B        -> data/fineweb_edu100B
   python prepare/fineweb.py --pretokenized [--shards 8]      # kjj0/fineweb10B-gpt2    -> data/fineweb10B
+  python prepare/fineweb.py --tasks 64 --launcher slurm      # tokenized by a SLURM job array, then merged
+                                                             # into the same shards (prepare/tasks.py)
 
 As llm.c's dev/data/fineweb.py does it: <|endoftext|> before each document, documents in the
 dataset's order, shards of 100M tokens (--shard-tokens) in llm.c's format (nanogpt/data/shards.py), so

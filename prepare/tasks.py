@@ -309,7 +309,9 @@ def task_failure(k: int, n: int, job, e: Exception) -> str:
         pass
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     why = next((ln for ln in reversed(lines) if "Error:" in ln), lines[-1] if lines else type(e).__name__)
-    return f"task {k} of {n} (job {job.job_id}) did not finish ({state}: {why[:300]})"
+    log = getattr(getattr(job, "paths", None), "stderr", None)
+    return (f"task {k} of {n} (job {job.job_id}) did not finish ({state}: {why[:300]})"
+            + (f", its log: {log}" if log else ""))
 
 
 # ----------------------------------------------------------------------------------------------
