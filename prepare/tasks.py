@@ -27,6 +27,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -285,15 +287,54 @@ def run_tasks(work: Path, plan: dict, todo: list[int], launcher: str, slurm: dic
     print(f"submitted {len(jobs)} task(s) ({launcher}): job(s) {', '.join(j.job_id for j in jobs)}; "
           f"logs in {work / 'submitit'}", flush=True)
     failed = []
-    for k, job in zip(todo, jobs):
-        try:
-            print(task_line(n, job.result()), flush=True)
-        except Exception as e:  # noqa: BLE001 - cancelled, killed, or the task raised: said below
-            failed.append((k, job, e))
+    for k, job, done, error in ended_tasks(launcher, todo, jobs):
+        if done is not None:
+            print(task_line(n, done), flush=True)
+        else:
+            failed.append((k, job, error))
     if failed:
         raise PrepareError("; ".join(task_failure(k, n, job, e) for k, job, e in failed)
                            + ". The finished parts are kept: run the same command again to resume (only the "
                            "unfinished tasks are run again, and each redoes only its unfinished files)")
+
+
+POLL_S = 2.0
+
+
+def ended_tasks(launcher: str, todo: list[int], jobs: list, poll_s: float = POLL_S):
+    """(task, job, its result or None, its error or None) for each job, as it ends. A SLURM job
+    that left the queue without a result has ended too: submitit would wait for it forever when
+    SLURM's accounting never lists it (an array task cancelled while it was pending)."""
+    pending, gone = dict(zip(todo, jobs)), set()
+    while pending:
+        for k, job in list(pending.items()):
+            if job.done():
+                try:
+                    yield k, job, job.result(), None
+                except Exception as e:  # noqa: BLE001 - cancelled, killed, or the task raised: said by the caller
+                    yield k, job, None, e
+            elif launcher == "slurm" and not in_slurm_queue(job.job_id):
+                if k not in gone:  # seen gone once: its result may still be on its way through the filesystem
+                    gone.add(k)
+                    continue
+                yield k, job, None, None
+            else:
+                continue
+            del pending[k]
+        if pending:
+            time.sleep(poll_s)
+
+
+def in_slurm_queue(job_id: str) -> bool:
+    """Is the job still queued or running? True when squeue cannot say (the controller away)."""
+    try:
+        r = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=60,
+                           check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    if r.returncode == 0:
+        return bool(r.stdout.strip())
+    return "Invalid job id" not in r.stderr
 
 
 def task_line(n: int, done: dict) -> str:
@@ -301,17 +342,25 @@ def task_line(n: int, done: dict) -> str:
             "(kept)")
 
 
-def task_failure(k: int, n: int, job, e: Exception) -> str:
+def task_failure(k: int, n: int, job, e: Exception | None) -> str:
+    """One clause: which task, its job, its state in SLURM's accounting, why, and its log. `e`
+    None: the job left the queue with no result (cancelled before it started: no log)."""
     state = "UNKNOWN"
     try:
         state = job.watcher.get_state(job.job_id, mode="force") if hasattr(job, "watcher") else job.state
-    except Exception:  # noqa: BLE001 - sacct unreachable: say what is known
+    except Exception:  # noqa: BLE001, S110 - sacct unreachable: say what is known
         pass
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    why = next((ln for ln in reversed(lines) if "Error:" in ln), lines[-1] if lines else type(e).__name__)
     log = getattr(getattr(job, "paths", None), "stderr", None)
+    if e is None:
+        if state in ("UNKNOWN", "PENDING", "RUNNING"):
+            state = "CANCELLED"  # gone from the queue, and from accounting: cancelled while pending
+        text = Path(log).read_text(errors="replace") if log and Path(log).exists() else "it left the queue with no result"
+    else:
+        text = str(e)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    why = next((ln for ln in reversed(lines) if "Error:" in ln or "srun:" in ln), lines[-1] if lines else "no result")
     return (f"task {k} of {n} (job {job.job_id}) did not finish ({state}: {why[:300]})"
-            + (f", its log: {log}" if log else ""))
+            + (f", its log: {log}" if log and Path(log).exists() else ""))
 
 
 # ----------------------------------------------------------------------------------------------

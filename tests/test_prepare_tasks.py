@@ -350,3 +350,27 @@ def test_a_slurm_array_with_a_cancelled_task_resumes_and_merges_the_same_bytes(t
     print(f"slurm: 12 files, {meta['source']['documents']:,} documents, {sum(meta['tokens'].values()):,} tokens, "
           f"3 tasks, task 1 ({job}) killed after file {first['index']} and resumed; byte-identical; "
           f"one machine {one_machine_s:.1f} s, tasks + kill + resume + merge {wall_s:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@needs_slurm
+def test_a_scancelled_slurm_task_is_named_and_its_rerun_completes_the_merge(source, reference, tmp_path):
+    """A plain scancel of task 2 while it waits in the queue (one task at a time): the command
+    names it and keeps tasks 0 and 1; the same command runs task 2 alone and merges."""
+    out = tmp_path / "fw"
+    args = [sys.executable, "prepare/fineweb.py", "--data-files", str(source / "*.parquet"), "--out-dir", str(out),
+            "--shard-tokens", str(SHARD), "--val-tokens", str(VAL), "--rank-file", str(RANK_FILE), "--tasks", "3",
+            "--launcher", "slurm", "--array-parallelism", "1", "--timeout-min", "10"]
+    proc = subprocess.Popen(args, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    submitted = proc.stdout.readline()
+    jobs = submitted.split("job(s) ")[1].split(";")[0].split(", ")
+    subprocess.run(["scancel", jobs[2]], check=True)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 2, submitted + stdout + stderr
+    assert stderr.startswith(f"error: task 2 of 3 (job {jobs[2]}) did not finish (CANCELLED"), stderr
+    assert "task 0 of 3: 1 file(s) tokenized" in stdout and "task 1 of 3: 2 file(s) tokenized" in stdout
+    again = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stderr
+    assert "submitted 1 task(s) (slurm)" in again.stdout and "task 2 of 3: 2 file(s) tokenized" in again.stdout
+    assert same_dataset(out, reference)
