@@ -184,6 +184,7 @@ def tokenize_file(work: Path, plan: dict, index: int, tokenizer, num_proc: int, 
     """One source file into its part: tokens and lengths under temporary names, renamed into place,
     then the manifest (the proof the part is whole)."""
     paths = part_paths(work, index)
+    paths["manifest"].unlink(missing_ok=True)  # an old part's: until the new one is whole, none
     tag = f".tmp.{socket.gethostname()}.{os.getpid()}"
     tmp = {k: p.with_name(p.name + tag) for k, p in paths.items() if k != "manifest"}
     hashes = {k: hashlib.sha256() for k in tmp}
