@@ -52,7 +52,8 @@ def encode_batches(items: Iterable[tuple[Any, list[str]]], tokenizer: GPT2Tokeni
     if eot not in EOT_POSITIONS:
         raise ValueError(f"eot must be one of {EOT_POSITIONS}")
     if num_proc <= 1:
-        threads = os.cpu_count() or 1
+        # the CPUs this process may use (a SLURM task's allocation), not the machine's
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         for key, texts in items:
             yield (key, *_encode(texts, eot, threads, tokenizer))
         return

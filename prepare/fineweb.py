@@ -5,6 +5,8 @@ pre-tokenized FineWeb-10B shards.
   python prepare/fineweb.py --dataset HuggingFaceFW/fineweb  # FineWeb sample-10BT     -> data/fineweb10B
   python prepare/fineweb.py --name sample-100BT              # FineWeb-Edu 100B        -> data/fineweb_edu100B
   python prepare/fineweb.py --pretokenized [--shards 8]      # kjj0/fineweb10B-gpt2    -> data/fineweb10B
+  python prepare/fineweb.py --tasks 64 --launcher slurm      # tokenized by a SLURM job array, then merged
+                                                             # into the same shards (prepare/tasks.py)
 
 As llm.c's dev/data/fineweb.py does it: <|endoftext|> before each document, documents in the
 dataset's order, shards of 100M tokens (--shard-tokens) in llm.c's format (nanogpt/data/shards.py), so
@@ -31,7 +33,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,7 +44,7 @@ if not __package__:  # run as `python prepare/fineweb.py`: make `prepare` import
 from nanogpt.data import shards
 from nanogpt.paths import dataset_dir
 from nanogpt.run.metrics import progress  # a bar on a terminal, periodic lines in a log
-from prepare import hf
+from prepare import hf, tasks
 from prepare.bpe import encode_batches
 from prepare.common import (PrepareError, check_free_space, gpt2_tokenizer, human_bytes,
                             run_cli, storage_error)
@@ -265,16 +267,16 @@ def prepare(out_dir: str | Path, *, spec: hf.HFSpec, shard_tokens: int = SHARD_T
     """Tokenizes `spec` into llm.c shards in out_dir (resuming an unfinished prepare of the same
     settings); returns the meta."""
     out_dir = Path(out_dir)
-    val_tokens = val_tokens or shard_tokens
-    for flag, n in (("--shard-tokens", shard_tokens), ("--val-tokens", val_tokens)):
-        if not 0 < n <= shards.MAX_TOKENS:
-            raise PrepareError(f"{flag} must be between 1 and {shards.MAX_TOKENS:,}, got {n:,}")
-    settings = Settings(spec.dataset, spec.name, spec.revision, spec.data_files, spec.column, spec.split,
-                        shard_tokens, val_tokens)
+    settings = make_settings(spec, shard_tokens, val_tokens)
+    val_tokens = settings.val_tokens
     if (out_dir / "meta.json").exists():
         return already_prepared(out_dir, settings)
     load_tokenizer = functools.cache(lambda: gpt2_tokenizer(rank_file))
     progress = load_progress(out_dir, settings)  # another command's unfinished prepare is refused here
+    if "tasks" in progress:
+        raise PrepareError(f"{out_dir} holds the unfinished work of `--tasks {len(tasks.load_plan(tasks.work_dir(out_dir))['tasks'])}`: "
+                           "run that command again to finish it (its finished parts are kept), or remove the folder "
+                           "(or choose another --out-dir) to prepare on one machine")
     created = not out_dir.exists()
     if not progress.get("done"):
         num_proc = num_proc or max(1, (os.cpu_count() or 2) - 1)
@@ -296,6 +298,15 @@ def prepare(out_dir: str | Path, *, spec: hf.HFSpec, shard_tokens: int = SHARD_T
         raise PrepareError(f"the corpus has {total:,} tokens, not more than --val-tokens {val_tokens:,}: "
                            "nothing is left for training; lower --val-tokens")
     return write_meta(out_dir, progress, load_tokenizer())
+
+
+def make_settings(spec: hf.HFSpec, shard_tokens: int, val_tokens: int | None) -> Settings:
+    val_tokens = val_tokens or shard_tokens
+    for flag, n in (("--shard-tokens", shard_tokens), ("--val-tokens", val_tokens)):
+        if not 0 < n <= shards.MAX_TOKENS:
+            raise PrepareError(f"{flag} must be between 1 and {shards.MAX_TOKENS:,}, got {n:,}")
+    return Settings(spec.dataset, spec.name, spec.revision, spec.data_files, spec.column, spec.split,
+                    shard_tokens, val_tokens)
 
 
 def already_prepared(out_dir: Path, settings: Settings) -> dict:
@@ -343,6 +354,86 @@ def write_meta(out_dir: Path, progress: dict, tokenizer) -> dict:
     os.replace(tmp, out_dir / "meta.json")
     marker(out_dir).unlink(missing_ok=True)
     return meta
+
+
+# ----------------------------------------------------------------------------------------------
+# --tasks N: the same shards, tokenized by array tasks (prepare/tasks.py) and merged
+
+@dataclass
+class TaskOptions:
+    """How the tasks run: `launcher` inprocess | local | slurm; `task` runs only that task here
+    (an array script's own); `merge_only` merges what the tasks wrote, running none."""
+    tasks: int
+    launcher: str = "inprocess"
+    task: int | None = None
+    merge_only: bool = False
+    partition: str | None = None
+    cpus_per_task: int = 1
+    timeout_min: int = 24 * 60
+    mem_gb: int | None = None
+    array_parallelism: int | None = None
+
+
+def prepare_in_tasks(out_dir: str | Path, *, spec: hf.HFSpec, options: TaskOptions, shard_tokens: int = SHARD_TOKENS,
+                     val_tokens: int | None = None, num_proc: int | None = None, rank_file: str | Path | None = None,
+                     batch_size: int = 512, prefix: str | None = None) -> dict | None:
+    """prepare() spread over options.tasks tasks, each a contiguous range of the source's files,
+    then merged into the shards prepare() writes, byte for byte. Returns the meta (None after a
+    lone --task)."""
+    out_dir = Path(out_dir)
+    settings = make_settings(spec, shard_tokens, val_tokens)
+    if options.launcher not in tasks.LAUNCHERS:
+        raise PrepareError(f"--launcher {options.launcher}: use one of {', '.join(tasks.LAUNCHERS)}")
+    if options.task is not None and not 0 <= options.task < options.tasks:
+        raise PrepareError(f"--task {options.task}: tasks are numbered 0 to {options.tasks - 1} (--tasks {options.tasks})")
+    if (out_dir / "meta.json").exists():
+        return already_prepared(out_dir, settings)
+    load_tokenizer = functools.cache(lambda: gpt2_tokenizer(rank_file))
+    progress = load_progress(out_dir, settings)  # another command's unfinished prepare is refused here
+    if marker(out_dir).exists() and "tasks" not in progress:
+        raise PrepareError(f"{out_dir} holds an unfinished one-machine prepare of these settings: run it again "
+                           "without --tasks to resume it, or remove the folder (or choose another --out-dir)")
+    num_proc = num_proc or (options.cpus_per_task if options.launcher != "inprocess"
+                            else max(1, (os.cpu_count() or 2) - 1))
+    # the files and their order, read from the metadata alone (a hub dataset is not downloaded here)
+    with hf.open_corpus(replace(spec, streaming=True), scratch_parent=out_dir.parent,
+                        before_download=load_tokenizer) as corpus:
+        plan = tasks.make_plan(corpus, asdict(settings), options.tasks, rank_file, batch_size, num_proc)
+    plan["source"]["streaming"] = spec.streaming
+    load_tokenizer()
+    tasks.write_or_check_plan(out_dir, plan, write=not options.merge_only)
+    work = tasks.work_dir(out_dir)
+    if options.task is not None:  # one task of the user's own array: no marker (tasks run at once)
+        print(tasks.task_line(options.tasks, tasks.run_task(str(work), options.task))
+              + "; merge with --merge once every task has run")
+        return None
+    if options.merge_only:
+        manifests = tasks.check_parts(work, plan)  # a missing or changed part: refused before any write
+    progress.update(tasks=plan["id"], source=plan["source"])
+    save_progress(out_dir, progress)  # the folder is marked unfinished until meta.json
+    if not options.merge_only:
+        todo = tasks.unfinished_tasks(work, plan)
+        if todo:
+            tasks.run_tasks(work, plan, todo, options.launcher,
+                            {"partition": options.partition, "cpus_per_task": options.cpus_per_task,
+                             "timeout_min": options.timeout_min, "mem_gb": options.mem_gb,
+                             "array_parallelism": options.array_parallelism})
+        manifests = tasks.check_parts(work, plan)  # changed since its task ended: refused before the merge writes
+    discard_merged_shards(out_dir, progress)
+    sink = functools.partial(ShardSink, out_dir, prefix or SHARD_PREFIXES.get(spec.dataset, out_dir.name), settings)
+    totals = tasks.merge(out_dir, plan, manifests, sink, progress)
+    progress["documents"] = totals["documents"]
+    meta = write_meta(out_dir, progress, load_tokenizer())
+    tasks.remove_work(out_dir)
+    return meta
+
+
+def discard_merged_shards(out_dir: Path, progress: dict) -> None:
+    """The shards of a merge that was stopped: a merge only copies, so it starts over."""
+    for s in progress["shards"]:
+        (out_dir / s["file"]).unlink(missing_ok=True)
+    progress.update(shards=[], resume=None, done=False)
+    remove_unrecorded_shards(out_dir, progress)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -446,7 +537,12 @@ def main(argv: list[str] | None = None) -> None:
                         f"({PRETOKENIZED_REPO}) instead of tokenizing")
     parser.add_argument("--shards", type=int, default=PRETOKENIZED_TRAIN_SHARDS, help="with --pretokenized: how "
                         "many 100M-token train shards (default: all %(default)s)")
+    add_task_arguments(parser)
     args = parser.parse_args(argv)
+    if args.tasks is None and (args.launcher or args.task is not None or args.merge):
+        parser.error("--launcher, --task and --merge go with --tasks N")
+    if args.pretokenized and args.tasks is not None:
+        parser.error("--tasks tokenizes; --pretokenized downloads shards already tokenized: choose one")
     if args.pretokenized:
         out_dir = args.out_dir or dataset_dir("fineweb10B")
         meta = fetch_pretokenized(out_dir, shards_wanted=args.shards, revision=args.revision)
@@ -458,9 +554,38 @@ def main(argv: list[str] | None = None) -> None:
             args.name = None
         spec = hf.spec_from_args(args)
         out_dir = args.out_dir or dataset_dir(label)
-        meta = prepare(out_dir, spec=spec, shard_tokens=args.shard_tokens, val_tokens=args.val_tokens,
-                       num_proc=args.num_proc, rank_file=args.rank_file)
+        kwargs = {"spec": spec, "shard_tokens": args.shard_tokens, "val_tokens": args.val_tokens,
+                  "num_proc": args.num_proc, "rank_file": args.rank_file}
+        if args.tasks is None:
+            meta = prepare(out_dir, **kwargs)
+        else:
+            meta = prepare_in_tasks(out_dir, options=task_options(args), **kwargs)
+            if meta is None:
+                return
     print(summary(meta, out_dir))
+
+
+def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("tokenizing in array tasks (docs/data.md, 'Tokenizing across SLURM nodes')")
+    g.add_argument("--tasks", type=int, metavar="N", help="spread the tokenizing over N tasks, each a contiguous "
+                   "range of the source's files, then merge: the same shards as without --tasks")
+    g.add_argument("--launcher", choices=tasks.LAUNCHERS, help="with --tasks: run them one after the other here "
+                   "(inprocess, the default), as submitit local jobs (local), or as a SLURM job array (slurm)")
+    g.add_argument("--task", type=int, metavar="K", help="with --tasks: run only task K here (for your own "
+                   "array script: --task $SLURM_ARRAY_TASK_ID), no merge")
+    g.add_argument("--merge", action="store_true", help="with --tasks: only merge what the tasks wrote")
+    g.add_argument("--slurm-partition", help="with --launcher slurm: the partition (default: the cluster's)")
+    g.add_argument("--cpus-per-task", type=int, default=1, help="CPUs of each local/SLURM task; also its "
+                   "tokenizer processes unless --num-proc (default: %(default)s)")
+    g.add_argument("--timeout-min", type=int, default=24 * 60, help="each task's time limit (default: %(default)s)")
+    g.add_argument("--mem-gb", type=int, help="each SLURM task's memory (default: the partition's)")
+    g.add_argument("--array-parallelism", type=int, help="at most this many SLURM tasks at once")
+
+
+def task_options(args: argparse.Namespace) -> TaskOptions:
+    return TaskOptions(tasks=args.tasks, launcher=args.launcher or "inprocess", task=args.task,
+                       merge_only=args.merge, partition=args.slurm_partition, cpus_per_task=args.cpus_per_task,
+                       timeout_min=args.timeout_min, mem_gb=args.mem_gb, array_parallelism=args.array_parallelism)
 
 
 def summary(meta: dict, out_dir: Path) -> str:
