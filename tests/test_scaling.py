@@ -222,6 +222,33 @@ def test_collect_lists_every_run_with_its_status(sweep):
     assert scaling.load_runs([sweep], n_kind="total")[0].N == 1_200_000
 
 
+def test_collect_names_runs_as_the_runs_table_does_and_keeps_the_overrides_in_its_csv(tmp_path):
+    """`collect` named a sweep's runs by Hydra's whole override string (a 115-character column,
+    cut and hashed by Hydra when longer); it shows the runs table's short names, and `--out`
+    keeps each run's full overrides (.hydra/overrides.yaml) beside its directory."""
+    from nanogpt.run.table import short_names
+
+    overrides = ["experiment=scaling/isoflop_tiny", "task.max_flops=1e10", "model.n_embd=16",
+                 "hardware.micro_batch_size=8"]
+    long = "0_experiment=scaling-isoflop_tiny,hardware.micro_batch_size=8,model.n_embd=16,-238f7e16e397"
+    write_run(tmp_path / "sweep" / long, summary(), [eval_line(1, 3.0)])
+    write_run(tmp_path / "sweep" / "1_model.n_embd=24", summary(N=2_000_000, loss=2.8), [])
+    (tmp_path / "sweep" / long / ".hydra").mkdir()
+    (tmp_path / "sweep" / long / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+
+    out = cli("collect", tmp_path / "sweep", "--out", tmp_path / "runs.csv").stdout
+    names = [line.split()[0] for line in out.splitlines()[1:3]]
+    assert names == ["0", "1"] == short_names([str(tmp_path / "sweep" / long), str(tmp_path / "sweep" / "1_x=1")])
+    assert "experiment=" not in out
+    import csv
+    rows = list(csv.DictReader((tmp_path / "runs.csv").open()))
+    assert [(r["name"], r["overrides"]) for r in rows] == [("0", " ".join(overrides)), ("1", "")]
+    assert rows[0]["run_dir"].endswith(long)
+    back = scaling.load_runs([tmp_path / "runs.csv"])
+    assert back[0].overrides == " ".join(overrides)  # read back, and fit/compare read the CSV as before
+    assert "0  " in cli("collect", tmp_path / "runs.csv").stdout
+
+
 def test_collect_falls_back_to_6ND_and_flags_corrupt_metrics(tmp_path):
     s = summary()
     del s["flops"]
@@ -280,7 +307,7 @@ def test_cli_end_to_end(tmp_path, sweep):
     synthetic = scaling.synthetic_sweep(tmp_path / "sweeps" / "isoflop", law=TRUTH, noise=0.003)
     out = cli("collect", synthetic, sweep).stdout
     assert "33 runs: 1 failed, 30 finished, 1 incomplete, 1 interrupted" in out
-    assert "10_model.n_layer=8,optim.lr=0.01  incomplete" in out
+    assert "multirun/2026-11-29/16-30-00/10  incomplete" in out  # the runs table's short name
     cli("collect", synthetic, "--out", tmp_path / "runs.csv")
 
     out = cli("fit", tmp_path / "runs.csv", "--bootstrap", "8", "--starts", "10",

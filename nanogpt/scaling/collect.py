@@ -16,7 +16,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 from nanogpt.run.identity import point_id
 from nanogpt.run.results import find_run_dirs, read_config, read_metrics, read_summary  # noqa: F401
+from nanogpt.run.table import short_names
 from nanogpt.scaling import seeds
 from nanogpt.scaling.fit import (  # noqa: F401
     CHINCHILLA,
@@ -90,6 +90,7 @@ class Run:
     # (nanogpt.run.identity.point_id; "" when the run records no config)
     seed: float = math.nan
     point: str = ""
+    overrides: str = ""  # the command line's overrides (.hydra/overrides.yaml), space-separated
     config: dict = field(default_factory=dict, repr=False, compare=False)  # not in the CSV
 
     def loss(self, which: str = "final") -> float:
@@ -104,7 +105,7 @@ N_LABELS = {"non_embedding": "non-embedding parameters N", "total": "parameters 
 
 
 CSV_COLUMNS = [f.name for f in dataclasses.fields(Run) if f.name != "config"]
-OPTIONAL_COLUMNS = {"final_val_bpb", "best_val_bpb", "branched_from", "seed", "point"}  # CSVs written before them still read
+OPTIONAL_COLUMNS = {"final_val_bpb", "best_val_bpb", "branched_from", "seed", "point", "overrides"}  # CSVs written before them still read
 
 
 def read_run(run_dir, n_kind: str = "non_embedding") -> Run:
@@ -138,23 +139,41 @@ def read_run(run_dir, n_kind: str = "non_embedding") -> Run:
         final_val_bpb=pick("final_val_bpb", bpbs[-1] if bpbs else math.nan),
         best_val_bpb=pick("best_val_bpb", math.nan),
         branched_from=f"{branch['run']}@{branch['iter']}" if branch else "",
-        seed=_num(config.get("seed")), point=point_id(config, params, D) if config else "", config=config)
+        seed=_num(config.get("seed")), point=point_id(config, params, D) if config else "",
+        overrides=read_overrides(run_dir), config=config)
+
+
+def read_overrides(run_dir: Path) -> str:
+    """The overrides the run was launched with, in full (its directory's name is Hydra's
+    override string, cut and hashed when long): "" when .hydra/overrides.yaml is missing."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return ""
+    import yaml
+
+    try:
+        items = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return ""
+    return " ".join(map(str, items)) if isinstance(items, list) else ""
 
 
 def write_csv(runs: list[Run], path) -> None:
+    """One row per run: its short name (as the runs table and `collect` show it), then every
+    CSV_COLUMNS field, the run's directory and full overrides among them."""
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=["name", *CSV_COLUMNS])
         writer.writeheader()
-        for run in runs:
-            row = {k: getattr(run, k) for k in CSV_COLUMNS}
+        for name, run in zip(short_names([r.run_dir for r in runs]), runs):
+            row = {"name": name, **{k: getattr(run, k) for k in CSV_COLUMNS}}
             writer.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
                              for k, v in row.items()})
 
 
 def _from_csv(column: str, text: str | None):
     if text is None:  # an optional column the CSV lacks
-        return "" if column in ("branched_from", "point") else math.nan
-    if column in ("run_dir", "status", "branched_from", "point"):
+        return "" if column in ("branched_from", "point", "overrides") else math.nan
+    if column in ("run_dir", "status", "branched_from", "point", "overrides"):
         return text
     if column in ("n_layer", "n_embd"):
         return int(text) if text else None
@@ -283,10 +302,12 @@ def format_table(header: list[str], rows: list[list]) -> str:
 
 
 def format_runs(runs: list[Run]) -> str:
-    common = os.path.commonpath([r.run_dir for r in runs]) if len(runs) > 1 else ""
-    rows = [[os.path.relpath(r.run_dir, common) if common else r.run_dir, r.status, r.N, r.D, r.C,
+    """The runs by the short names the runs table gives them (a sweep's job number: "3", not
+    Hydra's override string); `--out` writes each run's directory and full overrides."""
+    rows = [[name, r.status, r.N, r.D, r.C,
              r.final_val_loss, r.best_val_loss, r.final_val_bpb, r.lr, r.n_layer, r.n_embd, r.wall_time_s,
-             f"@{r.branched_from.rsplit('@', 1)[1]}" if r.branched_from else ""] for r in runs]
+             f"@{r.branched_from.rsplit('@', 1)[1]}" if r.branched_from else ""]
+            for name, r in zip(short_names([r.run_dir for r in runs]), runs)]
     return format_table(["run", "status", "N", "D", "C", "final_val", "best_val", "final_bpb", "lr", "n_layer",
                          "n_embd", "wall_s", "branch"], rows)
 
