@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nanogpt.errors import UserError
 from nanogpt.run.identity import point_id
 from nanogpt.run.results import find_run_dirs, read_config, read_metrics, read_summary  # noqa: F401
 from nanogpt.run.table import short_names
@@ -340,7 +341,7 @@ def format_isoflops(iso: IsoFLOPFit) -> str:
 def cmd_collect(args) -> int:
     runs = load_runs(args.paths, n_kind=args.n_kind)
     if not runs:
-        raise SystemExit(f"no run directories under {' '.join(args.paths)}")
+        raise UserError(no_runs(args.paths))
     print(format_runs(runs))
     counts = {s: sum(r.status == s for r in runs) for s in sorted({r.status for r in runs})}
     print(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -369,10 +370,15 @@ def _sweep_name(paths) -> str:
     return " + ".join(dict.fromkeys(names))
 
 
+def no_runs(paths) -> str:
+    return (f"no run directories under {' '.join(map(str, paths))}: a run is a directory holding "
+            "summary.json, metrics.jsonl or .hydra/; pass a sweep's folder, run directories or a collect CSV")
+
+
 def cmd_fit(args) -> int:
     runs = load_runs(args.paths, n_kind=args.n_kind)
     if not runs:
-        raise SystemExit(f"no run directories under {' '.join(args.paths)}")
+        raise UserError(no_runs(args.paths))
     usable = sum(seeds.usable(r, args.loss) for r in runs)
     fitted, stds = seeds.seed_means(runs, args.loss) if args.seeds == "mean" else (runs, {})
     data = fit_data(fitted, args.loss)
@@ -382,6 +388,7 @@ def cmd_fit(args) -> int:
     else:
         print(f"{len(data['N'])} of {len(runs)} runs are finished with a {args.loss} val loss: fitting those")
     fit3 = boot = iso = None
+    skipped: list[str] = []  # "approach N: why it could not be fitted"
     if args.approach in ("3", "both"):
         try:
             fit3 = fit_approach3(data["N"], data["D"], data["L"],
@@ -394,18 +401,17 @@ def cmd_fit(args) -> int:
                 warnings.warn(f"the approach-3 fit is degenerate: {'; '.join(fit3.problems)}. Its "
                               "N_opt and intervals mean little: add runs (sizes, budgets) around the optimum")
         except FIT_ERRORS as e:
-            if args.approach == "3":
-                raise SystemExit(f"error: approach 3: {_one_line(e)}")
-            print(f"approach 3 skipped: {_one_line(e)}")
+            reason = _one_line(e).removeprefix("approach 3 ")  # "approach 3 fits 5 parameters: ..."
+            skipped.append(f"approach 3: {reason}")
     if args.approach in ("2", "both"):
         try:
             iso = isoflop_fit(data["N"], data["D"], data["C"], data["L"], rtol=args.rtol)
             print(format_isoflops(iso))
         except FIT_ERRORS as e:
-            message = f"approach 2: {_one_line(e)}"
-            if args.approach == "2" and not args.plots:
-                raise SystemExit(f"error: {message}")
-            print(f"approach 2 skipped: {_one_line(e)}" + (" (the raw curves are in the plots)" if args.plots else ""))
+            skipped.append(f"approach 2: {_one_line(e)}" + (" (the raw curves are in the plots)" if args.plots else ""))
+    if fit3 or iso:  # what could not be fitted beside what could; when nothing could: the error below
+        for reason in skipped:
+            print(reason.replace(":", " skipped:", 1))
     if args.target_flops and (fit3 or iso):
         rows = []
         for C in args.target_flops:
@@ -437,13 +443,17 @@ def cmd_fit(args) -> int:
             written.append(plot.plot_approach3(data["N"], data["D"], data["L"], fit3, boot=boot,
                                                out=out / f"approach3.{ext}", **labels))
         print("wrote " + " ".join(str(p) for p in written))
-    return 0 if (fit3 or iso) else 1
+    if not (fit3 or iso):
+        raise UserError(f"no scaling law could be fitted to {len(data['N'])} finished "
+                        f"run{'s' * (len(data['N']) != 1)} ({'; '.join(skipped)}): add runs of more sizes and budgets")
+    return 0
 
 
 def cmd_best_lr(args) -> int:
     choices = best_lr(load_runs(args.paths, n_kind=args.n_kind), args.loss, args.by)
     if not choices:
-        raise SystemExit("no finished runs with an lr and a val loss")
+        raise UserError(f"no finished runs with an lr and a {args.loss} val loss under {' '.join(map(str, args.paths))}: "
+                        "best-lr needs runs that finished (python -m nanogpt.scaling collect lists their status)")
     rows = [[c.size, c.N, len(c.lrs), c.best_lr, c.best_loss, c.fitted_lr,
              "yes: extend the sweep" if c.edge else ""] for c in choices]
     print(format_table(["size", "N", "lrs", "best_lr", f"{args.loss}_val", "fitted_lr", "at edge"], rows))
