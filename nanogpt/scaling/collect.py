@@ -452,8 +452,9 @@ def cmd_fit(args) -> int:
 def cmd_best_lr(args) -> int:
     choices = best_lr(load_runs(args.paths, n_kind=args.n_kind), args.loss, args.by)
     if not choices:
-        raise UserError(f"no finished runs with an lr and a {args.loss} val loss under {' '.join(map(str, args.paths))}: "
-                        "best-lr needs runs that finished (python -m nanogpt.scaling collect lists their status)")
+        raise UserError(f"no finished runs with an lr and a {args.loss} val loss under "
+                        f"{' '.join(map(str, args.paths))}: best-lr needs runs that finished "
+                        "(python -m nanogpt.scaling collect lists their status)")
     rows = [[c.size, c.N, len(c.lrs), c.best_lr, c.best_loss, c.fitted_lr,
              "yes: extend the sweep" if c.edge else ""] for c in choices]
     print(format_table(["size", "N", "lrs", "best_lr", f"{args.loss}_val", "fitted_lr", "at edge"], rows))
