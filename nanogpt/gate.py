@@ -88,13 +88,16 @@ SCHEMA_GROUPS: dict[str, dict[str, type]] = {"optim": OPTIM_SCHEMAS, "task": TAS
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
+    # at the root, not in their groups: a node stored in group `model` would be one of model's
+    # options in --help and tab completion (model=base_model); the group files extend them by
+    # absolute name (`defaults: [/schema_model]`) and take their package from the group
     cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
+    cs.store(name="schema_config", node=Config)
     for group, schema in GROUPS.items():
-        cs.store(group=group, name=f"base_{group}", node=schema)
+        cs.store(name=f"schema_{group}", node=schema)
     for group, schemas in SCHEMA_GROUPS.items():
         for name, schema in schemas.items():
-            cs.store(group=group, name=f"base_{name}", node=schema)
+            cs.store(name=f"schema_{group}_{name}", node=schema)
 
 
 def validate(cfg) -> Any:
@@ -159,25 +162,6 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("nanogpt_tasks_per_node", lambda gpus: gpus or 1)
         # a cooldown branch's length: its WSD cooldown (the last decay_frac) starts at branch_iter
         OmegaConf.register_new_resolver("nanogpt_cooldown_end", _cooldown_end)
-        # --help's groups: the options a user chooses, not the schemas registered as base_*
-        OmegaConf.register_new_resolver("nanogpt_config_groups", _config_groups)
-
-
-def _config_groups() -> str:
-    """`group: option, ...` per config group of the app's conf/ directory (its YAML files), as
-    Hydra's --help lists them, without the schema nodes register_configs adds (base_model, ...)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    sources = HydraConfig.get().runtime.config_sources
-    conf = next((Path(s.path) for s in sources if s.provider == "main" and s.schema == "file"), None)
-    if conf is None:
-        return ""
-    groups: dict[str, list[str]] = {}
-    for f in sorted(conf.rglob("*.yaml")):
-        group = f.parent.relative_to(conf).as_posix()
-        if group != "." and not group.startswith("hydra"):
-            groups.setdefault(group, []).append(f.stem)
-    return "\n".join(f"{g}: {', '.join(sorted(opts))}" for g, opts in sorted(groups.items()))
 
 
 def _cooldown_end(branch_iter, decay_frac) -> int:

@@ -188,8 +188,9 @@ def _load(path) -> dict:
 
 
 def _inherited(group: str, defaults: list) -> dict:
-    """What a group file starts from: its schema (base_*, a ConfigStore node) or the presets of
-    its group it extends, merged in order; `override /group: ...` entries choose other groups."""
+    """What a group file starts from: its schema (/schema_*, a ConfigStore node at the root) or
+    the presets of its group it extends, merged in order; `override /group: ...` entries choose
+    other groups."""
     import hydra_plugins.nanogpt_slurm_launcher  # noqa: F401 (stores nanogpt_slurm)
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
@@ -210,7 +211,7 @@ def _inherited(group: str, defaults: list) -> dict:
 
 def _defaults(group: str, own: dict) -> list:
     # a file with no defaults list starts from its group's schema (conf/logger/*: so they compose as a list)
-    return own.get("defaults", [f"base_{group}"])
+    return own.get("defaults", [f"/schema_{group}"])
 
 
 def _repeats(group: str, own: dict) -> list[str]:
@@ -261,7 +262,7 @@ def test_group_files_say_only_what_differs_from_the_schema_or_the_preset_they_ex
     assert checked >= 40
     assert _repeats("model", {"defaults": ["gpt2_124m"], "n_layer": 12, "n_head": 16, "pad_vocab": True}) == \
         ["n_layer", "pad_vocab"]
-    assert _repeats("optim", {"defaults": ["base_muon"], "lr": 0.02, "beta1": 0.9}) == ["lr"]
+    assert _repeats("optim", {"defaults": ["/schema_optim_muon"], "lr": 0.02, "beta1": 0.9}) == ["lr"]
 
 
 def test_the_gpt2_presets_have_the_shapes_of_openais_weights():

@@ -75,3 +75,58 @@ def test_a_task_on_hub_weights_names_the_commit_it_scored(tmp_path, small_hf_dir
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename, **kw: str(snapshot / filename))
     _, _, source = load_model_and_tokenizer(None, "best", "gpt2", None, "cpu")
     assert source == f"openai-community/gpt2 from the Hugging Face hub at commit {commit} (revision main)"
+
+
+# The hub commits of OpenAI's weights, as public code pins them (e.g. huggingface_hub's own
+# resolve_revision("openai-community/gpt2") example; snapshot paths models--openai-community--
+# gpt2-large/snapshots/32b71b1...); conf/model/pretrained/*.yaml ask for these, not for `main`.
+PINNED = {"gpt2": "607a30d783dfa663caf39e06633721c8d4cfcd7e",
+          "gpt2_medium": "6dcaa7a952f72f9298047fd5137cd6e4f05f41da",
+          "gpt2_large": "32b71b12589c2f8d625668d2335a01cac3249519",
+          "gpt2_xl": "15ea56dee5df4983c59b2538573817e1667135e2"}
+
+
+def _fake_hub(monkeypatch, tmp_path, small_hf_dir) -> list:
+    """huggingface_hub.hf_hub_download answering from a fake cache at whatever commit is asked
+    (main: "1" * 40); the (repo, revision) pairs asked for are returned in the list."""
+    import huggingface_hub
+
+    asked = []
+
+    def download(repo_id, filename, revision=None, **kw):
+        asked.append((repo_id, revision))
+        snapshot = tmp_path / f"models--{repo_id.replace('/', '--')}" / "snapshots" / (revision or "1" * 40)
+        snapshot.mkdir(parents=True, exist_ok=True)
+        if not (snapshot / filename).exists():
+            (snapshot / filename).symlink_to(small_hf_dir / filename)
+        return str(snapshot / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    return asked
+
+
+def test_openai_presets_load_the_hub_commit_they_pin(tmp_path, small_hf_dir, monkeypatch):
+    """model=pretrained/* fetched `main` (the hub could change the weights under a run); each
+    preset now names a commit, which the download asks for and the run records."""
+    from inprocess import make_config
+
+    from nanogpt.hf.weights import load_pretrained
+
+    for preset, commit in PINNED.items():
+        assert make_config([f"model=pretrained/{preset}"]).model.revision == commit, preset
+    asked = _fake_hub(monkeypatch, tmp_path, small_hf_dir)
+    model = load_pretrained("gpt2", revision=PINNED["gpt2"])
+    assert set(asked) == {("openai-community/gpt2", PINNED["gpt2"])}
+    assert model.weights_source == {"hub": "openai-community/gpt2", "revision": PINNED["gpt2"],
+                                    "commit": PINNED["gpt2"]}
+
+
+@needs_gpt2_ranks  # GPT-2's tokenizer comes with OpenAI's weights
+def test_evaluation_tasks_ask_for_the_presets_commit(tmp_path, small_hf_dir, monkeypatch):
+    """task=hellaswag / core / sample on model=pretrained/gpt2 loaded `main` whatever the preset said."""
+    from nanogpt.checkpoint.load import load_model_and_tokenizer
+
+    asked = _fake_hub(monkeypatch, tmp_path, small_hf_dir)
+    _, _, source = load_model_and_tokenizer(None, "best", "gpt2", None, "cpu", revision=PINNED["gpt2"])
+    assert set(asked) == {("openai-community/gpt2", PINNED["gpt2"])}
+    assert source == f"openai-community/gpt2 from the Hugging Face hub at commit {PINNED['gpt2']} (revision {PINNED['gpt2']})"

@@ -222,6 +222,33 @@ def test_collect_lists_every_run_with_its_status(sweep):
     assert scaling.load_runs([sweep], n_kind="total")[0].N == 1_200_000
 
 
+def test_collect_names_runs_as_the_runs_table_does_and_keeps_the_overrides_in_its_csv(tmp_path):
+    """`collect` named a sweep's runs by Hydra's whole override string (a 115-character column,
+    cut and hashed by Hydra when longer); it shows the runs table's short names, and `--out`
+    keeps each run's full overrides (.hydra/overrides.yaml) beside its directory."""
+    from nanogpt.run.table import short_names
+
+    overrides = ["experiment=scaling/isoflop_tiny", "task.max_flops=1e10", "model.n_embd=16",
+                 "hardware.micro_batch_size=8"]
+    long = "0_experiment=scaling-isoflop_tiny,hardware.micro_batch_size=8,model.n_embd=16,-238f7e16e397"
+    write_run(tmp_path / "sweep" / long, summary(), [eval_line(1, 3.0)])
+    write_run(tmp_path / "sweep" / "1_model.n_embd=24", summary(N=2_000_000, loss=2.8), [])
+    (tmp_path / "sweep" / long / ".hydra").mkdir()
+    (tmp_path / "sweep" / long / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+
+    out = cli("collect", tmp_path / "sweep", "--out", tmp_path / "runs.csv").stdout
+    names = [line.split()[0] for line in out.splitlines()[1:3]]
+    assert names == ["0", "1"] == short_names([str(tmp_path / "sweep" / long), str(tmp_path / "sweep" / "1_x=1")])
+    assert "experiment=" not in out
+    import csv
+    rows = list(csv.DictReader((tmp_path / "runs.csv").open()))
+    assert [(r["name"], r["overrides"]) for r in rows] == [("0", " ".join(overrides)), ("1", "")]
+    assert rows[0]["run_dir"].endswith(long)
+    back = scaling.load_runs([tmp_path / "runs.csv"])
+    assert back[0].overrides == " ".join(overrides)  # read back, and fit/compare read the CSV as before
+    assert "0  " in cli("collect", tmp_path / "runs.csv").stdout
+
+
 def test_collect_falls_back_to_6ND_and_flags_corrupt_metrics(tmp_path):
     s = summary()
     del s["flops"]
@@ -280,7 +307,7 @@ def test_cli_end_to_end(tmp_path, sweep):
     synthetic = scaling.synthetic_sweep(tmp_path / "sweeps" / "isoflop", law=TRUTH, noise=0.003)
     out = cli("collect", synthetic, sweep).stdout
     assert "33 runs: 1 failed, 30 finished, 1 incomplete, 1 interrupted" in out
-    assert "10_model.n_layer=8,optim.lr=0.01  incomplete" in out
+    assert "multirun/2026-11-29/16-30-00/10  incomplete" in out  # the runs table's short name
     cli("collect", synthetic, "--out", tmp_path / "runs.csv")
 
     out = cli("fit", tmp_path / "runs.csv", "--bootstrap", "8", "--starts", "10",
@@ -301,12 +328,48 @@ def test_cli_errors_are_clear(tmp_path, sweep):
     proc = cli("fit", sweep, "--approach", "3", check=False)
     assert proc.returncode != 0 and "at least 6 runs" in proc.stderr
     proc = cli("fit", sweep, check=False)  # both approaches fail: said, and a non-zero status
-    assert proc.returncode != 0 and "approach 2 skipped" in proc.stdout
+    assert proc.returncode == 2 and "approach 2: needs at least two budgets" in proc.stderr
     proc = cli("collect", tmp_path / "nope", check=False)
     assert proc.returncode != 0 and "no such directory" in proc.stderr
     (tmp_path / "empty").mkdir()
     proc = cli("collect", tmp_path / "empty", check=False)
     assert proc.returncode != 0 and "no run directories" in proc.stderr
+
+
+@pytest.mark.parametrize("case", ["empty dir", "no such dir", "one run", "too few for approach 3",
+                                  "bad --approach", "no command", "best-lr on no runs", "garbled CSV"])
+def test_scaling_bad_input_is_one_error_line_and_exit_2(tmp_path, case):
+    """A fit that cannot be made, or input that is not a sweep, is the user's to fix: one `error:`
+    line that says what to do, exit 2 (the project's user-error code), no traceback (before:
+    exit 1, and no `error:` at all for an empty folder or a sweep of one run)."""
+    (tmp_path / "empty").mkdir()
+    write_run(tmp_path / "one" / "0_model.n_embd=16", summary(), [eval_line(1, 3.0)])
+    one = tmp_path / "one"
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    args, expected = {
+        "empty dir": (["fit", tmp_path / "empty"], f"error: no run directories under {tmp_path / 'empty'}: a run is a "
+                      "directory holding summary.json, metrics.jsonl or .hydra/; pass a sweep's folder, run "
+                      "directories or a collect CSV"),
+        "no such dir": (["collect", tmp_path / "nope"], f"error: {tmp_path / 'nope'}: no such directory"),
+        "one run": (["fit", one], "error: no scaling law could be fitted to 1 finished run (approach 3: fits 5 "
+                    "parameters: it needs at least 6 runs spanning several N and D, got 1 runs, 1 distinct N, 1 "
+                    "distinct D; approach 2: needs at least two budgets with a minimum, got 0 (C=3.15e+14: a "
+                    "parabola needs at least 3 model sizes, got 1)): add runs of more sizes and budgets"),
+        "too few for approach 3": (["fit", one, "--approach", "3", "--bootstrap", "0"],
+                                   "error: no scaling law could be fitted to 1 finished run (approach 3: fits 5 "
+                                   "parameters: it needs at least 6 runs"),
+        "bad --approach": (["fit", one, "--approach", "4"], "error: argument --approach: invalid choice: '4' (choose "
+                           "from '2', '3', 'both') (usage: python -m nanogpt.scaling fit --help)"),
+        "no command": ([], "error: the following arguments are required: command (usage: python -m "
+                       "nanogpt.scaling --help)"),
+        "best-lr on no runs": (["best-lr", tmp_path / "empty"], "error: no finished runs with an lr and a final "
+                               "val loss under"),
+        "garbled CSV": (["fit", tmp_path / "bad.csv"], f"error: {tmp_path / 'bad.csv'}: not a `collect` CSV"),
+    }[case]
+    proc = cli(*args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(expected) and proc.stderr.count("\n") == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_bits_per_byte_and_branches_are_collected_and_fitted(tmp_path):
@@ -407,17 +470,17 @@ def test_fit_cli_says_in_one_line_why_approach2_fails_and_still_plots_the_curves
     N = law.compute_optimal(1e18)[0] * np.logspace(-1, 1, 4)
     sweep = write_points(tmp_path / "one_budget", N, 1e18 / (6 * N), law.predict(N, 1e18 / (6 * N)))
     proc = cli("fit", sweep, "--approach", "2", "--plots", tmp_path / "plots", check=False)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    line = next(line for line in proc.stdout.splitlines() if "approach 2 skipped" in line)
-    assert line == ("approach 2 skipped: needs at least two budgets with a minimum, got 1 "
-                    "(the raw curves are in the plots)")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (  # after a matplotlib warning on the one-budget axis
+        "error: no scaling law could be fitted to 4 finished runs (approach 2: needs at least two budgets with "
+        "a minimum, got 1 (the raw curves are in the plots)): add runs of more sizes and budgets")
     assert (tmp_path / "plots" / "isoflops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # two budgets, one with too few sizes: the reason per budget, still on one line
     N2 = np.r_[N, N[:2] * 3]
     D2 = np.r_[1e18 / (6 * N), 1e19 / (6 * N2[4:])]
     sweep2 = write_points(tmp_path / "uneven", N2, D2, law.predict(N2, D2))
     proc = cli("fit", sweep2, "--approach", "2", check=False)
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "needs at least two budgets with a minimum, got 1 (C=1e+19: a parabola needs at least 3 model sizes, got 2)" in proc.stderr
 
 
@@ -439,10 +502,9 @@ def fit_random_sweeps(tmp_path, cases: int, seed: int):
         try:
             status = main(["fit", str(sweep), "--bootstrap", "10", "--starts", "4", "--target-flops", "1e15",
                            "--plots", str(tmp_path / f"plots{case}")])
-        except SystemExit as e:  # the one-line errors (e.g. too few runs for approach 3)
-            status = e.code
-            assert isinstance(status, str) and status.startswith("error: ") and "\n" not in status, (case, status)
-        assert status in (0, 1) or isinstance(status, str), (case, status)
+        except SystemExit as e:  # nothing may exit past main's one-line errors
+            raise AssertionError((case, e.code)) from None
+        assert status in (0, 2), (case, status)  # 2: nothing could be fitted, said in one line
         assert (tmp_path / f"plots{case}" / "loss_vs_flops.png").exists(), case
 
 

@@ -67,10 +67,12 @@ def _no_checkpoint(run_dir: Path, which: str, fallback: bool) -> str:
     return f"no checkpoint {path}; {hint}"
 
 
-def load_model_and_tokenizer(run: str | None, which: str, pretrained: str | None, path: str | None, device):
+def load_model_and_tokenizer(run: str | None, which: str, pretrained: str | None, path: str | None, device,
+                             revision: str | None = None):
     """(model in eval mode, tokenizer, what it is) for a task that only reads a model: a run's
-    checkpoint with the tokenizer it was trained with, or OpenAI's GPT-2 weights (model.pretrained,
-    or a local Hugging Face directory in model.path) with GPT-2's BPE."""
+    checkpoint with the tokenizer it was trained with, or OpenAI's GPT-2 weights (model.pretrained
+    at the hub `revision`, the presets' pinned commit; or a local Hugging Face directory in
+    model.path) with GPT-2's BPE."""
     from nanogpt.tokenizer import GPT2Tokenizer, TokenizerError, load_tokenizer
 
     try:
@@ -80,7 +82,7 @@ def load_model_and_tokenizer(run: str | None, which: str, pretrained: str | None
         if pretrained or path:
             from nanogpt.hf.weights import describe_source, load_pretrained
 
-            model = load_pretrained(pretrained, path=path).to(device)
+            model = load_pretrained(pretrained, path=path, revision=revision).to(device)
             # hub weights: the repository and the commit they resolved to (what was scored)
             return model, GPT2Tokenizer(), str(path) if path else describe_source(model.weights_source)
     except TokenizerError as e:

@@ -417,7 +417,7 @@ def core(cfg, out_dir: Path) -> dict:
     tasks = load_bundle(root, t.limit)  # a bad bundle fails before any model is loaded
     rt = runtime(cfg.hardware)
     model, tokenizer, source = load_model_and_tokenizer(cfg.run, t.which, cfg.model.pretrained, cfg.model.path,
-                                                        rt.device)
+                                                        rt.device, revision=cfg.model.revision)
     start = time.perf_counter()
     accuracies, counts, seconds = {}, {}, {}
     for task in progress(tasks, desc="CORE", unit="task"):

@@ -192,7 +192,7 @@ def hellaswag(cfg, out_dir: Path) -> dict:
     examples = load_examples(t.file, t.limit)  # a bad file fails before any model is loaded
     rt = runtime(cfg.hardware)
     model, tokenizer, source = load_model_and_tokenizer(cfg.run, t.which, cfg.model.pretrained, cfg.model.path,
-                                                        rt.device)
+                                                        rt.device, revision=cfg.model.revision)
     encoded = encode(examples, tokenizer)
     start = time.perf_counter()
     with progress(total=len(encoded), desc="hellaswag", unit="ex") as bar:

@@ -72,7 +72,7 @@ def sample(cfg, out_dir: Path) -> list[str]:
     t = cfg.task
     rt = runtime(cfg.hardware)
     model, tokenizer, source = load_model_and_tokenizer(cfg.run, t.which, cfg.model.pretrained, cfg.model.path,
-                                                        rt.device)
+                                                        rt.device, revision=cfg.model.revision)
     prompt = read_prompt(t.prompt)
     try:
         texts = generate_texts(model, tokenizer, prompt, t.num_samples, t.max_new_tokens,

@@ -11,8 +11,17 @@ from nanogpt.errors import UserError
 from nanogpt.scaling import collect, compare, tune
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse's errors (a bad --approach, a missing path) as the other user errors: one line
+    that says where the usage is, and exit 2."""
+
+    def error(self, message):
+        print(f"error: {message} (usage: {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nanogpt.scaling", description=collect.__doc__.split("\n")[0])
+    parser = OneLineErrors(prog="python -m nanogpt.scaling", description=collect.__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
@@ -76,11 +85,9 @@ def main(argv=None) -> int:
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     try:
         return args.func(args)
-    except UserError as e:  # the user's input (compare, tune-fit): one line, exit 2
+    except (UserError, FileNotFoundError, ValueError) as e:  # the user's input: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
 
 
 def tune_fit_command(args) -> int:

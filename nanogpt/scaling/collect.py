@@ -16,15 +16,16 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from nanogpt.errors import UserError
 from nanogpt.run.identity import point_id
 from nanogpt.run.results import find_run_dirs, read_config, read_metrics, read_summary  # noqa: F401
+from nanogpt.run.table import short_names
 from nanogpt.scaling import seeds
 from nanogpt.scaling.fit import (  # noqa: F401
     CHINCHILLA,
@@ -90,6 +91,7 @@ class Run:
     # (nanogpt.run.identity.point_id; "" when the run records no config)
     seed: float = math.nan
     point: str = ""
+    overrides: str = ""  # the command line's overrides (.hydra/overrides.yaml), space-separated
     config: dict = field(default_factory=dict, repr=False, compare=False)  # not in the CSV
 
     def loss(self, which: str = "final") -> float:
@@ -104,7 +106,7 @@ N_LABELS = {"non_embedding": "non-embedding parameters N", "total": "parameters 
 
 
 CSV_COLUMNS = [f.name for f in dataclasses.fields(Run) if f.name != "config"]
-OPTIONAL_COLUMNS = {"final_val_bpb", "best_val_bpb", "branched_from", "seed", "point"}  # CSVs written before them still read
+OPTIONAL_COLUMNS = {"final_val_bpb", "best_val_bpb", "branched_from", "seed", "point", "overrides"}  # CSVs written before them still read
 
 
 def read_run(run_dir, n_kind: str = "non_embedding") -> Run:
@@ -138,23 +140,41 @@ def read_run(run_dir, n_kind: str = "non_embedding") -> Run:
         final_val_bpb=pick("final_val_bpb", bpbs[-1] if bpbs else math.nan),
         best_val_bpb=pick("best_val_bpb", math.nan),
         branched_from=f"{branch['run']}@{branch['iter']}" if branch else "",
-        seed=_num(config.get("seed")), point=point_id(config, params, D) if config else "", config=config)
+        seed=_num(config.get("seed")), point=point_id(config, params, D) if config else "",
+        overrides=read_overrides(run_dir), config=config)
+
+
+def read_overrides(run_dir: Path) -> str:
+    """The overrides the run was launched with, in full (its directory's name is Hydra's
+    override string, cut and hashed when long): "" when .hydra/overrides.yaml is missing."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return ""
+    import yaml
+
+    try:
+        items = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return ""
+    return " ".join(map(str, items)) if isinstance(items, list) else ""
 
 
 def write_csv(runs: list[Run], path) -> None:
+    """One row per run: its short name (as the runs table and `collect` show it), then every
+    CSV_COLUMNS field, the run's directory and full overrides among them."""
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=["name", *CSV_COLUMNS])
         writer.writeheader()
-        for run in runs:
-            row = {k: getattr(run, k) for k in CSV_COLUMNS}
+        for name, run in zip(short_names([r.run_dir for r in runs]), runs):
+            row = {"name": name, **{k: getattr(run, k) for k in CSV_COLUMNS}}
             writer.writerow({k: "" if v is None or (isinstance(v, float) and math.isnan(v)) else v
                              for k, v in row.items()})
 
 
 def _from_csv(column: str, text: str | None):
     if text is None:  # an optional column the CSV lacks
-        return "" if column in ("branched_from", "point") else math.nan
-    if column in ("run_dir", "status", "branched_from", "point"):
+        return "" if column in ("branched_from", "point", "overrides") else math.nan
+    if column in ("run_dir", "status", "branched_from", "point", "overrides"):
         return text
     if column in ("n_layer", "n_embd"):
         return int(text) if text else None
@@ -283,10 +303,12 @@ def format_table(header: list[str], rows: list[list]) -> str:
 
 
 def format_runs(runs: list[Run]) -> str:
-    common = os.path.commonpath([r.run_dir for r in runs]) if len(runs) > 1 else ""
-    rows = [[os.path.relpath(r.run_dir, common) if common else r.run_dir, r.status, r.N, r.D, r.C,
+    """The runs by the short names the runs table gives them (a sweep's job number: "3", not
+    Hydra's override string); `--out` writes each run's directory and full overrides."""
+    rows = [[name, r.status, r.N, r.D, r.C,
              r.final_val_loss, r.best_val_loss, r.final_val_bpb, r.lr, r.n_layer, r.n_embd, r.wall_time_s,
-             f"@{r.branched_from.rsplit('@', 1)[1]}" if r.branched_from else ""] for r in runs]
+             f"@{r.branched_from.rsplit('@', 1)[1]}" if r.branched_from else ""]
+            for name, r in zip(short_names([r.run_dir for r in runs]), runs)]
     return format_table(["run", "status", "N", "D", "C", "final_val", "best_val", "final_bpb", "lr", "n_layer",
                          "n_embd", "wall_s", "branch"], rows)
 
@@ -319,7 +341,7 @@ def format_isoflops(iso: IsoFLOPFit) -> str:
 def cmd_collect(args) -> int:
     runs = load_runs(args.paths, n_kind=args.n_kind)
     if not runs:
-        raise SystemExit(f"no run directories under {' '.join(args.paths)}")
+        raise UserError(no_runs(args.paths))
     print(format_runs(runs))
     counts = {s: sum(r.status == s for r in runs) for s in sorted({r.status for r in runs})}
     print(f"{len(runs)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
@@ -348,10 +370,15 @@ def _sweep_name(paths) -> str:
     return " + ".join(dict.fromkeys(names))
 
 
+def no_runs(paths) -> str:
+    return (f"no run directories under {' '.join(map(str, paths))}: a run is a directory holding "
+            "summary.json, metrics.jsonl or .hydra/; pass a sweep's folder, run directories or a collect CSV")
+
+
 def cmd_fit(args) -> int:
     runs = load_runs(args.paths, n_kind=args.n_kind)
     if not runs:
-        raise SystemExit(f"no run directories under {' '.join(args.paths)}")
+        raise UserError(no_runs(args.paths))
     usable = sum(seeds.usable(r, args.loss) for r in runs)
     fitted, stds = seeds.seed_means(runs, args.loss) if args.seeds == "mean" else (runs, {})
     data = fit_data(fitted, args.loss)
@@ -361,6 +388,7 @@ def cmd_fit(args) -> int:
     else:
         print(f"{len(data['N'])} of {len(runs)} runs are finished with a {args.loss} val loss: fitting those")
     fit3 = boot = iso = None
+    skipped: list[str] = []  # "approach N: why it could not be fitted"
     if args.approach in ("3", "both"):
         try:
             fit3 = fit_approach3(data["N"], data["D"], data["L"],
@@ -373,18 +401,17 @@ def cmd_fit(args) -> int:
                 warnings.warn(f"the approach-3 fit is degenerate: {'; '.join(fit3.problems)}. Its "
                               "N_opt and intervals mean little: add runs (sizes, budgets) around the optimum")
         except FIT_ERRORS as e:
-            if args.approach == "3":
-                raise SystemExit(f"error: approach 3: {_one_line(e)}")
-            print(f"approach 3 skipped: {_one_line(e)}")
+            reason = _one_line(e).removeprefix("approach 3 ")  # "approach 3 fits 5 parameters: ..."
+            skipped.append(f"approach 3: {reason}")
     if args.approach in ("2", "both"):
         try:
             iso = isoflop_fit(data["N"], data["D"], data["C"], data["L"], rtol=args.rtol)
             print(format_isoflops(iso))
         except FIT_ERRORS as e:
-            message = f"approach 2: {_one_line(e)}"
-            if args.approach == "2" and not args.plots:
-                raise SystemExit(f"error: {message}")
-            print(f"approach 2 skipped: {_one_line(e)}" + (" (the raw curves are in the plots)" if args.plots else ""))
+            skipped.append(f"approach 2: {_one_line(e)}" + (" (the raw curves are in the plots)" if args.plots else ""))
+    if fit3 or iso:  # what could not be fitted beside what could; when nothing could: the error below
+        for reason in skipped:
+            print(reason.replace(":", " skipped:", 1))
     if args.target_flops and (fit3 or iso):
         rows = []
         for C in args.target_flops:
@@ -416,13 +443,18 @@ def cmd_fit(args) -> int:
             written.append(plot.plot_approach3(data["N"], data["D"], data["L"], fit3, boot=boot,
                                                out=out / f"approach3.{ext}", **labels))
         print("wrote " + " ".join(str(p) for p in written))
-    return 0 if (fit3 or iso) else 1
+    if not (fit3 or iso):
+        raise UserError(f"no scaling law could be fitted to {len(data['N'])} finished "
+                        f"run{'s' * (len(data['N']) != 1)} ({'; '.join(skipped)}): add runs of more sizes and budgets")
+    return 0
 
 
 def cmd_best_lr(args) -> int:
     choices = best_lr(load_runs(args.paths, n_kind=args.n_kind), args.loss, args.by)
     if not choices:
-        raise SystemExit("no finished runs with an lr and a val loss")
+        raise UserError(f"no finished runs with an lr and a {args.loss} val loss under "
+                        f"{' '.join(map(str, args.paths))}: best-lr needs runs that finished "
+                        "(python -m nanogpt.scaling collect lists their status)")
     rows = [[c.size, c.N, len(c.lrs), c.best_lr, c.best_loss, c.fitted_lr,
              "yes: extend the sweep" if c.edge else ""] for c in choices]
     print(format_table(["size", "N", "lrs", "best_lr", f"{args.loss}_val", "fitted_lr", "at edge"], rows))
