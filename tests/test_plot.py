@@ -105,7 +105,7 @@ def test_cli_plots_a_sweep(tmp_path):
     assert (sweep / "loss.png").read_bytes()[:8] == PNG
     proc = subprocess.run([sys.executable, "-m", "nanogpt.plot", str(tmp_path / "none")],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert proc.returncode != 0 and "no such directory" in proc.stderr
+    assert proc.returncode == 2 and "no such directory" in proc.stderr
 
 
 def test_scaling_figures(tmp_path):
@@ -175,7 +175,7 @@ def test_label_option_names_each_run(tmp_path):
     fig = plot.plot_runs([a, b], out=None, labels=["GPT-2", "modern"], title="recipes")
     assert run_entries(fig) == ["GPT-2", "modern"] and fig.axes[0].get_title() == "recipes"
     proc = plot_cli(a, b, "--label", "GPT-2", "--out", tmp_path / "bad.png")
-    assert proc.returncode == 1 and "error: 1 --label for 2 runs" in proc.stderr
+    assert proc.returncode == 2 and "error: 1 --label for 2 runs" in proc.stderr
     assert not (tmp_path / "bad.png").exists()
 
 
@@ -198,9 +198,9 @@ def test_vector_output_on_request(tmp_path):
     assert plot_cli(run, "--out", tmp_path / "a.pdf").returncode == 0
     assert (tmp_path / "a.pdf").read_bytes()[:5] == b"%PDF-"
     proc = plot_cli(run, "--out", tmp_path / "a.png", "--format", "pdf")
-    assert proc.returncode == 1 and "--out" in proc.stderr and "disagree" in proc.stderr
+    assert proc.returncode == 2 and "--out" in proc.stderr and "disagree" in proc.stderr
     proc = plot_cli(run, "--out", tmp_path / "a.jpg")
-    assert proc.returncode == 1 and "name the file with one of those suffixes" in proc.stderr
+    assert proc.returncode == 2 and "name the file with one of those suffixes" in proc.stderr
 
 
 def overlapping_tick_labels(fig) -> list[tuple[str, str]]:

@@ -18,6 +18,7 @@ import argparse
 import functools
 import math
 import os
+import sys
 import textwrap
 import warnings
 from pathlib import Path
@@ -507,6 +508,7 @@ def main(argv=None) -> int:
             raise ValueError(f"{len(args.label)} --label for {len(run_dirs)} runs ({found}): give one per run, in this order")
         out = _output_path(args.paths, args.out, args.format)
         print(f"wrote {plot_runs(run_dirs, out, x=args.x, labels=args.label, title=args.title)}")
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
+    except (FileNotFoundError, ValueError) as e:  # the user's input: one line, exit 2 (as `scaling`)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
