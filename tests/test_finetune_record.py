@@ -130,3 +130,39 @@ def test_evaluation_tasks_ask_for_the_presets_commit(tmp_path, small_hf_dir, mon
     _, _, source = load_model_and_tokenizer(None, "best", "gpt2", None, "cpu", revision=PINNED["gpt2"])
     assert set(asked) == {("openai-community/gpt2", PINNED["gpt2"])}
     assert source == f"openai-community/gpt2 from the Hugging Face hub at commit {PINNED['gpt2']} (revision {PINNED['gpt2']})"
+
+
+def test_command_lines_ask_for_the_presets_commit(tmp_path, monkeypatch):
+    """`python -m nanogpt.perplexity --model gpt2-xl` and `nanogpt.lm_eval --model ...` fetched
+    `main`; they now ask for the commit conf/model/pretrained pins (--revision main: the newest)."""
+    import nanogpt.hf.weights as weights
+    from nanogpt.checkpoint import load as checkpoint_load
+    from nanogpt.evals import lm_eval, perplexity
+    from nanogpt.hf.weights import preset_revision
+
+    for preset, commit in PINNED.items():
+        assert preset_revision(preset.replace("_", "-")) == commit
+        assert preset_revision(f"openai-community/{preset.replace('_', '-')}") == commit
+    assert preset_revision("someone/other-model") is None and preset_revision(None) is None
+
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(name, path=None, revision=None, **kw):
+        asked.append((name, revision))
+        raise Stop
+
+    monkeypatch.setattr(weights, "load_pretrained", fake_load)
+    text = tmp_path / "t.txt"
+    text.write_text("hello world\n")
+    for argv, want in ((["--model", "gpt2-xl"], PINNED["gpt2_xl"]), (["--model", "gpt2", "--revision", "main"], "main")):
+        with pytest.raises(Stop):
+            perplexity.main([*argv, "--file", str(text), "--device", "cpu"])
+        assert asked.pop() == (argv[1], want)
+    monkeypatch.setattr(checkpoint_load, "load_model_and_tokenizer",
+                        lambda run, which, pretrained, path, device, revision=None: fake_load(pretrained, revision=revision))
+    with pytest.raises(Stop):
+        lm_eval.load(None, "best", "gpt2-medium", None, "cpu", "float32")
+    assert asked.pop() == ("gpt2-medium", PINNED["gpt2_medium"])

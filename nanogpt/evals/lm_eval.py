@@ -145,13 +145,16 @@ class NanoGPTLM(TemplateLM):
         return out
 
 
-def load(run, which, pretrained, path, device, dtype):
-    """(model, tokenizer, runtime, what it is) from a run directory or OpenAI's weights."""
+def load(run, which, pretrained, path, device, dtype, revision=None):
+    """(model, tokenizer, runtime, what it is) from a run directory or OpenAI's weights (at
+    `revision`, else the commit the presets pin)."""
     from nanogpt.checkpoint.load import load_model_and_tokenizer
+    from nanogpt.hf.weights import preset_revision
     from nanogpt.runtime.hardware import make_runtime
 
     rt = make_runtime(device, dtype)
-    model, tokenizer, source = load_model_and_tokenizer(run, which, pretrained, path, rt.device)
+    model, tokenizer, source = load_model_and_tokenizer(run, which, pretrained, path, rt.device,
+                                                        revision=revision or preset_revision(pretrained))
     return model, tokenizer, rt, source
 
 
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("run", nargs="?", help="a training run's directory")
     p.add_argument("--model", dest="pretrained", help="OpenAI's weights instead: gpt2, gpt2-medium, gpt2-large, gpt2-xl")
     p.add_argument("--path", help="a local Hugging Face GPT-2 directory instead")
+    p.add_argument("--revision", help="hub branch, tag or commit of --model (default: the commit "
+                                      "conf/model/pretrained pins; main for the newest)")
     p.add_argument("--which", default="best", choices=["best", "last"], help="the run's checkpoint")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     p.add_argument("--num-fewshot", type=int)
@@ -219,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError("lm-eval is not installed: pip install -e \".[eval]\" (lm-eval 0.4.x)")
     if sum(x is not None for x in (args.run, args.pretrained, args.path)) != 1:
         raise UserError("give one model: a run directory, --model gpt2 (OpenAI's weights) or --path DIR")
-    model, tokenizer, rt, source = load(args.run, args.which, args.pretrained, args.path, args.device, args.dtype)
+    model, tokenizer, rt, source = load(args.run, args.which, args.pretrained, args.path, args.device, args.dtype,
+                                        args.revision)
     lm = NanoGPTLM(model, tokenizer, rt, batch_size=args.batch_size)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     results = evaluate(lm, tasks, args.num_fewshot, args.limit, args.include_path, args.only_include_path)

@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "gpt2-xl); the default when --run is not given")
     who.add_argument("--run", default=None, help="a training run directory (ckpt/best.pt)")
     p.add_argument("--path", default=None, help="local Hugging Face GPT-2 directory for --model (offline)")
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit of --model (default: the commit "
+                                                   "conf/model/pretrained pins; main for the newest)")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint of --run")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--dataset", help="Hugging Face dataset, e.g. Salesforce/wikitext")
@@ -161,9 +163,11 @@ def main(argv: list[str] | None = None) -> dict:
             raise UserError(f"{args.run}/ckpt/{args.which}.pt records no tokenizer: cannot encode the text")
         model_desc = f"{args.run} ({args.which}, iter {ckpt.get('iter')})"
     else:
-        from nanogpt.hf.weights import load_pretrained
+        from nanogpt.hf.weights import load_pretrained, preset_revision
 
-        model = load_pretrained(args.model or "gpt2", path=args.path, device=device)
+        name = args.model or "gpt2"
+        model = load_pretrained(name, path=args.path, device=device,
+                                revision=args.revision or preset_revision(name))
         tokenizer_meta = {"kind": "gpt2"}  # OpenAI's GPT-2 was trained on its BPE
         model_desc = args.path or args.model or "gpt2"
     try:

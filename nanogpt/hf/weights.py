@@ -29,6 +29,7 @@ from nanogpt import parametrization
 from nanogpt.errors import UserError
 from nanogpt.io import UnsafeCheckpoint, clean_state_dict, error_reason, torch_load
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.paths import REPO_ROOT
 
 GPT2_VOCAB_SIZE = 50257  # never padded for pretrained weights: the file has exactly these rows
 GPT2_BLOCK_SIZE = 1024
@@ -117,6 +118,18 @@ def hub_repo(name: str) -> str:
     """The hub repository of a model name: OpenAI's four under openai-community/, else as given."""
     key = _size_key(name)
     return f"{HUB_ORG}/{key}" if key else name
+
+
+def preset_revision(name: str | None) -> str | None:
+    """The hub commit conf/model/pretrained/<size>.yaml pins for OpenAI's weights `name` (the one
+    place the pins live), for the command lines outside Hydra; None for any other name."""
+    key = _size_key(name) if name else None
+    preset = REPO_ROOT / "conf" / "model" / "pretrained" / f"{(key or '').replace('-', '_')}.yaml"
+    if not key or not preset.is_file():
+        return None
+    import yaml
+
+    return (yaml.safe_load(preset.read_text()) or {}).get("revision")
 
 
 def snapshot_commit(file: Path) -> str | None:
