@@ -135,6 +135,29 @@ def test_fsdp_divides_the_model_states_by_the_ranks():
     assert whole["gradients"] == pytest.approx(counts.total * (4 / 8 + 4))
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_the_optimizer_state_is_what_the_optimizer_really_holds(optimizer):
+    """task=plan counted AdamW's two moments whatever optim= said: Muon keeps one momentum on the
+    hidden matrices. The plan's term equals the bytes of the state tensors after a real step."""
+    from nanogpt.model import GPT
+    from nanogpt.training.optim import OPTIMIZERS, AdamWConfig, MuonConfig
+
+    config = GPTConfig(block_size=32, vocab_size=96, n_layer=2, n_head=2, n_embd=64, tie_embeddings=False)
+    model = GPT(config)
+    ocfg = AdamWConfig() if optimizer == "adamw" else MuonConfig(ns_dtype="float32")
+    optimizer_ = OPTIMIZERS[optimizer](model, ocfg, "cpu")
+    model(torch.randint(0, 96, (2, 32)), torch.randint(0, 96, (2, 32)))[1].backward()
+    optimizer_.step()
+    held = sum(t.numel() * t.element_size() for opt in getattr(optimizer_, "optimizers", {"": optimizer_}).values()
+               for state in opt.state.values() for t in state.values() if torch.is_tensor(t) and t.dim() > 0)
+    counts = plan.Counts.of(config)
+    assert plan.plan(plan.Setup(config, 1, optimizer=optimizer))["optimizer"] == held
+    assert (counts.muon > 0.5 * counts.total) and (optimizer == "adamw") == (held == 8 * counts.total)
+    if optimizer == "muon":  # under FSDP, each rank's share, and the step's whole matrices
+        fsdp = plan.plan(plan.Setup(config, 1, 4, "fsdp", "none", optimizer="muon"))
+        assert fsdp["optimizer"] == held / 4
+
+
 def test_plan_task_prints_the_table_and_records_it(tmp_path):
     proc = launch(["task=plan", "model=gpt2_1558m", "hardware=gpu_node", "task.gpu_memory_gb=40"], cwd=tmp_path)
     assert "1558M parameters" in proc.stdout and "fits 40 GB" in proc.stdout

@@ -15,12 +15,16 @@ CPU's (see `Kernels`), those terms come from torch's CUDA autocast lists, not fr
 Per GPU, N parameters, W ranks, B x T tokens per micro-batch, bf16 autocast:
     DDP   fp32 weights 4N, their bf16 copies for the matmuls 2N (autocast keeps them for the
           backward), fp32 gradients 4N, DDP's gradient buckets 4N, AdamW's two moments 8N
+          (optim=muon: one momentum 4H for the H parameters of the hidden matrices, AdamW's 8(N-H)
+          for the rest)
     FSDP  the same 16N divided by W (weights 4N/W, gradients 4N/W, AdamW 8N/W), plus what is
           whole at a time: the root (embeddings, final norm) and two blocks (the one computing, the
           one prefetched) in bf16, and their gradients; with gradient accumulation (the default
           `hardware.fsdp_accumulation=unsharded`), whole fp32 gradients 4N between micro-batches
           (one reduce-scatter per step instead of one per micro-batch), and at the end of each
-          backward the weights it gathered, all of them in bf16 (2N)
+          backward the weights it gathered, all of them in bf16 (2N); optim=muon's step gathers
+          each hidden matrix's update whole on its owner rank (owners balanced by cost: about H/W
+          in bf16 per rank) and receives its rows back (2H/W), when the activations are gone
     activations (both) B x T x (n_layer x per-layer + the head: final norm, soft-cap and loss)
 Beyond that, a fixed allowance for the CUDA context, NCCL buffers and kernels' workspace
 (RUNTIME_GB), and allocator fragmentation (FRAGMENTATION): a plan "fits" with both counted.
@@ -39,6 +43,7 @@ import torch
 from nanogpt.config import TaskConfig, above, at_least, model_args
 from nanogpt.model import GPT, Block, GPTConfig, ReLUSquared, RMSNorm
 from nanogpt.runtime.fsdp import ACTIVATION_CHECKPOINTING
+from nanogpt.training.optim import muon_split
 
 log = logging.getLogger("nanogpt")
 
@@ -76,7 +81,7 @@ class Setup:
     dtype: str = "bfloat16"  # the autocast dtype: bfloat16 | float32 (CPU checks: float32)
     accumulation: bool = True  # more than one micro-batch per optimizer step
     fsdp_accumulation: str = "unsharded"  # unsharded | sharded (see nanogpt.runtime.fsdp.accumulating)
-    optimizer_bytes_per_param: int = 8  # AdamW: two fp32 moments
+    optimizer: str = "adamw"  # adamw: two fp32 moments | muon: one on the hidden matrices, AdamW's on the rest
     device: str = "cuda"  # whose kernels: cuda (the plan's GPUs) | cpu (checks against the CPU)
 
     @property
@@ -91,6 +96,7 @@ class Counts:
     per_block: int
     root: int  # outside the blocks: embeddings, final LayerNorm (the LM head is the embedding)
     matmul: int  # weights autocast casts to bf16: every Linear's, the LM head's once
+    muon: int  # the hidden matrices optim=muon takes (nanogpt.training.optim.muon_split)
 
     @classmethod
     def of(cls, config: GPTConfig) -> "Counts":
@@ -99,7 +105,8 @@ class Counts:
         total = sum(p.numel() for p in model.parameters())
         per_block = sum(p.numel() for p in model.transformer.h[0].parameters())
         linears = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)}
-        return cls(total, per_block, total - config.n_layer * per_block, sum(linears.values()))
+        muon = sum(p.numel() for p in muon_split(model)[2])
+        return cls(total, per_block, total - config.n_layer * per_block, sum(linears.values()), muon)
 
 
 # ---- activations: what autograd keeps for the backward pass, per token
@@ -288,12 +295,23 @@ def activations(s: Setup) -> dict[str, float]:
 
 # ---- the whole per-GPU plan
 
+def optimizer_bytes(optimizer: str, n: Counts) -> int:
+    """The optimizer's state for the whole model: AdamW's two fp32 moments per parameter; Muon's
+    one fp32 momentum per hidden-matrix parameter, AdamW's two on the rest."""
+    if optimizer == "adamw":
+        return 8 * n.total
+    if optimizer == "muon":
+        return 4 * n.muon + 8 * (n.total - n.muon)
+    raise ValueError(f"unknown optimizer {optimizer!r}: adamw | muon")
+
+
 def plan(s: Setup) -> dict[str, float]:
     """Bytes per GPU, by component; `total` with the runtime allowance and fragmentation."""
     n = Counts.of(s.config)
     a = 2 if s.dtype == "bfloat16" else 4  # whole (gathered or autocast-cast) weights' bytes
     W = s.world_size
     late = None
+    step = 0.0  # what the optimizer's step holds beyond its state
     if s.strategy == "ddp":
         # autocast's bf16 copies of the weights live from the forward to the backward; under
         # checkpointing only a block's at a time (and the LM head's)
@@ -303,7 +321,7 @@ def plan(s: Setup) -> dict[str, float]:
                           else n.matmul - s.config.n_layer * n.per_block + n.per_block)
         params = 4 * n.total + copies
         grads = 4 * n.total + (4 * n.total if W > 1 else 0)  # .grad, and DDP's buckets
-        optim = s.optimizer_bytes_per_param * n.total
+        optim = optimizer_bytes(s.optimizer, n)
     elif s.strategy == "fsdp":
         gathered = a * (n.root + 2 * n.per_block)  # whole now: the root, a block and the next one
         # their gradients (and an fp32 copy to reduce when computed in bf16)
@@ -315,7 +333,9 @@ def plan(s: Setup) -> dict[str, float]:
             late = 4 * n.total / W + a * n.total
         params = 4 * n.total / W + gathered
         grads = 4 * n.total / W + grads_whole
-        optim = s.optimizer_bytes_per_param * n.total / W
+        optim = optimizer_bytes(s.optimizer, n) / W
+        if s.optimizer == "muon" and W > 1:  # the step's whole matrices on their owners, then their rows
+            step = 4 * n.muon / W
     else:
         raise ValueError(f"unknown strategy {s.strategy!r}")
     act = activations(s)
@@ -328,6 +348,7 @@ def plan(s: Setup) -> dict[str, float]:
     else:  # gradients appear as the backward frees activations: the larger of the two
         kept = 4 * n.total if s.strategy == "ddp" and W > 1 else 0  # DDP's buckets stay
         out["peak"] = params + optim + kept + max(out["activations"], grads - kept)
+    out["peak"] = max(out["peak"], params + grads + optim + step)  # the step: activations gone
     out["total"] = out["peak"] * FRAGMENTATION + RUNTIME_GB * GB
     return out
 
@@ -343,13 +364,13 @@ def variants(world_size: int, accumulation: bool) -> list[tuple[str, str]]:
 
 
 def grid(config: GPTConfig, micro_batch_size: int, world_size: int, dtype: str = "bfloat16",
-         accumulation: bool = True) -> list[tuple[Setup, dict]]:
+         accumulation: bool = True, optimizer: str = "adamw") -> list[tuple[Setup, dict]]:
     """Every strategy x activation checkpointing for one model and batch."""
     out = []
     for strategy, fsdp_accumulation in variants(world_size, accumulation):
         for mode in CHECKPOINTING:
             s = Setup(config, micro_batch_size, world_size, strategy, mode, dtype, accumulation,
-                      fsdp_accumulation)
+                      fsdp_accumulation, optimizer)
             out.append((s, plan(s)))
     return out
 
@@ -388,17 +409,17 @@ def run(cfg, out_dir: Path, dist=None) -> float:
     micro = hw.micro_batch_size
     dtype = "float32" if hw.dtype == "float32" else "bfloat16"  # auto: bf16, as on a GPU
     config = model_args(cfg.model, cfg.model.vocab_size or t.vocab_size)
-    rows = grid(config, micro, world, dtype, t.accumulation)
+    rows = grid(config, micro, world, dtype, t.accumulation, cfg.optim.name)
     n = Counts.of(config)
     print(f"plan: {n.total / 1e6:.0f}M parameters ({config.n_layer} layers x {config.n_embd}, vocab "
           f"{config.vocab_size}) | micro-batch {micro} x {config.block_size} tokens | {world} GPU(s), "
-          f"{dtype} autocast{', gradient accumulation' if t.accumulation else ''} | "
+          f"{dtype} autocast{', gradient accumulation' if t.accumulation else ''} | optim={cfg.optim.name} | "
           f"GB per GPU; the total adds {RUNTIME_GB:g} GB runtime and "
           f"{(FRAGMENTATION - 1) * 100:.0f}% fragmentation", flush=True)
     print(format_table(rows, t.gpu_memory_gb), flush=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {"params": n.total, "world_size": world, "micro_batch_size": micro,
+    record = {"params": n.total, "optimizer": cfg.optim.name, "world_size": world, "micro_batch_size": micro,
               "block_size": config.block_size, "dtype": dtype, "gpu_memory_gb": t.gpu_memory_gb,
               "rows": [{"strategy": s.strategy, "fsdp_accumulation": s.fsdp_accumulation,
                         "activation_checkpointing": s.activation_checkpointing,

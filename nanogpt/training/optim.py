@@ -116,17 +116,22 @@ class Optimizers:
             opt.load_state_dict(state[name])
 
 
-def muon_groups(model: torch.nn.Module, ocfg) -> tuple[list, list[dict]]:
-    """(the hidden matrices for Muon, AdamW's groups): the embeddings (token, position), an
-    untied LM head, and the gains and biases, each with its own rate (as a multiple of the
-    scheduled lr, which is Muon's) and weight decay."""
+def muon_split(model: torch.nn.Module) -> tuple[list, list, list, list]:
+    """(embeddings (token, position), an untied LM head, the hidden matrices Muon takes, the gains
+    and biases): optim=muon's split of the parameters (also what task=plan counts)."""
     embeddings = [p for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()]
     taken = {id(p) for p in embeddings}
     head = [p for p in model.get_submodule("lm_head").parameters() if id(p) not in taken]
     taken |= {id(p) for p in head}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
-    hidden = [p for p in rest if p.dim() == 2]
-    scalars = [p for p in rest if p.dim() != 2]
+    return embeddings, head, [p for p in rest if p.dim() == 2], [p for p in rest if p.dim() != 2]
+
+
+def muon_groups(model: torch.nn.Module, ocfg) -> tuple[list, list[dict]]:
+    """(the hidden matrices for Muon, AdamW's groups): the embeddings (token, position), an
+    untied LM head, and the gains and biases, each with its own rate (as a multiple of the
+    scheduled lr, which is Muon's) and weight decay."""
+    embeddings, head, hidden, scalars = muon_split(model)
     scale = 1.0 / ocfg.lr
     adamw = [{"params": params, "lr": lr, "lr_scale": lr * scale, "weight_decay": wd}
              for params, lr, wd in ((embeddings, ocfg.embed_lr, ocfg.adamw_weight_decay),
