@@ -51,6 +51,7 @@ SWEEPER_CONFIG = {
     "sampler": "tpe", "seed": None, "startup_trials": None, "n_trials": 20, "n_jobs": 1,
     "direction": "minimize", "metric": None, "study_name": None, "storage": None,
     "pruner": "median", "pruner_startup_trials": None, "pruner_warmup_steps": None,
+    "pruner_warmup_frac": 0.3, "pruner_interval_steps": None,
     "min_resource": None, "max_resource": None, "reduction_factor": None, "percentile": None,
 }
 ConfigStore.instance().store(group="hydra/sweeper", name="nanogpt_optuna", node=SWEEPER_CONFIG, provider="nanogpt")
@@ -60,9 +61,10 @@ DIRECTIONS = ("minimize", "maximize")
 # which settings each pruner takes, under Optuna's names
 PRUNER_SETTINGS = {
     "none": {},
-    "median": {"pruner_startup_trials": "n_startup_trials", "pruner_warmup_steps": "n_warmup_steps"},
+    "median": {"pruner_startup_trials": "n_startup_trials", "pruner_warmup_steps": "n_warmup_steps",
+               "pruner_interval_steps": "interval_steps"},
     "percentile": {"percentile": "percentile", "pruner_startup_trials": "n_startup_trials",
-                   "pruner_warmup_steps": "n_warmup_steps"},
+                   "pruner_warmup_steps": "n_warmup_steps", "pruner_interval_steps": "interval_steps"},
     "successive_halving": {"min_resource": "min_resource", "reduction_factor": "reduction_factor"},
     "hyperband": {"min_resource": "min_resource", "max_resource": "max_resource",
                   "reduction_factor": "reduction_factor"},
@@ -179,6 +181,16 @@ def corners(space: Dict[str, Any]) -> List[Dict[str, Any]]:
     return out
 
 
+def pruner_spec(settings: Dict[str, Any]) -> Dict[str, Any]:
+    """The pruner as the study records it for its runs: Optuna's pruner (name, arguments) and the
+    warm-up fraction, which the run applies itself (it knows its own length)."""
+    name = settings.get("pruner") or "none"
+    return {"name": name,
+            "args": {optuna_name: settings[key] for key, optuna_name in PRUNER_SETTINGS.get(name, {}).items()
+                     if settings.get(key) is not None},
+            "warmup_frac": float(settings.get("pruner_warmup_frac") or 0.0)}
+
+
 # ----------------------------------------------------------------------------------------------
 # the sweeper
 
@@ -212,10 +224,7 @@ class Search:
         self._check_settings()
         self.study_name, self.sweep_dir = self._names()
         self.storage_spec = str(self.s.get("storage") or self.sweep_dir / "optuna.journal")
-        self.pruner_spec = {"name": self.s.get("pruner") or "none",
-                            "args": {optuna_name: self.s[key] for key, optuna_name in
-                                     PRUNER_SETTINGS.get(self.s.get("pruner") or "none", {}).items()
-                                     if self.s.get(key) is not None}}
+        self.pruner_spec = pruner_spec(self.s)
 
     # -- checks, all before the study is touched ----------------------------------------------
 
@@ -229,6 +238,10 @@ class Search:
         for key in ("n_trials", "n_jobs"):
             if not isinstance(s.get(key), int) or s[key] < 1:
                 raise UserError(f"hydra.sweeper.{key}={s.get(key)}: give a whole number >= 1")
+        frac = s.get("pruner_warmup_frac")
+        if frac is not None and (isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac < 1):
+            raise UserError(f"hydra.sweeper.pruner_warmup_frac={frac}: give the fraction of each run in which no "
+                            "trial is pruned, from 0 (prune from the first evaluation) to below 1, e.g. 0.3")
         if s["direction"] == "maximize" and s["pruner"] != "none":
             raise UserError("hydra.sweeper.direction=maximize with a pruner: runs report their val loss to the "
                             "pruner, which a study that maximises would read backwards. Add hydra.sweeper.pruner=none")

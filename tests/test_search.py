@@ -19,8 +19,9 @@ from conftest import QUICK, REPO, launch, needs_slurm
 
 optuna = pytest.importorskip("optuna", reason="the search needs optuna: pip install -e '.[search]'")
 
-from hydra_plugins.nanogpt_optuna_sweeper import check_search_command, parse_arguments, space_json  # noqa: E402
-from nanogpt.run.search import ATTR_SPACE, TRAINING_METRICS, open_storage  # noqa: E402
+from hydra_plugins.nanogpt_optuna_sweeper import (  # noqa: E402
+    SWEEPER_CONFIG, check_search_command, parse_arguments, pruner_spec, space_json)
+from nanogpt.run.search import ATTR_PRUNER, ATTR_SPACE, TRAINING_METRICS, TrialReporter, open_storage  # noqa: E402
 
 SEARCH = ["-m", "hydra/sweeper=optuna", *QUICK, "task.eval_interval=5", "task.max_iters=20"]
 
@@ -94,6 +95,7 @@ def test_a_space_that_does_not_parse_is_one_line_before_hydra(capsys, bad, words
     ("hydra.sweeper.storage=/no/such/dir/study.journal", ["cannot open the study's storage", "no directory"]),
     ("hydra.sweeper.pruner=medain", ["pruner=medain", "median"]),
     ("hydra.sweeper.direction=maximize", ["direction=maximize with a pruner", "pruner=none"]),
+    ("hydra.sweeper.pruner_warmup_frac=1.5", ["pruner_warmup_frac=1.5", "from 0", "below 1"]),
 ])
 def test_bad_input_is_refused_before_any_trial(tmp_path, env, bad, words):
     args = [bad] if bad.startswith("optim.lr=") else ["optim.lr=1e-3,1e-2", bad]
@@ -112,6 +114,61 @@ def test_a_study_name_reused_with_another_space_is_refused_and_left_unchanged(tm
     assert_refused(proc, "study s", "searches another space", "optim.lr", "study_name=NAME")
     assert journal.read_bytes() == before
     assert list(journal.parent.iterdir()) == [journal]
+
+
+# ----------------------------------------------------------------------------------------------
+# the pruner's warm-up (no training: trials report made-up curves through the runs' reporter)
+
+# val loss at iterations 15, 30, 45, 60 of a 60-iteration run: five trials at a high learning
+# rate (ahead early, flat late), one at a low rate (behind at 15, best at the end), one bad
+HIGH_LR = [[2.50 + d, 2.40 + d, 2.35 + d, 2.30 + d] for d in (0.0, 0.01, 0.02, 0.03, 0.04)]
+LATE_BLOOMER = [2.70, 2.38, 2.28, 2.20]
+BAD = [2.90, 2.80, 2.75, 2.70]
+
+
+def run_curve(journal: Path, curve: list[float], run_dir: Path) -> int | None:
+    """A trial's run: report each evaluation as training does; the iteration it is pruned at."""
+    study = optuna.load_study(study_name="w", storage=open_storage(str(journal)))
+    number = study.ask().number
+    reporter = TrialReporter(str(journal), "w", number, run_dir, max_iters=60)
+    for it, value in zip((15, 30, 45, 60), curve):
+        if reporter.should_prune(it, {"val": value}):
+            study.tell(number, state=optuna.trial.TrialState.PRUNED)
+            return it
+    study.tell(number, curve[-1])
+    return None
+
+
+def pruned_at(tmp_path: Path, settings: dict) -> dict:
+    """Where the late bloomer and the bad trial are pruned after five high-lr trials finished,
+    under the search's pruner settings (conf/hydra/sweeper/optuna.yaml over the plugin's)."""
+    import yaml
+
+    defaults = {**SWEEPER_CONFIG, **yaml.safe_load((REPO / "conf/hydra/sweeper/optuna.yaml").read_text())}
+    tmp_path.mkdir()
+    journal = tmp_path / "optuna.journal"
+    study = optuna.create_study(study_name="w", storage=open_storage(str(journal)))
+    study.set_user_attr(ATTR_PRUNER, pruner_spec({**defaults, **settings}))
+    for curve in HIGH_LR:
+        assert run_curve(journal, curve, tmp_path) is None
+    return {"late": run_curve(journal, LATE_BLOOMER, tmp_path), "bad": run_curve(journal, BAD, tmp_path)}
+
+
+def test_the_default_warm_up_keeps_a_trial_behind_early_but_best_at_the_end(tmp_path):
+    """The scaled-down benchmark's median pruner stopped the grid's best learning rate at its
+    first report (iteration 15 of 60), where a higher rate leads. With the default warm-up (30 %
+    of the run: iteration 18) the low rate is first judged at 30, where it leads, and finishes
+    best; a trial behind everywhere is still pruned at the first report past the warm-up."""
+    assert pruned_at(tmp_path / "default", {}) == {"late": None, "bad": 30}
+    # without the warm-up, the benchmark's failure: the winner is pruned at its first report
+    assert pruned_at(tmp_path / "none", {"pruner_warmup_frac": 0}) == {"late": 15, "bad": 15}
+    # a longer warm-up: nothing is judged before iteration 45
+    assert pruned_at(tmp_path / "long", {"pruner_warmup_frac": 0.7}) == {"late": None, "bad": 45}
+
+
+def test_the_warm_up_counts_in_iterations_too(tmp_path):
+    """Optuna's own n_warmup_steps (pruner_warmup_steps) is a warm-up in iterations, for all runs alike."""
+    assert pruned_at(tmp_path / "steps", {"pruner_warmup_frac": 0, "pruner_warmup_steps": 40}) == {"late": None, "bad": 45}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -153,8 +210,8 @@ def test_a_tiny_search_end_to_end_and_the_same_command_continues_it(tmp_path, en
 @pytest.mark.slow
 def test_the_pruner_stops_a_bad_trial_which_ends_cleanly(tmp_path, env):
     # the random sampler with seed 2 asks 1e-2 three times (trained once), then 1e-6, which barely
-    # trains: the median pruner (after one finished trial) stops it at its first evaluation after
-    # iteration 0
+    # trains: the median pruner (after one finished trial) stops it at its first evaluation past
+    # the default warm-up (30 % of 20 iterations: 6), iteration 10; iteration 5 is only reported
     proc = search(["optim.lr=1e-2,1e-6", "hydra.sweeper.sampler=random", "hydra.sweeper.seed=2",
                    "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner=median",
                    "hydra.sweeper.pruner_startup_trials=1", "sweep_name=p"], tmp_path, env)
@@ -163,11 +220,12 @@ def test_the_pruner_stops_a_bad_trial_which_ends_cleanly(tmp_path, env):
     assert [(r["state"], float(r["optim.lr"])) for r in rows] == [("COMPLETE", 1e-2)] * 3 + [("PRUNED", 1e-6)]
     pruned = Path(rows[3]["run_dir"])
     summary = json.loads((pruned / "summary.json").read_text())
-    assert summary["status"] == "pruned" and summary["iters"] == 5 and summary["max_iters"] == 20
+    assert summary["status"] == "pruned" and summary["iters"] == 10 and summary["max_iters"] == 20
     assert (pruned / "ckpt" / "last.pt").is_file()  # saved: the run can still be resumed by hand
     study = optuna.load_study(study_name="p", storage=open_storage(str(tmp_path / "sweeps" / "p" / "optuna.journal")))
-    assert study.trials[3].intermediate_values == {5: pytest.approx(summary["final_val_loss"])}
-    assert "trial 3 pruned at iteration 5" in proc.stderr + proc.stdout
+    assert set(study.trials[3].intermediate_values) == {5, 10}
+    assert study.trials[3].intermediate_values[10] == pytest.approx(summary["final_val_loss"])
+    assert "trial 3 pruned at iteration 10" in proc.stderr + proc.stdout
 
 
 @pytest.mark.slow
