@@ -28,6 +28,7 @@ import math
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -192,6 +193,65 @@ def pruner_spec(settings: Dict[str, Any]) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
+# starting trials without waiting for them: submitit jobs can be polled (job.done())
+
+POLL_S = 1.0  # how often the sweeper looks at its trials' jobs (submitit itself spaces its sacct calls)
+
+
+def can_submit(launcher) -> bool:
+    """Does this launcher start jobs that run elsewhere (submitit: local processes, SLURM jobs)?
+    Hydra's basic launcher runs each job in the sweeper's own process instead."""
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+    return hasattr(launcher, "submit") or isinstance(launcher, BaseSubmititLauncher)
+
+
+def submit_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+    """Submit the jobs as the launcher's launch() does, and return its submitit jobs at once
+    instead of waiting for their results."""
+    if hasattr(launcher, "submit"):  # nanogpt_slurm_launcher: resources per job
+        return launcher.submit(job_overrides, initial_job_idx)
+    import submitit
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import filter_overrides
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    # hydra_submitit_launcher's BaseSubmititLauncher.launch, less its last line (the wait)
+    kind, params = launcher._EXECUTOR, launcher.params
+    executor = submitit.AutoExecutor(cluster=kind, folder=params["submitit_folder"],
+                                     **{f"{kind}_max_num_timeout": params["max_num_timeout"]}
+                                     if "max_num_timeout" in params else {})
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"{kind}_{k}": v for k, v in params.items()
+                                  if k not in ("submitit_folder", "max_num_timeout")})
+    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    args = []
+    for i, overrides in enumerate(job_overrides):
+        idx = initial_job_idx + i
+        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+    return executor.map_array(launcher, *zip(*args))
+
+
+def _job_state(job) -> str:
+    try:
+        return job.watcher.get_state(job.job_id, mode="force") if hasattr(job, "watcher") else job.state
+    except Exception:  # noqa: BLE001 - a state is a detail of the message
+        return "UNKNOWN"
+
+
+def _consecutive(batch: list) -> List[list]:
+    """(number, ...) items, sorted, in runs of consecutive numbers."""
+    runs: List[list] = []
+    for item in batch:
+        if runs and runs[-1][-1][0] + 1 == item[0]:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------
 # the sweeper
 
 class OptunaSweeper(Sweeper):
@@ -351,29 +411,79 @@ class Search:
         log.info("study %s (%s) in %s: %d trial(s) of %d held; %s sampler, %s pruner, %d at once",
                  self.study_name, self.s["direction"], self.storage_spec, len(self.study.trials),
                  self.s["n_trials"], self.s["sampler"], self.pruner_spec["name"], self.s["n_jobs"])
-        results = []
-        stale = self._settle_stale()
+        self.results: List[Any] = []
+        self.queue = self._settle_stale()  # trials to run again before any new one is asked for
+        self.in_flight: Dict[int, Tuple[int, Any]] = {}  # trial number -> (trial id, its submitit job)
+        submits = can_submit(self.sweeper.launcher)
+        if self.s["n_jobs"] > 1 and not submits:
+            log.info("hydra/launcher %s runs one trial at a time in this process: for %d at once use "
+                     "hydra/launcher=submitit_local (or slurm)", type(self.sweeper.launcher).__name__, self.s["n_jobs"])
         while True:
-            held = len(self.study.get_trials(deepcopy=False))
-            batch = stale[:self.s["n_jobs"]]
-            stale = stale[len(batch):]
-            for _ in range(min(self.s["n_jobs"] - len(batch), self.s["n_trials"] - held)):
-                trial = self.study.ask(self.space)
-                if not self._repeats_a_finished_trial(trial):
-                    batch.append((trial.number, trial._trial_id, trial.params))
-            if not batch:
-                if len(self.study.get_trials(deepcopy=False)) < self.s["n_trials"]:
-                    continue  # every value asked had been tried: ask again
+            free = (self.s["n_jobs"] if submits else 1) - len(self.in_flight)
+            batch = self._next_trials(free)
+            if batch and submits:
+                self._submit(batch)
+            elif batch:
+                self.results.extend(self._launch(batch))  # runs them here, now
+                self.write_outputs()
+            if not self.in_flight and not batch:
                 break
-            results.extend(self._launch(batch))
-            self.write_outputs()
+            if self.in_flight:
+                self._tell_finished(self._wait_for_one())
+                self.write_outputs()
         done = [t for t in self.study.trials if t.state == TrialState.COMPLETE]
         if done:
             best = self.study.best_trial
             log.info("best: trial %d, %s = %.5g (%s)", best.number, self.metric or "value", best.value,
                      " ".join(param_overrides(best.params)))
         self.write_outputs(plots=True)
-        return results
+        return self.results
+
+    def _next_trials(self, free: int) -> List[Tuple[int, int, Dict[str, Any]]]:
+        """Up to `free` trials to start: those of an earlier session first, then new ones asked of
+        the sampler while the study holds fewer than n_trials (a trial repeating a finished one's
+        values is told at once and counts)."""
+        batch = []
+        while len(batch) < free:
+            if self.queue:
+                batch.append(self.queue.pop(0))
+            elif len(self.study.get_trials(deepcopy=False)) < self.s["n_trials"]:
+                trial = self.study.ask(self.space)
+                if not self._repeats_a_finished_trial(trial):
+                    batch.append((trial.number, trial._trial_id, trial.params))
+            else:
+                break
+        return batch
+
+    def _submit(self, batch: List[Tuple[int, int, Dict[str, Any]]]) -> None:
+        """Start the trials without waiting for them, consecutive numbers in one submission (one
+        job array on SLURM)."""
+        for run in _consecutive(sorted(batch)):
+            overrides = [self._job_overrides(number, params) for number, _, params in run]
+            jobs = submit_jobs(self.sweeper.launcher, overrides, initial_job_idx=run[0][0])
+            for (number, trial_id, _), job in zip(run, jobs):
+                self.in_flight[number] = (trial_id, job)
+
+    def _wait_for_one(self) -> List[int]:
+        """The numbers of the trials in flight whose jobs have ended, once at least one has."""
+        while True:
+            ended = [number for number, (_, job) in self.in_flight.items() if job.done()]
+            if ended:
+                return ended
+            time.sleep(POLL_S)
+
+    def _tell_finished(self, numbers: List[int]) -> None:
+        for number in sorted(numbers):
+            trial_id, job = self.in_flight.pop(number)
+            try:
+                ret = job.results()[0]
+            except Exception as e:  # noqa: BLE001 - no result: the job was cancelled, killed, or failed outside the run
+                run_dir = self.study._storage.get_trial(trial_id).user_attrs.get("run_dir")
+                self._tell(number, trial_id, _read_summary(run_dir), None,
+                           f"its job {job.job_id} ended without a result ({_job_state(job)}): {_first_line(e)}")
+                continue
+            self.results.append(ret)
+            self._tell_job(number, trial_id, ret)
 
     def _repeats_a_finished_trial(self, trial) -> bool:
         """A trial asking for values a finished trial had (TPE does, over choices) gets that
@@ -413,17 +523,10 @@ class Search:
         return again
 
     def _launch(self, batch: List[Tuple[int, int, Dict[str, Any]]]) -> List[JobReturn]:
-        """Run the trials, job number = trial number, consecutive numbers in one launch (at once
-        under launchers that run jobs in parallel)."""
+        """Run the trials through the launcher's own launch (a launcher whose jobs run in this
+        process), job number = trial number."""
         results = []
-        batch = sorted(batch)
-        runs: List[list] = []
-        for item in batch:
-            if runs and runs[-1][-1][0] + 1 == item[0]:
-                runs[-1].append(item)
-            else:
-                runs.append([item])
-        for run in runs:
+        for run in _consecutive(sorted(batch)):
             overrides = [self._job_overrides(number, params) for number, _, params in run]
             returns = self.sweeper.launcher.launch(overrides, initial_job_idx=run[0][0])
             for (number, trial_id, _), ret in zip(run, returns):
@@ -492,16 +595,23 @@ class Search:
 def _write_trials_csv(path: Path, trials: list, params: List[str]) -> None:
     from nanogpt.run.metrics import write_text_atomic
 
-    rows = [["number", "state", "value", *params, "tokens", "wall_time_s", "iters", "run_dir", "repeats"]]
+    rows = [["number", "state", "value", *params, "tokens", "wall_time_s", "iters", "run_dir", "repeats",
+             "started", "ended"]]
     for t in trials:
         rows.append([t.number, t.state.name, "" if t.value is None else t.value,
                      *(t.params.get(p, "") for p in params),
-                     *(t.user_attrs.get(k, "") for k in ("tokens", "wall_time_s", "iters", "run_dir", "repeats"))])
+                     *(t.user_attrs.get(k, "") for k in ("tokens", "wall_time_s", "iters", "run_dir", "repeats")),
+                     *(_when(t.datetime_start), _when(t.datetime_complete))])
     import io
 
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     write_text_atomic(path, buf.getvalue())
+
+
+def _when(moment) -> str:
+    """A trial's start (asked for: its job submitted) or end (told), as the sweeper saw it."""
+    return "" if moment is None else moment.isoformat(sep=" ", timespec="milliseconds")
 
 
 def _write_best(path: Path, study, fixed: List[str], metric: Optional[str]) -> None:

@@ -257,6 +257,24 @@ def test_a_killed_search_continues_without_losing_or_repeating_a_trial(tmp_path,
     assert all(math.isfinite(float(r["value"])) for r in rows)
 
 
+@pytest.mark.slow
+def test_a_slot_freed_by_a_short_trial_starts_the_next_before_the_long_one_ends(tmp_path, env):
+    """n_jobs=2 under submitit_local: the random sampler (seed 28) asks for a long run (1000
+    iterations), a 10-iteration one, then a 20-iteration one. The third starts as soon as the
+    short one ends, while the long one still trains (it used to wait for the whole batch)."""
+    args = [*QUICK, "task.eval_interval=10", "task.max_iters=choice(1000,10,20)", "hydra/launcher=submitit_local",
+            "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "hydra.sweeper.sampler=random",
+            "hydra.sweeper.seed=28", "hydra.sweeper.pruner=none", "sweep_name=r"]
+    launch(["-m", "hydra/sweeper=optuna", *args], cwd=tmp_path, env=env)
+    rows = trials(tmp_path / "sweeps" / "r")
+    assert [(r["state"], r["task.max_iters"], r["iters"]) for r in rows] == [
+        ("COMPLETE", "1000", "1000"), ("COMPLETE", "10", "10"), ("COMPLETE", "20", "20")]
+    long, short, nxt = ({k: r[k] for k in ("started", "ended")} for r in rows)
+    assert long["started"] < short["ended"] and short["started"] < short["ended"]  # both at once
+    assert short["ended"] <= nxt["started"]  # two at a time: the third waited for a free slot ...
+    assert nxt["ended"] < long["ended"]  # ... not for the long trial
+
+
 @pytest.mark.slurm
 @pytest.mark.slow
 @needs_slurm
