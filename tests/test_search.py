@@ -297,6 +297,55 @@ def test_four_slurm_jobs_at_once_report_into_one_study(tmp_path, env):
     assert len({t.datetime_start for t in study.trials}) == 4
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
+@needs_slurm
+def test_a_requeued_slurm_job_reports_into_the_same_trial(tmp_path, env):
+    """A trial's SLURM job requeued mid-run (`scontrol requeue`, as a pre-emption does: SIGTERM,
+    checkpoint, back in the queue) resumes from its checkpoint and goes on reporting into its own
+    trial: one trial, COMPLETE, its evaluations before and after the requeue, none twice."""
+    from test_distributed import job_ids, sacct_states
+
+    args = ["-m", "hydra/sweeper=optuna", "hydra/launcher=slurm_cpu", *QUICK, "task.max_iters=1500",
+            "task.eval_interval=100", "optim.lr=1e-3,3e-3", "hydra.sweeper.n_trials=1", "hydra.sweeper.seed=0",
+            "hydra.sweeper.pruner=none", "sweep_name=rq"]
+    sweep = tmp_path / "sweeps" / "rq"
+    journal = str(sweep / "optuna.journal")
+    with open(tmp_path / "sweep.log", "w") as out:
+        sweeper = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *args], cwd=tmp_path,
+                                   env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 180
+            while not (sweep / "optuna.journal").is_file() or len(_reports(journal)) < 2:  # under way
+                assert sweeper.poll() is None and time.monotonic() < deadline, (tmp_path / "sweep.log").read_text()[-3000:]
+                time.sleep(0.5)
+            [job] = job_ids(sweep)
+            subprocess.run(["scontrol", "requeue", job], check=True)
+            assert sweeper.wait(timeout=400) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+        finally:
+            sweeper.kill()
+    study = optuna.load_study(study_name="rq", storage=open_storage(journal))
+    [trial] = study.trials
+    assert trial.state.name == "COMPLETE" and trial.number == 0
+    assert sorted(trial.intermediate_values) == list(range(100, 1501, 100))
+    assert "REQUEUED" in sacct_states(job) and sacct_states(job)[-1] == "COMPLETED"
+    [run] = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    log = (run / "launch.log").read_text()
+    stopped = int(log.split("stopped at iteration ")[1].split(";")[0])
+    assert 100 <= stopped < 1500 and "resuming from" in log.split("stopped at iteration ")[1]
+    assert [r["number"] for r in trials(sweep)] == ["0"]
+    assert json.loads((run / "summary.json").read_text())["iters"] == 1500
+
+
+def _reports(journal: str) -> dict:
+    """Trial 0's evaluations reported so far (none before the trial exists)."""
+    try:
+        study = optuna.load_study(study_name="rq", storage=open_storage(journal))
+    except KeyError:
+        return {}
+    return study.trials[0].intermediate_values if study.trials else {}
+
+
 @pytest.mark.slow
 def test_a_trial_asking_for_values_already_tried_is_not_trained_again(tmp_path, env):
     # two values, four trials: the random sampler (seed 0) asks for 1e-3 three times
