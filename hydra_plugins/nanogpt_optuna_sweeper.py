@@ -20,6 +20,7 @@ It lives in Hydra's plugin namespace, where Hydra's scan imports it without regi
 (so no `from __future__ import annotations`); optuna is imported only when a search starts.
 """
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -27,6 +28,8 @@ import logging
 import math
 import re
 import shlex
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -240,6 +243,15 @@ def _job_state(job) -> str:
         return "UNKNOWN"
 
 
+def _job_gone(job) -> bool:
+    """Has the job left the queue? (squeue lists a SLURM job until it has ended, completing
+    included; submitit's done() may say so earlier.)"""
+    if type(job).__name__ == "SlurmJob":
+        out = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True)
+        return out.returncode != 0 or not out.stdout.strip()
+    return job.done()
+
+
 def _consecutive(batch: list) -> List[list]:
     """(number, ...) items, sorted, in runs of consecutive numbers."""
     runs: List[list] = []
@@ -418,7 +430,26 @@ class Search:
         if self.s["n_jobs"] > 1 and not submits:
             log.info("hydra/launcher %s runs one trial at a time in this process: for %d at once use "
                      "hydra/launcher=submitit_local (or slurm)", type(self.sweeper.launcher).__name__, self.s["n_jobs"])
-        while True:
+        self.stop_signal: Optional[int] = None
+        with self._signals_caught():
+            try:
+                self._run_trials(submits)
+            except BaseException:  # the search cannot go on: its jobs must not run on unwatched
+                self._cancel_in_flight()
+                raise
+        if self.stop_signal is not None:
+            self._stopped()
+        done = [t for t in self.study.trials if t.state == TrialState.COMPLETE]
+        if done:
+            best = self.study.best_trial
+            log.info("best: trial %d, %s = %.5g (%s)", best.number, self.metric or "value", best.value,
+                     " ".join(param_overrides(best.params)))
+        self.write_outputs(plots=True)
+        return self.results
+
+    def _run_trials(self, submits: bool) -> None:
+        """Keep n_jobs trials in flight until the study holds n_trials, or a signal stops it."""
+        while self.stop_signal is None:
             free = (self.s["n_jobs"] if submits else 1) - len(self.in_flight)
             batch = self._next_trials(free)
             if batch and submits:
@@ -431,13 +462,59 @@ class Search:
             if self.in_flight:
                 self._tell_finished(self._wait_for_one())
                 self.write_outputs()
-        done = [t for t in self.study.trials if t.state == TrialState.COMPLETE]
-        if done:
-            best = self.study.best_trial
-            log.info("best: trial %d, %s = %.5g (%s)", best.number, self.metric or "value", best.value,
-                     " ".join(param_overrides(best.params)))
-        self.write_outputs(plots=True)
-        return self.results
+
+    @contextlib.contextmanager
+    def _signals_caught(self):
+        """SIGINT or SIGTERM stops the search at its next look at the jobs (within POLL_S), not
+        in the middle of a write to the study; a second Ctrl-C stops it at once."""
+        def stop(signum, frame):
+            if self.stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, stop)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stopped(self) -> None:
+        """The sweeper was asked to stop: cancel the trials' jobs, which save a checkpoint on the
+        way out, and leave their trials RUNNING, for the same command to run them again (each
+        resumes in its run directory); then exit as a signalled program does."""
+        stopped = sorted(self.in_flight)
+        jobs = [str(job.job_id) for _, job in self.in_flight.values()]
+        self._cancel_in_flight()
+        self.write_outputs()
+        name = signal.Signals(self.stop_signal).name
+        print(f"search stopped ({name}): " + (
+            f"cancelled the jobs of trial(s) {', '.join(map(str, stopped))} ({', '.join(jobs)}); they stay RUNNING "
+            "in the study and their runs keep their checkpoints. " if stopped else "no trial was running. ")
+            + "Run the same command to continue the study", file=sys.stderr, flush=True)
+        sys.exit(128 + self.stop_signal)
+
+    def _cancel_in_flight(self, wait_s: float = 120.0) -> None:
+        """Cancel the jobs of the trials in flight, and wait (up to wait_s) until they are gone
+        from the queue: a job still writing its checkpoint must not meet its own rerun."""
+        if not getattr(self, "in_flight", None):
+            return
+        jobs = [job for _, job in self.in_flight.values()]
+        for job in jobs:
+            try:
+                job.cancel(check=False)
+            except Exception as e:  # noqa: BLE001 - cancel the others all the same
+                log.warning("could not cancel job %s: %s", job.job_id, _first_line(e))
+        deadline = time.monotonic() + wait_s
+        while not all(_job_gone(job) for job in jobs) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        log.info("cancelled the jobs of trial(s) %s", ", ".join(map(str, sorted(self.in_flight))))
+        self.in_flight.clear()
 
     def _next_trials(self, free: int) -> List[Tuple[int, int, Dict[str, Any]]]:
         """Up to `free` trials to start: those of an earlier session first, then new ones asked of
@@ -465,12 +542,14 @@ class Search:
                 self.in_flight[number] = (trial_id, job)
 
     def _wait_for_one(self) -> List[int]:
-        """The numbers of the trials in flight whose jobs have ended, once at least one has."""
-        while True:
+        """The numbers of the trials in flight whose jobs have ended, once at least one has (none
+        when a signal stops the search)."""
+        while self.stop_signal is None:
             ended = [number for number, (_, job) in self.in_flight.items() if job.done()]
             if ended:
                 return ended
             time.sleep(POLL_S)
+        return []
 
     def _tell_finished(self, numbers: List[int]) -> None:
         for number in sorted(numbers):

@@ -337,6 +337,61 @@ def test_a_requeued_slurm_job_reports_into_the_same_trial(tmp_path, env):
     assert json.loads((run / "summary.json").read_text())["iters"] == 1500
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
+@needs_slurm
+def test_a_stopped_sweeper_cancels_its_slurm_jobs_and_the_same_command_continues(tmp_path, env):
+    """SIGTERM to the sweeper while two trials train on SLURM: it cancels their jobs (squeue holds
+    none of them when it has exited), leaves the two trials RUNNING and exits 143; the same command
+    runs them again, each resuming from its checkpoint, and adds the third: three trials, once each."""
+    from test_distributed import job_ids, sacct_states
+
+    args = ["-m", "hydra/sweeper=optuna", "hydra/launcher=slurm_cpu", *QUICK, "task.max_iters=800",
+            "task.eval_interval=100", "optim.lr=tag(log,interval(1e-4,3e-2))", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.n_jobs=2", "hydra.sweeper.seed=0", "hydra.sweeper.pruner=none", "sweep_name=st"]
+    sweep = tmp_path / "sweeps" / "st"
+    journal = str(sweep / "optuna.journal")
+    with open(tmp_path / "sweep.log", "w") as out:
+        sweeper = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *args], cwd=tmp_path,
+                                   env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 180
+            while not (sweep / "optuna.journal").is_file() or not _both_reported(journal):
+                assert sweeper.poll() is None and time.monotonic() < deadline, (tmp_path / "sweep.log").read_text()[-3000:]
+                time.sleep(0.5)
+            sweeper.send_signal(signal.SIGTERM)
+            assert sweeper.wait(timeout=180) == 128 + signal.SIGTERM, (tmp_path / "sweep.log").read_text()[-3000:]
+        finally:
+            sweeper.kill()
+    said = (tmp_path / "sweep.log").read_text()
+    assert "search stopped (SIGTERM): cancelled the jobs of trial(s) 0, 1" in said, said[-3000:]
+    jobs = job_ids(sweep)
+    assert len(jobs) == 2
+    queued = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout.split()
+    assert not set(jobs) & set(queued)  # none of its jobs left running
+    assert all(sacct_states(j)[-1].startswith("CANCELLED") for j in jobs)
+    study = optuna.load_study(study_name="st", storage=open_storage(journal))
+    assert [(t.number, t.state.name) for t in study.trials] == [(0, "RUNNING"), (1, "RUNNING")]
+
+    proc = launch(args, cwd=tmp_path, env=env)
+    again = proc.stderr + proc.stdout
+    assert "trial 0 did not finish in an earlier session" in again and "trial 1 did not finish" in again
+    rows = trials(sweep)
+    assert [(r["number"], r["state"], r["iters"]) for r in rows] == [(str(i), "COMPLETE", "800") for i in range(3)]
+    assert len({r["optim.lr"] for r in rows}) == 3 and len({r["run_dir"] for r in rows}) == 3
+    for r in rows[:2]:  # resumed in their own run directories
+        assert "resuming from" in (Path(r["run_dir"]) / "launch.log").read_text()
+
+
+def _both_reported(journal: str) -> bool:
+    """Trials 0 and 1 have each reported an evaluation: both jobs are training."""
+    try:
+        study = optuna.load_study(study_name="st", storage=open_storage(journal))
+    except KeyError:
+        return False
+    return len(study.trials) >= 2 and all(t.intermediate_values for t in study.trials[:2])
+
+
 def _reports(journal: str) -> dict:
     """Trial 0's evaluations reported so far (none before the trial exists)."""
     try:
