@@ -2,9 +2,11 @@
 
 Built on Optuna's ask/tell API rather than on hydra-optuna-sweeper, which requires optuna<3 (its
 SQLite storage fails on SQLAlchemy 2) and has no pruning: here the current Optuna asks for each
-trial's settings, the configured launcher (basic, submitit_local, slurm, slurm_gpu_node) runs up
-to n_jobs trials at once, and each trial's training run reports its evaluations to the study
-itself (nanogpt/run/search.py), so the study's pruner stops a bad trial at its next evaluation.
+trial's settings, the configured launcher (submitit_local, slurm, slurm_gpu_node; basic runs one
+at a time) keeps n_jobs trials in flight, a new one starting as soon as one ends, and each trial's
+training run reports its evaluations to the study itself (nanogpt/run/search.py), so the study's
+pruner stops a bad trial at its next evaluation past the warm-up. SIGINT/SIGTERM cancels the
+trials' jobs and leaves them for the same command to resume.
 
 The search space is written as Hydra's sweep overrides: a comma list or `choice(a,b)` (one of
 these), `range(1,5)` (integers 1..4), `interval(1e-4,1e-1)` (a float), tagged `log` or `int`
