@@ -245,6 +245,17 @@ def _job_state(job) -> str:
         return "UNKNOWN"
 
 
+def _cancel(job) -> None:
+    """scancel a SLURM job; a submitit_local job gets SIGTERM, which its controller passes on to
+    the run (submitit's own cancel sends SIGINT, which the controller answers with a traceback)."""
+    process = getattr(job, "_process", None)
+    if type(job).__name__ == "LocalJob" and process is not None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    else:
+        job.cancel(check=False)
+
+
 def _job_gone(job) -> bool:
     """Has the job left the queue? (squeue lists a SLURM job until it has ended, completing
     included; submitit's done() may say so earlier.)"""
@@ -490,6 +501,7 @@ class Search:
         """The sweeper was asked to stop: cancel the trials' jobs, which save a checkpoint on the
         way out, and leave their trials RUNNING, for the same command to run them again (each
         resumes in its run directory); then exit as a signalled program does."""
+        self._tell_finished([n for n, (_, job) in self.in_flight.items() if job.done()])  # ended meanwhile
         stopped = sorted(self.in_flight)
         jobs = [str(job.job_id) for _, job in self.in_flight.values()]
         self._cancel_in_flight()
@@ -509,7 +521,7 @@ class Search:
         jobs = [job for _, job in self.in_flight.values()]
         for job in jobs:
             try:
-                job.cancel(check=False)
+                _cancel(job)
             except Exception as e:  # noqa: BLE001 - cancel the others all the same
                 log.warning("could not cancel job %s: %s", job.job_id, _first_line(e))
         deadline = time.monotonic() + wait_s

@@ -385,6 +385,36 @@ def test_a_stopped_sweeper_cancels_its_slurm_jobs_and_the_same_command_continues
         assert "resuming from" in (Path(r["run_dir"]) / "launch.log").read_text()
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_the_local_trials_of_a_search_cleanly(tmp_path, env):
+    """SIGINT to the sweeper under submitit_local: each trial's process is stopped (the run saves
+    its checkpoint and says so: status interrupted), none is left running, no traceback, exit 130,
+    and the trials stay RUNNING for the same command to resume."""
+    args = ["-m", "hydra/sweeper=optuna", "hydra/launcher=submitit_local", *QUICK, "task.max_iters=100000",
+            "task.eval_interval=100", "optim.lr=tag(log,interval(1e-4,3e-2))", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.n_jobs=2", "hydra.sweeper.seed=0", "hydra.sweeper.pruner=none", "sweep_name=st"]
+    sweep = tmp_path / "sweeps" / "st"
+    sweeper = subprocess.Popen([sys.executable, str(REPO / "launch.py"), *args], cwd=tmp_path,
+                               env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (sweep / "optuna.journal").is_file() or not _both_reported(str(sweep / "optuna.journal")):
+            assert sweeper.poll() is None and time.monotonic() < deadline, sweeper.stdout.read()[-3000:]
+            time.sleep(0.5)
+        sweeper.send_signal(signal.SIGINT)
+        said, _ = sweeper.communicate(timeout=180)
+    finally:
+        sweeper.kill()
+    assert sweeper.returncode == 128 + signal.SIGINT, said[-3000:]
+    assert "Traceback" not in said and "search stopped (SIGINT): cancelled the jobs of trial(s) 0, 1" in said
+    pids = said.split("trial(s) 0, 1 (")[1].split(")")[0].split(", ")  # a local job's id is its process's
+    assert not [p for p in pids if Path(f"/proc/{p}").exists()]
+    assert [r["state"] for r in trials(sweep)] == ["RUNNING", "RUNNING"]
+    for run in [p for p in trial_dirs(sweep) if not p.name.startswith(".")]:  # not .submitit
+        done = json.loads((run / "summary.json").read_text())
+        assert done["status"] == "interrupted" and done["stop_signal"] == "SIGTERM" and done["iters"] < 100000
+
+
 def _both_reported(journal: str) -> bool:
     """Trials 0 and 1 have each reported an evaluation: both jobs are training."""
     try:
