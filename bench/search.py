@@ -73,6 +73,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=7, help="the search's trials")
     p.add_argument("--warmup", type=int, default=0, help="hydra.sweeper.pruner_warmup_steps: iterations "
                    "before a trial may be pruned (early losses favour high learning rates)")
+    p.add_argument("--warmup-frac", type=float, default=None, help="hydra.sweeper.pruner_warmup_frac: the "
+                   "fraction of a run in which no trial is pruned (default: the sweeper's, 0.3; 0 before it existed)")
     p.add_argument("--out", type=Path, default=REPO / "bench_out" / "search")
     p.add_argument("--grid-from", type=Path, help="an earlier results.json of the same grid and iterations: its "
                    "grid's figures are reused (tokens and losses are deterministic), only the search runs")
@@ -88,8 +90,10 @@ def main() -> None:
     search_args = ["hydra/sweeper=optuna", *common, *(f"{k}=choice({','.join(map(str, v))})" for k, v in grid.items()),
                    f"hydra.sweeper.n_trials={a.trials}", "hydra.sweeper.seed=0", "hydra.sweeper.startup_trials=3",
                    "hydra.sweeper.pruner=median", "hydra.sweeper.pruner_startup_trials=2",
-                   f"hydra.sweeper.pruner_warmup_steps={a.warmup}"]
-    results = {"machine": machine(), "iters": a.iters, "grid_values": grid, "trials": a.trials}
+                   f"hydra.sweeper.pruner_warmup_steps={a.warmup}",
+                   *([f"hydra.sweeper.pruner_warmup_frac={a.warmup_frac}"] if a.warmup_frac is not None else [])]
+    results = {"machine": machine(), "iters": a.iters, "grid_values": grid, "trials": a.trials,
+               "search_args": search_args}
     earlier = json.loads(a.grid_from.read_text()) if a.grid_from else None
     if earlier and (earlier["iters"] != a.iters or earlier["grid_values"] != grid):
         raise SystemExit(f"error: {a.grid_from} holds another grid or another number of iterations")

@@ -2,9 +2,11 @@
 
 Built on Optuna's ask/tell API rather than on hydra-optuna-sweeper, which requires optuna<3 (its
 SQLite storage fails on SQLAlchemy 2) and has no pruning: here the current Optuna asks for each
-trial's settings, the configured launcher (basic, submitit_local, slurm, slurm_gpu_node) runs up
-to n_jobs trials at once, and each trial's training run reports its evaluations to the study
-itself (nanogpt/run/search.py), so the study's pruner stops a bad trial at its next evaluation.
+trial's settings, the configured launcher (submitit_local, slurm, slurm_gpu_node; basic runs one
+at a time) keeps n_jobs trials in flight, a new one starting as soon as one ends, and each trial's
+training run reports its evaluations to the study itself (nanogpt/run/search.py), so the study's
+pruner stops a bad trial at its next evaluation past the warm-up. SIGINT/SIGTERM cancels the
+trials' jobs and leaves them for the same command to resume.
 
 The search space is written as Hydra's sweep overrides: a comma list or `choice(a,b)` (one of
 these), `range(1,5)` (integers 1..4), `interval(1e-4,1e-1)` (a float), tagged `log` or `int`
@@ -20,6 +22,7 @@ It lives in Hydra's plugin namespace, where Hydra's scan imports it without regi
 (so no `from __future__ import annotations`); optuna is imported only when a search starts.
 """
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -27,7 +30,10 @@ import logging
 import math
 import re
 import shlex
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -51,6 +57,7 @@ SWEEPER_CONFIG = {
     "sampler": "tpe", "seed": None, "startup_trials": None, "n_trials": 20, "n_jobs": 1,
     "direction": "minimize", "metric": None, "study_name": None, "storage": None,
     "pruner": "median", "pruner_startup_trials": None, "pruner_warmup_steps": None,
+    "pruner_warmup_frac": 0.3, "pruner_interval_steps": None,
     "min_resource": None, "max_resource": None, "reduction_factor": None, "percentile": None,
 }
 ConfigStore.instance().store(group="hydra/sweeper", name="nanogpt_optuna", node=SWEEPER_CONFIG, provider="nanogpt")
@@ -60,9 +67,10 @@ DIRECTIONS = ("minimize", "maximize")
 # which settings each pruner takes, under Optuna's names
 PRUNER_SETTINGS = {
     "none": {},
-    "median": {"pruner_startup_trials": "n_startup_trials", "pruner_warmup_steps": "n_warmup_steps"},
+    "median": {"pruner_startup_trials": "n_startup_trials", "pruner_warmup_steps": "n_warmup_steps",
+               "pruner_interval_steps": "interval_steps"},
     "percentile": {"percentile": "percentile", "pruner_startup_trials": "n_startup_trials",
-                   "pruner_warmup_steps": "n_warmup_steps"},
+                   "pruner_warmup_steps": "n_warmup_steps", "pruner_interval_steps": "interval_steps"},
     "successive_halving": {"min_resource": "min_resource", "reduction_factor": "reduction_factor"},
     "hyperband": {"min_resource": "min_resource", "max_resource": "max_resource",
                   "reduction_factor": "reduction_factor"},
@@ -179,6 +187,95 @@ def corners(space: Dict[str, Any]) -> List[Dict[str, Any]]:
     return out
 
 
+def pruner_spec(settings: Dict[str, Any]) -> Dict[str, Any]:
+    """The pruner as the study records it for its runs: Optuna's pruner (name, arguments) and the
+    warm-up fraction, which the run applies itself (it knows its own length)."""
+    name = settings.get("pruner") or "none"
+    return {"name": name,
+            "args": {optuna_name: settings[key] for key, optuna_name in PRUNER_SETTINGS.get(name, {}).items()
+                     if settings.get(key) is not None},
+            "warmup_frac": float(settings.get("pruner_warmup_frac") or 0.0)}
+
+
+# ----------------------------------------------------------------------------------------------
+# starting trials without waiting for them: submitit jobs can be polled (job.done())
+
+POLL_S = 1.0  # how often the sweeper looks at its trials' jobs (submitit itself spaces its sacct calls)
+
+
+def can_submit(launcher) -> bool:
+    """Does this launcher start jobs that run elsewhere (submitit: local processes, SLURM jobs)?
+    Hydra's basic launcher runs each job in the sweeper's own process instead."""
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+    return hasattr(launcher, "submit") or isinstance(launcher, BaseSubmititLauncher)
+
+
+def submit_jobs(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+    """Submit the jobs as the launcher's launch() does, and return its submitit jobs at once
+    instead of waiting for their results."""
+    if hasattr(launcher, "submit"):  # nanogpt_slurm_launcher: resources per job
+        return launcher.submit(job_overrides, initial_job_idx)
+    import submitit
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import filter_overrides
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    # hydra_submitit_launcher's BaseSubmititLauncher.launch, less its last line (the wait)
+    kind, params = launcher._EXECUTOR, launcher.params
+    executor = submitit.AutoExecutor(cluster=kind, folder=params["submitit_folder"],
+                                     **{f"{kind}_max_num_timeout": params["max_num_timeout"]}
+                                     if "max_num_timeout" in params else {})
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in base else f"{kind}_{k}": v for k, v in params.items()
+                                  if k not in ("submitit_folder", "max_num_timeout")})
+    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    args = []
+    for i, overrides in enumerate(job_overrides):
+        idx = initial_job_idx + i
+        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        args.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+    return executor.map_array(launcher, *zip(*args))
+
+
+def _job_state(job) -> str:
+    try:
+        return job.watcher.get_state(job.job_id, mode="force") if hasattr(job, "watcher") else job.state
+    except Exception:  # noqa: BLE001 - a state is a detail of the message
+        return "UNKNOWN"
+
+
+def _cancel(job) -> None:
+    """scancel a SLURM job; a submitit_local job gets SIGTERM, which its controller passes on to
+    the run (submitit's own cancel sends SIGINT, which the controller answers with a traceback)."""
+    process = getattr(job, "_process", None)
+    if type(job).__name__ == "LocalJob" and process is not None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    else:
+        job.cancel(check=False)
+
+
+def _job_gone(job) -> bool:
+    """Has the job left the queue? (squeue lists a SLURM job until it has ended, completing
+    included; submitit's done() may say so earlier.)"""
+    if type(job).__name__ == "SlurmJob":
+        out = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"], capture_output=True, text=True)
+        return out.returncode != 0 or not out.stdout.strip()
+    return job.done()
+
+
+def _consecutive(batch: list) -> List[list]:
+    """(number, ...) items, sorted, in runs of consecutive numbers."""
+    runs: List[list] = []
+    for item in batch:
+        if runs and runs[-1][-1][0] + 1 == item[0]:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
+
+
 # ----------------------------------------------------------------------------------------------
 # the sweeper
 
@@ -212,10 +309,7 @@ class Search:
         self._check_settings()
         self.study_name, self.sweep_dir = self._names()
         self.storage_spec = str(self.s.get("storage") or self.sweep_dir / "optuna.journal")
-        self.pruner_spec = {"name": self.s.get("pruner") or "none",
-                            "args": {optuna_name: self.s[key] for key, optuna_name in
-                                     PRUNER_SETTINGS.get(self.s.get("pruner") or "none", {}).items()
-                                     if self.s.get(key) is not None}}
+        self.pruner_spec = pruner_spec(self.s)
 
     # -- checks, all before the study is touched ----------------------------------------------
 
@@ -229,6 +323,10 @@ class Search:
         for key in ("n_trials", "n_jobs"):
             if not isinstance(s.get(key), int) or s[key] < 1:
                 raise UserError(f"hydra.sweeper.{key}={s.get(key)}: give a whole number >= 1")
+        frac = s.get("pruner_warmup_frac")
+        if frac is not None and (isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 <= frac < 1):
+            raise UserError(f"hydra.sweeper.pruner_warmup_frac={frac}: give the fraction of each run in which no "
+                            "trial is pruned, from 0 (prune from the first evaluation) to below 1, e.g. 0.3")
         if s["direction"] == "maximize" and s["pruner"] != "none":
             raise UserError("hydra.sweeper.direction=maximize with a pruner: runs report their val loss to the "
                             "pruner, which a study that maximises would read backwards. Add hydra.sweeper.pruner=none")
@@ -338,29 +436,147 @@ class Search:
         log.info("study %s (%s) in %s: %d trial(s) of %d held; %s sampler, %s pruner, %d at once",
                  self.study_name, self.s["direction"], self.storage_spec, len(self.study.trials),
                  self.s["n_trials"], self.s["sampler"], self.pruner_spec["name"], self.s["n_jobs"])
-        results = []
-        stale = self._settle_stale()
-        while True:
-            held = len(self.study.get_trials(deepcopy=False))
-            batch = stale[:self.s["n_jobs"]]
-            stale = stale[len(batch):]
-            for _ in range(min(self.s["n_jobs"] - len(batch), self.s["n_trials"] - held)):
-                trial = self.study.ask(self.space)
-                if not self._repeats_a_finished_trial(trial):
-                    batch.append((trial.number, trial._trial_id, trial.params))
-            if not batch:
-                if len(self.study.get_trials(deepcopy=False)) < self.s["n_trials"]:
-                    continue  # every value asked had been tried: ask again
-                break
-            results.extend(self._launch(batch))
-            self.write_outputs()
+        self.results: List[Any] = []
+        self.queue = self._settle_stale()  # trials to run again before any new one is asked for
+        self.in_flight: Dict[int, Tuple[int, Any]] = {}  # trial number -> (trial id, its submitit job)
+        submits = can_submit(self.sweeper.launcher)
+        if self.s["n_jobs"] > 1 and not submits:
+            log.info("hydra/launcher %s runs one trial at a time in this process: for %d at once use "
+                     "hydra/launcher=submitit_local (or slurm)", type(self.sweeper.launcher).__name__, self.s["n_jobs"])
+        self.stop_signal: Optional[int] = None
+        with self._signals_caught():
+            try:
+                self._run_trials(submits)
+            except BaseException:  # the search cannot go on: its jobs must not run on unwatched
+                self._cancel_in_flight()
+                raise
+        if self.stop_signal is not None:
+            self._stopped()
         done = [t for t in self.study.trials if t.state == TrialState.COMPLETE]
         if done:
             best = self.study.best_trial
             log.info("best: trial %d, %s = %.5g (%s)", best.number, self.metric or "value", best.value,
                      " ".join(param_overrides(best.params)))
         self.write_outputs(plots=True)
-        return results
+        return self.results
+
+    def _run_trials(self, submits: bool) -> None:
+        """Keep n_jobs trials in flight until the study holds n_trials, or a signal stops it."""
+        while self.stop_signal is None:
+            free = (self.s["n_jobs"] if submits else 1) - len(self.in_flight)
+            batch = self._next_trials(free)
+            if batch and submits:
+                self._submit(batch)
+            elif batch:
+                self.results.extend(self._launch(batch))  # runs them here, now
+                self.write_outputs()
+            if not self.in_flight and not batch:
+                break
+            if self.in_flight:
+                self._tell_finished(self._wait_for_one())
+                self.write_outputs()
+
+    @contextlib.contextmanager
+    def _signals_caught(self):
+        """SIGINT or SIGTERM stops the search at its next look at the jobs (within POLL_S), not
+        in the middle of a write to the study; a second Ctrl-C stops it at once."""
+        def stop(signum, frame):
+            if self.stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, stop)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stopped(self) -> None:
+        """The sweeper was asked to stop: cancel the trials' jobs, which save a checkpoint on the
+        way out, and leave their trials RUNNING, for the same command to run them again (each
+        resumes in its run directory); then exit as a signalled program does."""
+        self._tell_finished([n for n, (_, job) in self.in_flight.items() if job.done()])  # ended meanwhile
+        stopped = sorted(self.in_flight)
+        jobs = [str(job.job_id) for _, job in self.in_flight.values()]
+        self._cancel_in_flight()
+        self.write_outputs()
+        name = signal.Signals(self.stop_signal).name
+        print(f"search stopped ({name}): " + (
+            f"cancelled the jobs of trial(s) {', '.join(map(str, stopped))} ({', '.join(jobs)}); they stay RUNNING "
+            "in the study and their runs keep their checkpoints. " if stopped else "no trial was running. ")
+            + "Run the same command to continue the study", file=sys.stderr, flush=True)
+        sys.exit(128 + self.stop_signal)
+
+    def _cancel_in_flight(self, wait_s: float = 120.0) -> None:
+        """Cancel the jobs of the trials in flight, and wait (up to wait_s) until they are gone
+        from the queue: a job still writing its checkpoint must not meet its own rerun."""
+        if not getattr(self, "in_flight", None):
+            return
+        jobs = [job for _, job in self.in_flight.values()]
+        for job in jobs:
+            try:
+                _cancel(job)
+            except Exception as e:  # noqa: BLE001 - cancel the others all the same
+                log.warning("could not cancel job %s: %s", job.job_id, _first_line(e))
+        deadline = time.monotonic() + wait_s
+        while not all(_job_gone(job) for job in jobs) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        log.info("cancelled the jobs of trial(s) %s", ", ".join(map(str, sorted(self.in_flight))))
+        self.in_flight.clear()
+
+    def _next_trials(self, free: int) -> List[Tuple[int, int, Dict[str, Any]]]:
+        """Up to `free` trials to start: those of an earlier session first, then new ones asked of
+        the sampler while the study holds fewer than n_trials (a trial repeating a finished one's
+        values is told at once and counts)."""
+        batch = []
+        while len(batch) < free:
+            if self.queue:
+                batch.append(self.queue.pop(0))
+            elif len(self.study.get_trials(deepcopy=False)) < self.s["n_trials"]:
+                trial = self.study.ask(self.space)
+                if not self._repeats_a_finished_trial(trial):
+                    batch.append((trial.number, trial._trial_id, trial.params))
+            else:
+                break
+        return batch
+
+    def _submit(self, batch: List[Tuple[int, int, Dict[str, Any]]]) -> None:
+        """Start the trials without waiting for them, consecutive numbers in one submission (one
+        job array on SLURM)."""
+        for run in _consecutive(sorted(batch)):
+            overrides = [self._job_overrides(number, params) for number, _, params in run]
+            jobs = submit_jobs(self.sweeper.launcher, overrides, initial_job_idx=run[0][0])
+            for (number, trial_id, _), job in zip(run, jobs):
+                self.in_flight[number] = (trial_id, job)
+
+    def _wait_for_one(self) -> List[int]:
+        """The numbers of the trials in flight whose jobs have ended, once at least one has (none
+        when a signal stops the search)."""
+        while self.stop_signal is None:
+            ended = [number for number, (_, job) in self.in_flight.items() if job.done()]
+            if ended:
+                return ended
+            time.sleep(POLL_S)
+        return []
+
+    def _tell_finished(self, numbers: List[int]) -> None:
+        for number in sorted(numbers):
+            trial_id, job = self.in_flight.pop(number)
+            try:
+                ret = job.results()[0]
+            except Exception as e:  # noqa: BLE001 - no result: the job was cancelled, killed, or failed outside the run
+                run_dir = self.study._storage.get_trial(trial_id).user_attrs.get("run_dir")
+                self._tell(number, trial_id, _read_summary(run_dir), None,
+                           f"its job {job.job_id} ended without a result ({_job_state(job)}): {_first_line(e)}")
+                continue
+            self.results.append(ret)
+            self._tell_job(number, trial_id, ret)
 
     def _repeats_a_finished_trial(self, trial) -> bool:
         """A trial asking for values a finished trial had (TPE does, over choices) gets that
@@ -400,17 +616,10 @@ class Search:
         return again
 
     def _launch(self, batch: List[Tuple[int, int, Dict[str, Any]]]) -> List[JobReturn]:
-        """Run the trials, job number = trial number, consecutive numbers in one launch (at once
-        under launchers that run jobs in parallel)."""
+        """Run the trials through the launcher's own launch (a launcher whose jobs run in this
+        process), job number = trial number."""
         results = []
-        batch = sorted(batch)
-        runs: List[list] = []
-        for item in batch:
-            if runs and runs[-1][-1][0] + 1 == item[0]:
-                runs[-1].append(item)
-            else:
-                runs.append([item])
-        for run in runs:
+        for run in _consecutive(sorted(batch)):
             overrides = [self._job_overrides(number, params) for number, _, params in run]
             returns = self.sweeper.launcher.launch(overrides, initial_job_idx=run[0][0])
             for (number, trial_id, _), ret in zip(run, returns):
@@ -479,16 +688,23 @@ class Search:
 def _write_trials_csv(path: Path, trials: list, params: List[str]) -> None:
     from nanogpt.run.metrics import write_text_atomic
 
-    rows = [["number", "state", "value", *params, "tokens", "wall_time_s", "iters", "run_dir", "repeats"]]
+    rows = [["number", "state", "value", *params, "tokens", "wall_time_s", "iters", "run_dir", "repeats",
+             "started", "ended"]]
     for t in trials:
         rows.append([t.number, t.state.name, "" if t.value is None else t.value,
                      *(t.params.get(p, "") for p in params),
-                     *(t.user_attrs.get(k, "") for k in ("tokens", "wall_time_s", "iters", "run_dir", "repeats"))])
+                     *(t.user_attrs.get(k, "") for k in ("tokens", "wall_time_s", "iters", "run_dir", "repeats")),
+                     *(_when(t.datetime_start), _when(t.datetime_complete))])
     import io
 
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     write_text_atomic(path, buf.getvalue())
+
+
+def _when(moment) -> str:
+    """A trial's start (asked for: its job submitted) or end (told), as the sweeper saw it."""
+    return "" if moment is None else moment.isoformat(sep=" ", timespec="milliseconds")
 
 
 def _write_best(path: Path, study, fixed: List[str], metric: Optional[str]) -> None:

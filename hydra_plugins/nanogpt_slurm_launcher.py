@@ -71,6 +71,14 @@ def group_jobs(params: list[dict]) -> list[tuple[dict, list[int]]]:
 
 class PerJobSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        jobs = self.submit(job_overrides, initial_job_idx)
+        wait_for_jobs(jobs)
+        return collect_results(jobs, job_overrides, initial_job_idx, Path(str(self.config.hydra.sweep.dir)),
+                               self.config.hydra.overrides.task)
+
+    def submit(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+        """Submit the jobs and return their submitit jobs, in order, without waiting (the search
+        sweeper polls them to start the next trial as soon as one ends)."""
         assert self.config is not None and self.hydra_context is not None
         loader = self.hydra_context.config_loader
         params = resources_per_job(lambda o: loader.load_sweep_config(self.config, o), job_overrides)
@@ -82,9 +90,7 @@ class PerJobSlurmLauncher(SlurmLauncher):
         for settings, indices in groups:
             submitted = self._submit(settings, [(i, job_overrides[i]) for i in indices], initial_job_idx)
             jobs.update(zip(indices, submitted))
-        ordered = [jobs[i] for i in range(len(job_overrides))]
-        wait_for_jobs(ordered)
-        return collect_results(ordered, job_overrides, initial_job_idx, sweep_dir, self.config.hydra.overrides.task)
+        return [jobs[i] for i in range(len(job_overrides))]
 
     def _submit(self, settings: dict, jobs: list[tuple[int, Sequence[str]]], first_idx: int) -> list:
         """One job array of `jobs` (index in the sweep, overrides), as the upstream launcher

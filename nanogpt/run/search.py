@@ -91,7 +91,7 @@ class TrialReporter:
     """One trial of a study, as its training run sees it (rank 0 reports; every rank holds one so
     that all agree on stopping)."""
 
-    def __init__(self, storage: str, study_name: str, number: int, run_dir: Path):
+    def __init__(self, storage: str, study_name: str, number: int, run_dir: Path, max_iters: int):
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -101,8 +101,9 @@ class TrialReporter:
         except KeyError:
             raise UserError(f"{ENV_STUDY}={study_name}: no such study in {storage}") from None
         attrs = backend.get_study_user_attrs(study_id)
-        self.study = optuna.load_study(study_name=study_name, storage=backend,
-                                       pruner=make_pruner(attrs.get(ATTR_PRUNER) or {}))
+        pruner = attrs.get(ATTR_PRUNER) or {}
+        self.study = optuna.load_study(study_name=study_name, storage=backend, pruner=make_pruner(pruner))
+        self.warmup_iters = warmup_iters(pruner.get("warmup_frac") or 0.0, max_iters)
         self.trial = optuna.trial.Trial(self.study, backend.get_trial_id_from_study_id_trial_number(study_id, number))
         self.backend = backend
         self.key = intermediate_key(attrs.get(ATTR_METRIC))
@@ -111,19 +112,29 @@ class TrialReporter:
 
     def should_prune(self, it: int, losses: dict) -> bool:
         """Report this evaluation (iteration `it`); True when the pruner stops the trial here. The
-        first evaluation (before training) says nothing about the settings and is not reported."""
+        first evaluation (before training) says nothing about the settings and is not reported;
+        within the warm-up the pruner is not asked (the value is still reported: other trials'
+        pruner compares against it)."""
         value = losses.get(self.key)
         if it == 0 or value is None or not math.isfinite(value):
             return False
         if it in self.backend.get_trial(self.trial._trial_id).intermediate_values:
             return False  # a resumed run evaluates again where it stopped: reported already
         self.trial.report(float(value), step=it)
-        return self.trial.should_prune()
+        return it >= self.warmup_iters and self.trial.should_prune()
 
 
-def reporter_from_env(run_dir: Path) -> TrialReporter | None:
+def warmup_iters(frac: float, max_iters: int) -> int:
+    """The first iteration at which a trial of `max_iters` iterations may be pruned. Early in a
+    run a lower learning rate is behind and a higher one ahead, and a WSD schedule's cooldown
+    reorders them at the end (short-horizon bias): a pruner that judges the first evaluations
+    stops the settings that win (docs/tuning.md, "Pruning")."""
+    return math.ceil(round(frac * max_iters, 6))  # 0.3 * 20 is 6.000000000000001
+
+
+def reporter_from_env(run_dir: Path, max_iters: int) -> TrialReporter | None:
     """The trial this run belongs to, or None when it is not part of a search."""
     storage, study, number = (os.environ.get(k) for k in (ENV_STORAGE, ENV_STUDY, ENV_TRIAL))
     if not (storage and study and number):
         return None
-    return TrialReporter(storage, study, int(number), run_dir)
+    return TrialReporter(storage, study, int(number), run_dir, max_iters)

@@ -237,7 +237,7 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
                  start_iter=state.it, config_dict=config_dict, tokenizer=tokenizer,
                  byte_table=torch.tensor(byte_table, device=rt.device) if byte_table is not None else None,
                  can_plot=dist.is_main and tcfg.plot, hellaswag=hellaswag, core=core, weights=weights,
-                 search=reporter_from_env(run_dir))
+                 search=reporter_from_env(run_dir, max_iters))
     _log_header(s, state, resume_path, resume_changes)
     # last, as nothing can fail after them: the batch thread, the signal handlers, the clock
     s.prefetch = Prefetcher(Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size),
