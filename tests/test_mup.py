@@ -218,3 +218,31 @@ def test_the_logit_multiplier_comes_before_the_soft_cap_and_keeps_a_zero_head():
     model.transformer.ln_f.register_forward_hook(lambda m, args, out: store.update(normed=out))
     model(x, x)
     torch.testing.assert_close(store["inp"], store["normed"] / 2)  # the head reads ln_f's output / m
+
+
+# ----------------------------------------------------------------------------------------------
+# FSDP: the per-group rates and eps, the init and the forward multipliers survive sharding
+
+@pytest.mark.slow
+@pytest.mark.parametrize("param", ["mup", "completep"])
+def test_fsdp_mup_matches_one_process(tmp_path, data_root, param):
+    """μP / CompleteP (AdamW) sharded over 2 gloo ranks takes the steps one process takes, to the
+    float64 bound of tests/test_fsdp.py: the groups are found by parameter name and shape, which
+    FSDP2 keeps (a DTensor is still 2-D, its name unchanged), and the multipliers are the model's."""
+    from test_distributed import EXACT, STEP, losses, merged, summary, torchrun
+
+    args = merged(*STEP, "hardware.dtype=float64", "task.max_iters=8", "task.eval_interval=4",
+                  "task.eval_iters=2", "model.n_embd=64", "model.n_layer=4", f"model.param={param}",
+                  "model.base_width=32", "model.base_depth=2", "optim.lr=1e-2")
+    launch([*args, "run=one"], cwd=tmp_path)
+    torchrun([*args, "hardware.strategy=fsdp", "run=fsdp"], cwd=tmp_path)
+    one, fsdp = tmp_path / "one", tmp_path / "fsdp"
+    assert summary(fsdp)["world_size"] == 2 and summary(fsdp)["status"] == "finished"
+    a, b = losses(one), losses(fsdp)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for it in a:
+        assert abs(a[it] - b[it]) / abs(a[it]) < EXACT, (it, a[it], b[it])
+    assert a[8] < a[1] - 0.1  # it learned
+    # and the same run as SP takes other steps: the rules acted under FSDP
+    launch([*merged(*args, "model.param=sp"), "run=sp"], cwd=tmp_path)
+    assert abs(losses(tmp_path / "sp")[8] - a[8]) > 1e-4
