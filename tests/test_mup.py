@@ -246,3 +246,39 @@ def test_fsdp_mup_matches_one_process(tmp_path, data_root, param):
     # and the same run as SP takes other steps: the rules acted under FSDP
     launch([*merged(*args, "model.param=sp"), "run=sp"], cwd=tmp_path)
     assert abs(losses(tmp_path / "sp")[8] - a[8]) > 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# cooldown branches: a branch of a μP run is μP with the same base; one that changes them is refused
+
+WSD = ["optim.schedule=wsd", "optim.decay_frac=0.25", "optim.warmup_iters=1", "optim.lr=3e-3",
+       "optim.min_lr=0", "task.eval_interval=4", "model.n_embd=64", "model.param=mup", "model.base_width=32"]
+
+
+def test_a_cooldown_branch_of_a_mup_run_keeps_its_parametrisation(tmp_path, data_root):
+    from inprocess import train_tiny
+
+    from nanogpt.checkpoint.load import load_run
+    from nanogpt.errors import UserError
+
+    parent, branch = tmp_path / "parent", tmp_path / "branch"
+    train_tiny(parent, *WSD, "task.max_iters=12", "task.keep_checkpoints=[8]")
+    train_tiny(branch, *WSD, "task.max_iters=10", f"task.branch_from={parent}", "task.branch_iter=8")
+
+    def losses(run):
+        return {r["iter"]: r["loss"] for r in read_metrics(run) if r["kind"] == "train"}
+    assert sorted(losses(branch)) == [9, 10]
+    assert losses(branch)[9] == losses(parent)[9]  # the same weights, rates and eps as the parent's step
+    model, _, _ = load_run(str(branch), "last")
+    assert (model.config.param, model.config.base_width) == ("mup", 32)
+
+    for overrides, message in [
+        (WSD[:-2], r"another model shape \(param: checkpoint mup vs config sp; base_width: checkpoint 32 vs config None\)"),
+        ([*WSD[:-1], "model.base_width=16"], r"another model shape \(base_width: checkpoint 32 vs config 16\)"),
+        ([*WSD[:-2], "model.param=completep", "model.base_width=32", "model.base_depth=1"],
+         r"another model shape \(param: checkpoint mup vs config completep; base_depth: checkpoint None vs config 1\)"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            train_tiny(tmp_path / "bad", *overrides, "task.max_iters=10", f"task.branch_from={parent}",
+                       "task.branch_iter=8")
+        assert not (tmp_path / "bad" / "ckpt").exists() and not (tmp_path / "bad" / "metrics.jsonl").exists()
