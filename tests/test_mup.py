@@ -4,6 +4,7 @@ bad input is refused before any work, and a μP run resumes bit for bit."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import gpt2_reference_model as reference
 import pytest
@@ -282,3 +283,39 @@ def test_a_cooldown_branch_of_a_mup_run_keeps_its_parametrisation(tmp_path, data
             train_tiny(tmp_path / "bad", *overrides, "task.max_iters=10", f"task.branch_from={parent}",
                        "task.branch_iter=8")
         assert not (tmp_path / "bad" / "ckpt").exists() and not (tmp_path / "bad" / "metrics.jsonl").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# scaling fits: a μP sweep over width at one learning rate is collected and fitted like any other
+
+def test_a_mup_width_sweep_at_one_rate_is_collected_and_fitted(tmp_path, data_root):
+    """Three widths x two budgets, all μP at one lr (what μP is for: no rate per width). N and
+    C are those of SP models of the same shapes: the multipliers cost no parameters or FLOPs."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from inprocess import train_tiny
+
+    from nanogpt.checkpoint.load import load_run
+    from nanogpt.scaling.collect import load_runs
+
+    sweep = tmp_path / "sweep"
+    for width in (32, 64, 128):
+        for iters in (4, 8):
+            train_tiny(sweep / f"w{width}_i{iters}", "model.param=mup", "model.base_width=32", "optim.lr=3e-3",
+                       f"model.n_embd={width}", f"task.max_iters={iters}", "optim.warmup_iters=1",
+                       f"task.eval_interval={iters}")
+    runs = {Path(r.run_dir).name: r for r in load_runs([sweep])}
+    assert len(runs) == 6 and all(r.status == "finished" for r in runs.values())
+    for name, r in runs.items():
+        trained = load_run(r.run_dir, "last")[0].config
+        sp = GPT(GPTConfig(**{**trained.__dict__, "param": "sp", "base_width": None}))
+        assert trained.param == "mup" and trained.n_embd == r.n_embd and r.lr == 3e-3
+        assert r.params == sp.num_params(False)
+        assert r.C == pytest.approx(r.D * sp.flops_per_token(32)), name
+    assert runs["w128_i8"].N > runs["w64_i8"].N > runs["w32_i8"].N
+    proc = subprocess.run([sys.executable, "-m", "nanogpt.scaling", "fit", str(sweep), "--bootstrap", "4",
+                           "--starts", "4"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "approach 3" in proc.stdout.lower(), proc.stdout
