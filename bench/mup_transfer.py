@@ -3,6 +3,11 @@
     python bench/mup_transfer.py                     # experiment=mup/transfer: sp, mup x 4 widths x 8 rates
     python bench/mup_transfer.py --depth             # experiment=mup/transfer_depth: mup, completep x 4 depths
     python bench/mup_transfer.py --lrs 1.95e-3,3.9e-3,7.8e-3 --widths 32,256   # a reduced grid
+    python bench/mup_transfer.py --bracket           # the whole grid at the first size, then only
+                                                     # the rates around each size's optimum
+
+Stop it with SIGKILL (the training loop takes SIGTERM as "save and stop", and the stopped run's
+loss would be recorded); a rerun with the same --out resumes from results.json.
 
 Each point is a real training run (nanogpt.training.loop.train, in this process: one import,
 no launcher) of the shipped experiment config with model.param, the width (or depth) and
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,6 +51,7 @@ def train_one(overrides: list[str], run_dir: Path) -> float:
     from nanogpt.training.loop import train
 
     logging.getLogger("nanogpt").setLevel(logging.WARNING)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run killed before its result was recorded: again
     run_dir.mkdir(parents=True, exist_ok=True)
     summary = train(compose(overrides), run_dir, Dist())
     loss = summary.get("final_val_loss")
@@ -54,6 +61,26 @@ def train_one(overrides: list[str], run_dir: Path) -> float:
 def optimum(losses: dict[float, float]) -> float | None:
     finite = {lr: v for lr, v in losses.items() if math.isfinite(v)}
     return min(finite, key=finite.get) if finite else None
+
+
+def bracket(measure, lrs: list[float], start: int) -> None:
+    """Measure the rates around the optimum only: start at the previous size's best rate and its
+    two neighbours on the grid, then step outward while the best measured rate is at an edge of
+    what was measured (and the grid goes on). Ends with the optimum interior (both neighbours
+    measured and worse) or at the grid's end: ~4 runs per size instead of the whole grid."""
+    lo, hi = max(start - 1, 0), min(start + 1, len(lrs) - 1)
+    losses = {i: measure(lrs[i]) for i in range(lo, hi + 1)}
+    while True:
+        finite = {i: v for i, v in losses.items() if math.isfinite(v)}
+        best = min(finite, key=finite.get) if finite else lo
+        if best == lo and lo > 0:
+            lo -= 1
+            losses[lo] = measure(lrs[lo])
+        elif best == hi and hi < len(lrs) - 1:
+            hi += 1
+            losses[hi] = measure(lrs[hi])
+        else:
+            return
 
 
 def table(results: dict, axis: str, sizes: list[int], lrs: list[float]) -> list[str]:
@@ -114,6 +141,8 @@ def main(argv=None) -> None:
     ap.add_argument("--widths", default="32,64,128,256")
     ap.add_argument("--depths", default="2,4,8,16")
     ap.add_argument("--lrs", default=",".join(str(lr) for lr in LRS))
+    ap.add_argument("--bracket", action="store_true",
+                    help="past the first size, measure only the rates around the optimum (see bracket)")
     ap.add_argument("--out", default=str(REPO / "sweeps" / "mup_transfer_bench"))
     ap.add_argument("overrides", nargs="*", help="more config overrides, e.g. task.max_iters=50")
     args = ap.parse_args(argv)
@@ -129,17 +158,27 @@ def main(argv=None) -> None:
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     start = time.time()
     for param in params:
+        previous_best = None
         for size in sizes:
-            for lr in lrs:
-                row = results.setdefault(param, {}).setdefault(str(size), {})
+            row = results.setdefault(param, {}).setdefault(str(size), {})
+
+            def measure(lr, param=param, size=size, row=row):
                 if str(lr) in row:  # a rerun resumes the grid
-                    continue
+                    return row[str(lr)]
                 t0 = time.time()
                 loss = train_one([experiment, f"model.param={param}", f"{key}={size}", f"optim.lr={lr}",
                                   *args.overrides], out / "runs" / f"{param}_{size}_{lr}")
                 row[str(lr)] = loss
                 results_file.write_text(json.dumps(results, indent=1))
                 print(f"{param} {axis}={size} lr={lr:.2e}: val {loss:.4f} ({time.time() - t0:.0f} s)", flush=True)
+                return loss
+
+            if args.bracket and previous_best is not None:
+                bracket(measure, lrs, lrs.index(previous_best))
+            else:
+                for lr in lrs:
+                    measure(lr)
+            previous_best = optimum({lr: row[str(lr)] for lr in lrs if str(lr) in row})
     results = {p: {s: {float(lr): v for lr, v in row.items()} for s, row in results[p].items()} for p in params}
     for line in table(results, axis, sizes, lrs):
         print(line)
