@@ -180,7 +180,7 @@ def main(argv=None) -> None:
                     measure(lr)
             previous_best = optimum({lr: row[str(lr)] for lr in lrs if str(lr) in row})
     results = {p: {s: {float(lr): v for lr, v in row.items()} for s, row in results[p].items()} for p in params}
-    for line in table(results, axis, sizes, lrs):
+    for line in table(results, axis, sorted(sizes), lrs):
         print(line)
     print(f"\n{len(params) * len(sizes) * len(lrs)} runs, {time.time() - start:.0f} s this call")
     plot(results, axis, out / "transfer.png")
