@@ -141,6 +141,8 @@ def main(argv=None) -> None:
     ap.add_argument("--widths", default="32,64,128,256")
     ap.add_argument("--depths", default="2,4,8,16")
     ap.add_argument("--lrs", default=",".join(str(lr) for lr in LRS))
+    ap.add_argument("--experiment", help="the experiment config (default mup/transfer; with --depth "
+                    "mup/transfer_depth), e.g. mup/transfer_wide")
     ap.add_argument("--bracket", action="store_true",
                     help="past the first size, measure only the rates around the optimum (see bracket)")
     ap.add_argument("--out", default=str(REPO / "sweeps" / "mup_transfer_bench"))
@@ -150,7 +152,7 @@ def main(argv=None) -> None:
     params = (args.params or ("mup,completep" if args.depth else "sp,mup")).split(",")
     sizes = [int(s) for s in (args.depths if args.depth else args.widths).split(",")]
     lrs = [float(lr) for lr in args.lrs.split(",")]
-    experiment = "experiment=mup/transfer_depth" if args.depth else "experiment=mup/transfer"
+    experiment = "experiment=" + (args.experiment or ("mup/transfer_depth" if args.depth else "mup/transfer"))
     key = "model.n_layer" if args.depth else "model.n_embd"
     out = Path(args.out) / axis
     out.mkdir(parents=True, exist_ok=True)
