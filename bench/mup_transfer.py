@@ -106,6 +106,41 @@ def table(results: dict, axis: str, sizes: list[int], lrs: list[float]) -> list[
     return lines
 
 
+def run_flops(runs: Path, param: str, size: int, lr: float) -> float:
+    """The training FLOPs a run recorded (nan when its summary is missing)."""
+    f = runs / f"{param}_{size}_{lr}" / "summary.json"
+    return float(json.loads(f.read_text()).get("flops", math.nan)) if f.is_file() else math.nan
+
+
+def tune_small_train_big(results: dict, runs: Path, axis: str, sizes: list[int], lrs: list[float]) -> list[str]:
+    """Per parametrisation: the smallest size's best rate used at the largest size, against the
+    best rate found there directly, and the compute of each way (tuning grid + one big run, against
+    a grid at the big size: all of the grid's rates, and the ones this call measured)."""
+    small, big = min(sizes), max(sizes)
+    lines = []
+    best_big = {}
+    for param, by_size in results.items():
+        row_small, row_big = by_size.get(str(small), {}), by_size.get(str(big), {})
+        tuned, direct = optimum(row_small), optimum(row_big)
+        if tuned is None or direct is None:
+            continue
+        best_big[param] = row_big[direct]
+        if tuned not in row_big:
+            lines.append(f"{param}: {axis} {small}'s best lr {tuned:.2e} was not run at {axis} {big}")
+            continue
+        loss, best = row_big[tuned], row_big[direct]
+        one_big = run_flops(runs, param, big, direct)
+        tuning = sum(run_flops(runs, param, small, lr) for lr in row_small)
+        lines.append(f"{param}: {axis} {small}'s best lr {tuned:.2e} at {axis} {big}: {loss:.4f}, "
+                     f"{100 * (loss / best - 1):+.2f}% against the best found there directly "
+                     f"({best:.4f} at lr {direct:.2e}); compute: {len(row_small)} small runs + 1 big = "
+                     f"{tuning + one_big:.3g} FLOPs, against {len(lrs)} big runs (the grid) = "
+                     f"{len(lrs) * one_big:.3g} FLOPs ({len(row_big)} measured here = {len(row_big) * one_big:.3g})")
+    if len(best_big) > 1:
+        lines.append(f"best at {axis} {big}: " + ", ".join(f"{p} {v:.4f}" for p, v in best_big.items()))
+    return lines
+
+
 def plot(results: dict, axis: str, path: Path) -> None:
     import matplotlib
 
@@ -185,6 +220,8 @@ def main(argv=None) -> None:
     for line in table(results, axis, sorted(sizes), lrs):
         print(line)
     print(f"\n{len(params) * len(sizes) * len(lrs)} runs, {time.time() - start:.0f} s this call")
+    for line in tune_small_train_big(results, out / "runs", axis, sizes, lrs):
+        print(line)
     plot(results, axis, out / "transfer.png")
     print(f"wrote {results_file} and {out / 'transfer.png'}")
 
