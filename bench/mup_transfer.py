@@ -180,6 +180,8 @@ def main(argv=None) -> None:
                     "mup/transfer_depth), e.g. mup/transfer_wide")
     ap.add_argument("--bracket", action="store_true",
                     help="past the first size, measure only the rates around the optimum (see bracket)")
+    ap.add_argument("--report", action="store_true",
+                    help="train nothing: the table, the tune-small-train-big lines and the plot of --out's results")
     ap.add_argument("--out", default=str(REPO / "sweeps" / "mup_transfer_bench"))
     ap.add_argument("overrides", nargs="*", help="more config overrides, e.g. task.max_iters=50")
     args = ap.parse_args(argv)
@@ -210,12 +212,14 @@ def main(argv=None) -> None:
                 print(f"{param} {axis}={size} lr={lr:.2e}: val {loss:.4f} ({time.time() - t0:.0f} s)", flush=True)
                 return loss
 
-            if args.bracket and previous_best is not None:
+            if args.report:
+                pass
+            elif args.bracket and previous_best is not None:
                 bracket(measure, lrs, lrs.index(previous_best))
             else:
                 for lr in lrs:
                     measure(lr)
-            previous_best = optimum({lr: row[str(lr)] for lr in lrs if str(lr) in row})
+            previous_best = optimum({lr: row[str(lr)] for lr in lrs if str(lr) in row}) or previous_best
     results = {p: {s: {float(lr): v for lr, v in row.items()} for s, row in results[p].items()} for p in params}
     for line in table(results, axis, sorted(sizes), lrs):
         print(line)
