@@ -319,3 +319,36 @@ def test_a_mup_width_sweep_at_one_rate_is_collected_and_fitted(tmp_path, data_ro
                            "--starts", "4"], capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr and "approach 3" in proc.stdout.lower(), proc.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# bench/mup_transfer.py --bracket: only the rates around each optimum, ending with it interior
+
+def load_transfer_bench():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("mup_transfer", REPO / "bench" / "mup_transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("start,best", [(4, 1), (4, 4), (2, 6), (1, 0), (6, 7)])
+def test_bracket_measures_until_the_optimum_is_interior_or_at_the_grids_end(start, best):
+    bench = load_transfer_bench()
+    lrs = [2.0 ** -k for k in range(12, 4, -1)]
+    measured = []
+
+    def measure(lr):  # a valley at lrs[best], nan past it on the right (a diverged run)
+        measured.append(lr)
+        i = lrs.index(lr)
+        return float("nan") if i > best + 2 else abs(i - best) + 1.0
+
+    bench.bracket(measure, lrs, start)
+    got = sorted(lrs.index(lr) for lr in measured)
+    assert len(got) == len(set(got))  # each rate once
+    # the start and its neighbours, then outward to the optimum's far neighbour (or the grid's end)
+    lo, hi = max(0, min(start, best) - 1), min(len(lrs) - 1, max(start, best) + 1)
+    assert got == list(range(lo, hi + 1))
