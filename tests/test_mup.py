@@ -4,6 +4,7 @@ bad input is refused before any work, and a μP run resumes bit for bit."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import gpt2_reference_model as reference
 import pytest
@@ -218,3 +219,136 @@ def test_the_logit_multiplier_comes_before_the_soft_cap_and_keeps_a_zero_head():
     model.transformer.ln_f.register_forward_hook(lambda m, args, out: store.update(normed=out))
     model(x, x)
     torch.testing.assert_close(store["inp"], store["normed"] / 2)  # the head reads ln_f's output / m
+
+
+# ----------------------------------------------------------------------------------------------
+# FSDP: the per-group rates and eps, the init and the forward multipliers survive sharding
+
+@pytest.mark.slow
+@pytest.mark.parametrize("param", ["mup", "completep"])
+def test_fsdp_mup_matches_one_process(tmp_path, data_root, param):
+    """μP / CompleteP (AdamW) sharded over 2 gloo ranks takes the steps one process takes, to the
+    float64 bound of tests/test_fsdp.py: the groups are found by parameter name and shape, which
+    FSDP2 keeps (a DTensor is still 2-D, its name unchanged), and the multipliers are the model's."""
+    from test_distributed import EXACT, STEP, losses, merged, summary, torchrun
+
+    args = merged(*STEP, "hardware.dtype=float64", "task.max_iters=8", "task.eval_interval=4",
+                  "task.eval_iters=2", "model.n_embd=64", "model.n_layer=4", f"model.param={param}",
+                  "model.base_width=32", "model.base_depth=2", "optim.lr=1e-2")
+    launch([*args, "run=one"], cwd=tmp_path)
+    torchrun([*args, "hardware.strategy=fsdp", "run=fsdp"], cwd=tmp_path)
+    one, fsdp = tmp_path / "one", tmp_path / "fsdp"
+    assert summary(fsdp)["world_size"] == 2 and summary(fsdp)["status"] == "finished"
+    a, b = losses(one), losses(fsdp)
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    for it in a:
+        assert abs(a[it] - b[it]) / abs(a[it]) < EXACT, (it, a[it], b[it])
+    assert a[8] < a[1] - 0.1  # it learned
+    # and the same run as SP takes other steps: the rules acted under FSDP
+    launch([*merged(*args, "model.param=sp"), "run=sp"], cwd=tmp_path)
+    assert abs(losses(tmp_path / "sp")[8] - a[8]) > 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# cooldown branches: a branch of a μP run is μP with the same base; one that changes them is refused
+
+WSD = ["optim.schedule=wsd", "optim.decay_frac=0.25", "optim.warmup_iters=1", "optim.lr=3e-3",
+       "optim.min_lr=0", "task.eval_interval=4", "model.n_embd=64", "model.param=mup", "model.base_width=32"]
+
+
+def test_a_cooldown_branch_of_a_mup_run_keeps_its_parametrisation(tmp_path, data_root):
+    from inprocess import train_tiny
+
+    from nanogpt.checkpoint.load import load_run
+    from nanogpt.errors import UserError
+
+    parent, branch = tmp_path / "parent", tmp_path / "branch"
+    train_tiny(parent, *WSD, "task.max_iters=12", "task.keep_checkpoints=[8]")
+    train_tiny(branch, *WSD, "task.max_iters=10", f"task.branch_from={parent}", "task.branch_iter=8")
+
+    def losses(run):
+        return {r["iter"]: r["loss"] for r in read_metrics(run) if r["kind"] == "train"}
+    assert sorted(losses(branch)) == [9, 10]
+    assert losses(branch)[9] == losses(parent)[9]  # the same weights, rates and eps as the parent's step
+    model, _, _ = load_run(str(branch), "last")
+    assert (model.config.param, model.config.base_width) == ("mup", 32)
+
+    for overrides, message in [
+        (WSD[:-2], r"another model shape \(param: checkpoint mup vs config sp; base_width: checkpoint 32 vs config None\)"),
+        ([*WSD[:-1], "model.base_width=16"], r"another model shape \(base_width: checkpoint 32 vs config 16\)"),
+        ([*WSD[:-2], "model.param=completep", "model.base_width=32", "model.base_depth=1"],
+         r"another model shape \(param: checkpoint mup vs config completep; base_depth: checkpoint None vs config 1\)"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            train_tiny(tmp_path / "bad", *overrides, "task.max_iters=10", f"task.branch_from={parent}",
+                       "task.branch_iter=8")
+        assert not (tmp_path / "bad" / "ckpt").exists() and not (tmp_path / "bad" / "metrics.jsonl").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# scaling fits: a μP sweep over width at one learning rate is collected and fitted like any other
+
+def test_a_mup_width_sweep_at_one_rate_is_collected_and_fitted(tmp_path, data_root):
+    """Three widths x two budgets, all μP at one lr (what μP is for: no rate per width). N and
+    C are those of SP models of the same shapes: the multipliers cost no parameters or FLOPs."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from inprocess import train_tiny
+
+    from nanogpt.checkpoint.load import load_run
+    from nanogpt.scaling.collect import load_runs
+
+    sweep = tmp_path / "sweep"
+    for width in (32, 64, 128):
+        for iters in (4, 8):
+            train_tiny(sweep / f"w{width}_i{iters}", "model.param=mup", "model.base_width=32", "optim.lr=3e-3",
+                       f"model.n_embd={width}", f"task.max_iters={iters}", "optim.warmup_iters=1",
+                       f"task.eval_interval={iters}")
+    runs = {Path(r.run_dir).name: r for r in load_runs([sweep])}
+    assert len(runs) == 6 and all(r.status == "finished" for r in runs.values())
+    for name, r in runs.items():
+        trained = load_run(r.run_dir, "last")[0].config
+        sp = GPT(GPTConfig(**{**trained.__dict__, "param": "sp", "base_width": None}))
+        assert trained.param == "mup" and trained.n_embd == r.n_embd and r.lr == 3e-3
+        assert r.params == sp.num_params(False)
+        assert r.C == pytest.approx(r.D * sp.flops_per_token(32)), name
+    assert runs["w128_i8"].N > runs["w64_i8"].N > runs["w32_i8"].N
+    proc = subprocess.run([sys.executable, "-m", "nanogpt.scaling", "fit", str(sweep), "--bootstrap", "4",
+                           "--starts", "4"], capture_output=True, text=True, cwd=REPO, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "approach 3" in proc.stdout.lower(), proc.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# bench/mup_transfer.py --bracket: only the rates around each optimum, ending with it interior
+
+def load_transfer_bench():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("mup_transfer", REPO / "bench" / "mup_transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("start,best", [(4, 1), (4, 4), (2, 6), (1, 0), (6, 7)])
+def test_bracket_measures_until_the_optimum_is_interior_or_at_the_grids_end(start, best):
+    bench = load_transfer_bench()
+    lrs = [2.0 ** -k for k in range(12, 4, -1)]
+    measured = []
+
+    def measure(lr):  # a valley at lrs[best], nan past it on the right (a diverged run)
+        measured.append(lr)
+        i = lrs.index(lr)
+        return float("nan") if i > best + 2 else abs(i - best) + 1.0
+
+    bench.bracket(measure, lrs, start)
+    got = sorted(lrs.index(lr) for lr in measured)
+    assert len(got) == len(set(got))  # each rate once
+    # the start and its neighbours, then outward to the optimum's far neighbour (or the grid's end)
+    lo, hi = max(0, min(start, best) - 1), min(len(lrs) - 1, max(start, best) + 1)
+    assert got == list(range(lo, hi + 1))
