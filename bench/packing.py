@@ -9,7 +9,7 @@ slows them alike: tokens/s is reported as a ratio to window without the mask. Th
 without building its batch (the training loop builds batches in a background thread); the batch's
 build time is reported on its own.
 
-    python bench/packing.py                      # ~15 min on a loaded 2-core EPYC (docs/modern.md)
+    python bench/packing.py --threads 2          # docs/modern.md: ~30 min on a 2-core EPYC at load ~8
     python bench/packing.py --iters 20 --eval-batches 2   # a smoke run
 """
 from __future__ import annotations
@@ -142,19 +142,22 @@ def main():
                 vals[m.name][it + 1] = m.val_loss(args.eval_batches)
             print(f"step {it + 1} ({(it + 1) * tokens_per_step:,} tokens): " +
                   ", ".join(f"{m.name} {vals[m.name][it + 1]:.4f}" for m in modes), flush=True)
+            table(modes, vals, at[:at.index(it + 1) + 1], it + 1, tokens_per_step)
+
+
+def table(modes: list[Mode], vals: dict, at: list[int], iters: int, tokens_per_step: int) -> None:
+    """The markdown table so far (printed at every checkpoint: a stopped run keeps its figures)."""
     base = modes[0]
     print(f"\n| packing | doc_mask | tokens/s vs window | batch build ms | "
           + " | ".join(f"val loss @ {n * tokens_per_step / 1e3:,.0f}k tokens" for n in at) + " | crop rate |")
     print("|---|---|---|---|" + "---|" * len(at) + "---|")
     for m, (packing, mask) in zip(modes, MODES):
-        ratio = base.step_s / m.step_s
         crop = m.train.crop_rate
-        print(f"| {packing} | {str(mask).lower()} | {ratio:.2f} | {1e3 * m.batch_s / args.iters:.2f} | "
+        print(f"| {packing} | {str(mask).lower()} | {base.step_s / m.step_s:.2f} | {1e3 * m.batch_s / iters:.2f} | "
               + " | ".join(f"{vals[m.name][n]:.4f}" for n in at)
               + f" | {'-' if crop is None or packing != 'bestfit' else f'{100 * crop:.1f}%'} |")
-    print(f"\nwindow's own step: {1e3 * base.step_s / args.iters:.0f} ms ({tokens_per_step * args.iters / base.step_s:,.0f} "
-          f"tokens/s at this load) | {machine()}")
-
+    print(f"\nafter {iters} steps: window's own step {1e3 * base.step_s / iters:.0f} ms "
+          f"({tokens_per_step * iters / base.step_s:,.0f} tokens/s at this load) | {machine()}", flush=True)
 
 if __name__ == "__main__":
     main()

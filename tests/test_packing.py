@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -347,3 +348,25 @@ def test_shakespeare_docs_has_one_document_per_speech(tmp_path):
     text = SHAKESPEARE.read_text()
     assert len(starts["train"]) + len(starts["val"]) == len([b for b in text.split("\n\n") if b.strip()])
     assert all(len(a) and a[0] == 0 for a in starts.values())  # each split opens with a document
+
+
+def test_document_starts_of_a_large_file_are_kept_beside_it_and_rescanned_when_it_changes(tmp_path, monkeypatch):
+    monkeypatch.setattr(packing, "CACHE_MIN_BYTES", 0)  # every file counts as large
+    monkeypatch.setattr(packing, "SETTLE_SECONDS", -1)
+    path = write_docs_dataset(tmp_path)
+    first = packing.documents(TokenDataset(path), EOT_ID)
+    assert (path / f".train.bin.docs-{EOT_ID}.npz").is_file()
+
+    def no_scan(*args):
+        raise AssertionError("scanned again")
+
+    with monkeypatch.context() as m:
+        m.setattr(packing, "_scan", no_scan)
+        kept = packing.documents(TokenDataset(path), EOT_ID)  # a new process: read from the records
+    assert all(np.array_equal(first[s], kept[s]) for s in first)
+    tokens = np.fromfile(path / "train.bin", dtype=np.uint16)
+    tokens[1:4] = EOT_ID  # the same size, other documents
+    tokens.tofile(path / "train.bin")
+    os.utime(path / "train.bin", ns=(1, 1))
+    again = packing.documents(TokenDataset(path), EOT_ID)
+    assert np.array_equal(again["train"][:4], [0, 1, 2, 3])

@@ -23,9 +23,14 @@ next one's).
 from __future__ import annotations
 
 import bisect
+import json
 import math
+import mmap
+import os
 import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -56,14 +61,80 @@ def separator_name(meta: dict, sep: int) -> str:
 
 
 def document_starts(split, sep: int) -> np.ndarray:
-    """Positions of the separator in a split's tokens (int64, ascending), read in chunks; each
-    chunk's pages are released after it (Split.release), so resident memory stays small."""
-    found, n = [], len(split.tokens)
-    for a in range(0, n, SCAN_CHUNK_TOKENS):
-        chunk = np.asarray(split.tokens[a:a + SCAN_CHUNK_TOKENS])
-        found.append(np.flatnonzero(chunk == sep).astype(np.int64) + a)
-        split.release()
+    """Positions of the separator in a split's tokens (int64, ascending). Each file (flat split or
+    llm.c shard) is scanned once per version: for a file of CACHE_MIN_BYTES or more the positions
+    are kept beside it (.NAME.docs-SEP.npz, keyed by its size, modification time and inode)."""
+    files = _token_files(split)
+    if files is None:  # not backed by files we know: scan the array itself
+        return _scan(split.tokens, sep, split.release)
+    found = [_file_starts(path, offset, count, dtype, sep) + base for path, offset, count, dtype, base in files]
+    split.release()
     return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+
+CACHE_MIN_BYTES = 64 * 2**20
+SETTLE_SECONDS = 2  # a file modified this recently may still change within its timestamp's tick
+
+
+def _token_files(split):
+    """(path, byte offset, token count, dtype, position of its first token in the split) of each
+    file behind a split, or None."""
+    tokens = split.tokens
+    if hasattr(tokens, "parts"):  # nanogpt.data.shards.ShardedTokens
+        from nanogpt.data.shards import HEADER_BYTES
+
+        return [(Path(part.filename), HEADER_BYTES, len(part), part.dtype, int(base))
+                for part, base in zip(tokens.parts, tokens.offsets)]
+    filename = getattr(tokens, "filename", None)
+    if filename is None:
+        return None
+    return [(Path(filename), int(getattr(tokens, "offset", 0)), len(tokens), tokens.dtype, 0)]
+
+
+def _file_starts(path: Path, offset: int, count: int, dtype, sep: int) -> np.ndarray:
+    st = path.stat()
+    key = json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "offset": offset,
+                      "dtype": np.dtype(dtype).str, "separator": sep})
+    record = path.with_name(f".{path.name}.docs-{sep}.npz")
+    try:
+        with np.load(record) as kept:
+            if str(kept["key"]) == key:
+                return kept["starts"]
+    except (OSError, ValueError, KeyError):
+        pass
+    tokens = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
+    starts = _scan(tokens, sep, lambda: _dontneed(tokens))
+    del tokens
+    if st.st_size >= CACHE_MIN_BYTES and time.time() - st.st_mtime > SETTLE_SECONDS:
+        _keep(record, key, starts)
+    return starts
+
+
+def _scan(tokens, sep: int, release) -> np.ndarray:
+    """In chunks, releasing each chunk's pages after it: resident memory stays small."""
+    found = []
+    for a in range(0, len(tokens), SCAN_CHUNK_TOKENS):
+        chunk = np.asarray(tokens[a:a + SCAN_CHUNK_TOKENS])
+        found.append(np.flatnonzero(chunk == sep).astype(np.int64) + a)
+        release()
+    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+
+def _dontneed(tokens: np.memmap) -> None:
+    mm = getattr(tokens, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
+def _keep(record: Path, key: str, starts: np.ndarray) -> None:
+    """Atomically (a temp name of this process's: ranks open the same data); where the data folder
+    is read-only, nothing is kept."""
+    tmp = record.with_name(f"{record.name}.tmp{os.getpid()}.npz")
+    try:
+        np.savez(tmp, key=np.array(key), starts=starts)
+        os.replace(tmp, record)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def documents(dataset, sep: int) -> dict:
