@@ -13,6 +13,8 @@ the very same logits as before the options existed):
     tie_embeddings=False  an LM head of its own, zero-initialised
     logit_softcap=c     logits -> c * tanh(logits / c)
     bias=False          no biases in the linears and LayerNorms
+    doc_mask=True       attention stays inside each document of a row, positions restart at each
+                        one (forward's docs=document_ids(idx, separator); docs/modern.md)
 
 `param=mup|completep` (with base_width, base_depth) changes how the weights are initialised,
 scaled and trained as the model grows, not what it can compute: every rule is in
