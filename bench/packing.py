@@ -107,6 +107,29 @@ class Mode:
         return total / batches
 
 
+def attention_cost(lengths=(128, 512, 1024), heads: int = 4, head_size: int = 16, batch: int = 4,
+                   repeats: int = 5) -> None:
+    """The document mask's cost in attention alone (forward + backward, float32): SDPA with the
+    boolean block-diagonal mask vs SDPA's causal kernel, interleaved, median of `repeats`."""
+    from nanogpt.model import causal_attention, document_ids, document_mask, masked_attention
+
+    print("| T | causal ms | doc mask ms | ratio |\n|---|---|---|---|")
+    for T in lengths:
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(batch, heads, T, head_size, requires_grad=True) for _ in range(3))
+        x = torch.randint(0, 20, (batch, T))  # ~20-token documents
+        mask = document_mask(document_ids(x, 0), flex=False)
+        times = {"causal": [], "mask": []}
+        for _ in range(repeats):
+            for name, f in (("causal", lambda: causal_attention(q, k, v)),
+                            ("mask", lambda: masked_attention(q, k, v, mask))):
+                t = time.perf_counter()
+                f().sum().backward()
+                times[name].append(time.perf_counter() - t)
+        c, m = (1e3 * float(np.median(times[n])) for n in ("causal", "mask"))
+        print(f"| {T} | {c:.1f} | {m:.1f} | {m / c:.2f} |", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="a prepared shakespeare_docs folder (default: prepared into a temp dir)")
@@ -124,8 +147,12 @@ def main():
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--checkpoints", type=int, default=3, help="val losses at this many equal-token points")
+    p.add_argument("--attention", action="store_true", help="only time the mask in attention alone")
     args = p.parse_args()
     set_threads(args.threads)
+    if args.attention:
+        print(machine())
+        return attention_cost()
     data = dataset(args.data, args.compact)
     modes = [Mode(data, packing, mask, args) for packing, mask in MODES]
     tokens_per_step = args.batch * args.block
