@@ -89,6 +89,12 @@ class DataConfig:
     name: str = "pydoc_char"
     root: Optional[str] = None  # None: $NANOGPT_DATA_ROOT, else <repo>/data
     auto_prepare: bool = False  # prepare on first use (only for data that needs no download)
+    # training rows: window (random windows, nanoGPT) | bos (each starts at a document) | bestfit
+    # (nanochat's packing of whole documents, crops counted): nanogpt/data/packing.py, docs/modern.md
+    packing: str = "window"
+
+    def __post_init__(self):
+        one_of("data.packing", self.packing, ("window", "bos", "bestfit"))
 
 
 def model_args(mcfg, data_vocab: int | None) -> GPTConfig:

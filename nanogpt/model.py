@@ -13,6 +13,8 @@ the very same logits as before the options existed):
     tie_embeddings=False  an LM head of its own, zero-initialised
     logit_softcap=c     logits -> c * tanh(logits / c)
     bias=False          no biases in the linears and LayerNorms
+    doc_mask=True       attention stays inside each document of a row, positions restart at each
+                        one (forward's docs=document_ids(idx, separator); docs/modern.md)
 
 `param=mup|completep` (with base_width, base_depth) changes how the weights are initialised,
 scaled and trained as the model grows, not what it can compute: every rule is in
@@ -72,9 +74,12 @@ class GPTConfig:
     param: str = "sp"
     base_width: Optional[int] = None  # mup, completep: the n_embd the hyperparameters were tuned at
     base_depth: Optional[int] = None  # completep: the n_layer the hyperparameters were tuned at
+    # attention within each document of a row only, positions counted from its start: forward()
+    # takes the rows' document ids (docs=document_ids(idx, separator)); without them, GPT-2's mask
+    doc_mask: bool = False
 
     # fields that do not change the weights' shapes or meaning: a checkpoint resumes with another value
-    NOT_ARCHITECTURE = ("dropout",)
+    NOT_ARCHITECTURE = ("dropout", "doc_mask")
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -168,6 +173,72 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
 
 
+def document_ids(idx: torch.Tensor, separator: int) -> torch.Tensor:
+    """Each token's document in its row (B, T): the number of separators up to and including it,
+    so a separator opens its document (as a BOS does) and a row's first, partial document is 0."""
+    return (idx == separator).cumsum(dim=1)
+
+
+def document_positions(docs: torch.Tensor) -> torch.Tensor:
+    """Each token's position within its document (B, T): 0 at the first token of each document."""
+    B, T = docs.shape
+    index = torch.arange(T, device=docs.device).expand(B, T)
+    opens = torch.ones_like(docs, dtype=torch.bool)
+    opens[:, 1:] = docs[:, 1:] != docs[:, :-1]
+    return index - torch.where(opens, index, 0).cummax(dim=1).values
+
+
+def flex_attention_available(device: torch.device) -> bool:
+    """FlexAttention (torch.nn.attention.flex_attention) on a CUDA device: the document mask as a
+    block mask, whose fully masked blocks are skipped instead of computed."""
+    if device.type != "cuda":
+        return False
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_compiled_flex = None
+
+
+def _flex_attention():
+    """flex_attention compiled once (uncompiled it materialises the scores: slow and large)."""
+    global _compiled_flex
+    if _compiled_flex is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+def document_mask(docs: torch.Tensor, flex: bool | None = None):
+    """The causal mask that also keeps each query inside its document: a FlexAttention BlockMask
+    on CUDA (flex=None: when available), else a boolean (B, 1, T, T) mask for SDPA (True: attend)."""
+    B, T = docs.shape
+    if flex is None:
+        flex = flex_attention_available(docs.device)
+    if flex:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def same_document_causal(b, h, q, kv):
+            return (q >= kv) & (docs[b, q] == docs[b, kv])
+
+        return create_block_mask(same_document_causal, B, None, T, T, device=docs.device)
+    causal = torch.ones(T, T, dtype=torch.bool, device=docs.device).tril()
+    return (causal & (docs[:, :, None] == docs[:, None, :]))[:, None]
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, dropout_p: float = 0.0,
+                     scale: float | None = None) -> torch.Tensor:
+    """causal_attention under a document mask (document_mask): FlexAttention for a block mask
+    (GPT.forward builds none when there is dropout to apply: FlexAttention has none), else SDPA."""
+    if isinstance(mask, torch.Tensor):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return _flex_attention()(q, k, v, block_mask=mask, scale=scale)
+
+
 class RMSNorm(nn.RMSNorm):
     """torch's RMSNorm (a gain, no mean, no bias), computed in its weight's dtype: under
     autocast the input can be bf16 beside a float32 gain, a mix torch's fused kernel refuses."""
@@ -184,10 +255,11 @@ def make_norm(config: GPTConfig, dim: int) -> nn.Module:
 
 
 def rotary_angles(positions: torch.Tensor, head_size: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (T, head_size / 2) of the rotary angles position * base^(-2i / head_size).
+    """cos and sin (T, head_size / 2) of the rotary angles position * base^(-2i / head_size), or
+    (B, T, head_size / 2) for positions (B, T) (within documents: GPT.forward's docs).
     Computed each forward (cheap: T x head_size / 2), in float32, so no buffer is needed."""
     exponent = torch.arange(0, head_size, 2, dtype=torch.float32, device=positions.device) / head_size
-    angles = positions.to(torch.float32)[:, None] * base ** -exponent
+    angles = positions.to(torch.float32)[..., None] * base ** -exponent
     return angles.cos(), angles.sin()
 
 
@@ -217,7 +289,7 @@ class CausalSelfAttention(nn.Module):
             self.k_gain = nn.Parameter(torch.ones(config.n_embd // config.n_head))
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None, mask=None) -> torch.Tensor:
         B, T, C = x.size()
         if self.qk_norm or rope is not None:
             q, k, v = self._modern_qkv(x, rope)
@@ -227,7 +299,9 @@ class CausalSelfAttention(nn.Module):
             q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
             k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
             v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        if cache is None:
+        if mask is not None:  # documents: nanogpt.model.document_mask
+            y = masked_attention(q, k, v, mask, self.dropout if self.training else 0.0, self.scale)
+        elif cache is None:
             y = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.scale)
         else:
             past = cache.pos
@@ -250,8 +324,9 @@ class CausalSelfAttention(nn.Module):
             gains = torch.stack((self.q_gain, self.k_gain))[:, None].to(qk.dtype)  # (2, 1, head_size)
             qk = F.rms_norm(qk, (qk.size(-1),), eps=RMS_EPS) * gains
         if rope is not None:  # the cache then stores keys already turned to their positions
-            cos, sin = rope
-            qk = apply_rotary(qk, cos[:, None, None], sin[:, None, None])
+            # (T, head_size / 2), or (B, T, ...) for positions within documents -> broadcast over (2, n_head)
+            cos, sin = (a.unsqueeze(-2).unsqueeze(-2) for a in rope)
+            qk = apply_rotary(qk, cos, sin)
         q, k = qk.permute(2, 0, 3, 1, 4).unbind(0)  # (2, B, n_head, T, head_size)
         return q, k, v
 
@@ -285,11 +360,11 @@ class Block(nn.Module):
         self.mlp = MLP(config)
         self.branch = parametrization.branch_multiplier(config)  # CompleteP's 1 / depth multiplier
 
-    def forward(self, x, cache: KVCache | None = None, rope=None):
+    def forward(self, x, cache: KVCache | None = None, rope=None, mask=None):
         if self.branch != 1.0:
-            x = x + self.attn(self.ln_1(x), cache, rope) * self.branch
+            x = x + self.attn(self.ln_1(x), cache, rope, mask) * self.branch
             return x + self.mlp(self.ln_2(x)) * self.branch
-        x = x + self.attn(self.ln_1(x), cache, rope)
+        x = x + self.attn(self.ln_1(x), cache, rope, mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -350,14 +425,23 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters() if id(p) not in out)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None):
+                cache: KVCache | None = None, docs: torch.Tensor | None = None):
         """idx (B, T) token ids. With targets (B, T): logits for every position and the mean
-        cross-entropy (targets of -1 are ignored). Without: logits of the last position only."""
+        cross-entropy (targets of -1 are ignored). Without: logits of the last position only.
+        docs (B, T), each token's document (document_ids), with config.doc_mask: attention stays
+        inside each document and positions restart at each one, so a document's logits do not
+        depend on what precedes it in its row. Ignored without doc_mask."""
         B, T = idx.size()
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of length {start + T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        mask = None
+        if docs is not None and self.config.doc_mask and cache is None:
+            flex = flex_attention_available(idx.device) and not (self.training and self.config.dropout > 0)
+            mask = document_mask(docs, flex)
+            pos = document_positions(docs)
+        else:
+            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
         x = self.transformer.wte(idx)
         rope = None
         if self.config.pos_emb == "learned":
@@ -366,7 +450,7 @@ class GPT(nn.Module):
             rope = rotary_angles(pos, self.config.n_embd // self.config.n_head, self.config.rope_base)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, cache, rope)
+            x = block(x, cache, rope, mask)
         if cache is not None:
             cache.pos += T
         x = self.transformer.ln_f(x)

@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None, name: str, doc: str) -> argparse.Namespac
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="accept an --input whose sha256 is not tiny Shakespeare's (another text)")
     parser.add_argument("--url", default=URL, help="where to download the corpus from (default: %(default)s)")
-    if name == "shakespeare":
+    if name != "shakespeare_char":  # the BPE ones
         parser.add_argument("--rank-file", help="local GPT-2 rank file (r50k_base.tiktoken) for offline use")
     args = parser.parse_args(argv)
     if not args.verify and args.input is None:

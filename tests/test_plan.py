@@ -51,7 +51,7 @@ OPTION_VALUES = {
     "block_size": [640], "vocab_size": [96], "n_layer": [3], "n_head": [8], "n_embd": [96],
     "dropout": [0.1], "bias": [False], "pos_emb": POS_EMBS, "rope_base": [500.0], "norm": NORMS,
     "qk_norm": [True], "mlp": MLPS, "mlp_ratio": [2.5], "tie_embeddings": [False],
-    "logit_softcap": [15.0],
+    "logit_softcap": [15.0], "doc_mask": [True],
     # fields that need each other: a dict of the fields to set together
     "param": [dict(param="mup", base_width=32), dict(param="completep", base_width=32, base_depth=2)],
     "base_width": [dict(param="mup", base_width=16)], "base_depth": [dict(param="completep", base_width=32, base_depth=4)],

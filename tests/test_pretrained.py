@@ -316,6 +316,7 @@ def test_export_round_trip(tmp_path, variant):
     (dict(tie_embeddings=False), "tie_embeddings=False"),
     (dict(logit_softcap=30.0), "logit_softcap=30.0"),
     (dict(pos_emb="rope", rope_base=500.0), "pos_emb='rope', rope_base=500.0"),
+    (dict(doc_mask=True), "doc_mask=True"),
 ])
 def test_export_refuses_a_model_gpt2_cannot_express(tmp_path, option, named):
     with pytest.raises(UserError, match=re.escape(f"the model uses {named}, which a Hugging Face GPT-2 cannot hold")):

@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nanogpt.data import packing as packings
 from nanogpt.data import shards
 from nanogpt.errors import UserError
 from nanogpt.io import replace_atomically
+from nanogpt.model import document_ids
 from nanogpt.paths import REPO_ROOT
 
 SPLIT_IDS = {"train": 0, "val": 1}
@@ -148,6 +150,14 @@ class Split:
         """Token windows tokens[i : i + length] for i in starts, as one (len(starts), length) array."""
         out = np.stack([self.tokens[i:i + length] for i in starts])
         self._mapped += len(starts) * (length * self.tokens.itemsize + FAULT_AROUND_BYTES)
+        if self._mapped > RELEASE_BYTES:
+            self.release()
+        return out
+
+    def piece(self, start: int, length: int) -> np.ndarray:
+        """tokens[start : start + length] (one document of a packed row), counted for release."""
+        out = self.tokens[start:start + length]
+        self._mapped += length * self.tokens.itemsize + FAULT_AROUND_BYTES
         if self._mapped > RELEASE_BYTES:
             self.release()
         return out
@@ -293,17 +303,33 @@ def _write_max_id(record: Path, known: dict) -> None:
 
 
 class Batches:
-    """Deterministic random windows of a split: batch (split, it, micro) is always the same.
+    """Deterministic batches of a split: batch (split, it, micro) is always the same. Random
+    windows (packing="window"), or rows aligned to documents (bos, bestfit: nanogpt.data.packing).
 
     Rank r of W ranks doing A micro-steps per iteration reads stream index (it * A + micro) * W + r:
     the same data, in the same order, that one process doing A * W micro-steps reads, so a DDP
-    run trains on exactly the batches of a single process with more accumulation."""
+    run trains on exactly the batches of a single process with more accumulation.
+
+    doc_mask: each batch also carries its document ids (model.doc_mask: the model masks attention
+    at their boundaries), the running count of separators in each row."""
 
     def __init__(self, dataset: TokenDataset, block_size: int, batch_size: int, seed: int,
-                 device: torch.device, rank: int = 0, world_size: int = 1):
+                 device: torch.device, rank: int = 0, world_size: int = 1, packing: str = "window",
+                 doc_mask: bool = False):
         self.dataset, self.block_size, self.batch_size = dataset, block_size, batch_size
         self.seed, self.device, self.rank, self.world_size = seed, device, rank, world_size
         self.pin = device.type == "cuda"
+        self.packing = packing
+        starts = packings.check_documents(dataset, packing, doc_mask, block_size)
+        self.doc_sep = packings.separator_id(dataset.meta) if doc_mask else None
+        self.packer = (packings.PACKERS[packing](dataset.splits, starts, block_size, batch_size, seed)
+                       if packing != "window" else None)
+        self.tokens_read = self.tokens_dropped = 0  # training rows' documents (bestfit's crop rate)
+
+    @property
+    def crop_rate(self) -> float | None:
+        """Tokens dropped by crops / tokens read, over the training batches built so far."""
+        return self.tokens_dropped / self.tokens_read if self.tokens_read else None
 
     def indices(self, split: str, stream_index: int, purpose: int = 0) -> np.ndarray:
         n = len(self.dataset.splits[split]) - self.block_size - 1
@@ -313,13 +339,27 @@ class Batches:
     def cpu_windows(self, split: str, stream_index: int, purpose: int = 0) -> torch.Tensor:
         """A batch as one (B, T+1) tensor gathered from the memmap (pinned for a GPU): x is its
         first T columns, y its last T."""
-        ix = self.indices(split, stream_index, purpose)
-        xy = torch.from_numpy(self.dataset.splits[split].windows(ix, self.block_size + 1).astype(np.int64))
+        if self.packer is None:
+            ix = self.indices(split, stream_index, purpose)
+            rows = self.dataset.splits[split].windows(ix, self.block_size + 1)
+        else:
+            packed = self.packer.rows(split, SPLIT_IDS[split], stream_index, purpose)
+            rows = packed.rows
+            if split == "train" and purpose == 0:
+                self.tokens_read += packed.read
+                self.tokens_dropped += packed.dropped
+        xy = torch.from_numpy(rows.astype(np.int64))
         return xy.pin_memory() if self.pin else xy
 
     def cpu_batch(self, split: str, stream_index: int, purpose: int = 0):
-        xy = self.cpu_windows(split, stream_index, purpose)
-        return xy[:, :-1], xy[:, 1:]
+        """(x, y), and the document ids of x when the batches carry them (doc_mask)."""
+        return self._split(self.cpu_windows(split, stream_index, purpose))
+
+    def _split(self, xy: torch.Tensor):
+        x, y = xy[:, :-1], xy[:, 1:]
+        if self.doc_sep is None:
+            return x, y
+        return x, y, document_ids(x, self.doc_sep)
 
     def train_index(self, it: int, micro: int, accum: int) -> int:
         return (it * accum + micro) * self.world_size + self.rank
@@ -329,7 +369,7 @@ class Batches:
         separately would be two strided copies, each staged through unpinned memory)."""
         if self.device.type != "cpu":
             xy = xy.to(self.device, non_blocking=True)
-        return xy[:, :-1], xy[:, 1:]
+        return self._split(xy)
 
 
 class Prefetcher:

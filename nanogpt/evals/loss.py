@@ -73,9 +73,9 @@ def _estimate_loss(model, batches, eval_iters, rt, dist, splits, leave, errors, 
         total = torch.zeros(5, device=rt.device, dtype=torch.float64)
         ks = range(rank, end, world)
         for k in progress(ks, desc=f"eval {split}", is_main=is_main, leave=leave, unit="batch"):
-            x, y = eval_batch(batches, split, k % eval_iters)
+            x, y, *docs = eval_batch(batches, split, k % eval_iters)
             with rt.autocast():
-                logits, loss = model(x, y)
+                logits, loss = model(x, y, docs=docs[0] if docs else None)
             loss = loss.double() * (k < eval_iters)
             total[:3] += torch.stack([loss, torch.ones_like(loss) * (k < eval_iters), loss * loss])
             if byte_table is not None:
@@ -138,7 +138,7 @@ def split_losses(model, dataset, block_size: int, batch_size: int, eval_iters: i
                  rt, splits=("train", "val")) -> dict:
     """Loss, perplexity, bits per byte (when the tokenizer is at hand) and tokens scored of each
     split, for the eval task's table."""
-    batches = Batches(dataset, block_size, batch_size, seed, rt.device)
+    batches = Batches(dataset, block_size, batch_size, seed, rt.device, doc_mask=model.config.doc_mask)
     table = token_bytes_table(dataset.meta["tokenizer"], model.config.vocab_size)
     table = torch.tensor(table, device=rt.device) if table is not None else None
     errors, bpb = {}, {}

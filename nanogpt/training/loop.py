@@ -393,7 +393,14 @@ def write_summary(s: Training, state: TrainState, status: str) -> None:
         "tokens_per_s": tok_s, "mfu": mfu(per_token, tok_s, s.peak, s.dist.world_size) if tok_s else None,
         "world_size": s.dist.world_size, "device": str(s.rt.device), "dtype": str(s.rt.dtype).replace("torch.", ""),
         "stop_signal": signal.Signals(s.stop_signal).name if s.stop_signal else None,
-        "weights": s.weights, "config": s.config_dict})
+        "weights": s.weights, **packing_record(s), "config": s.config_dict})
+
+
+def packing_record(s: Training) -> dict:
+    """How the training rows were made (data.packing) and, for bestfit, the share of the tokens
+    read that crops dropped (this session's batches of rank 0)."""
+    batches = s.prefetch.batches if s.prefetch is not None else None
+    return {"packing": s.cfg.data.packing, "crop_rate": batches.crop_rate if batches else None}
 
 
 def record_failure(s: Training, state: TrainState) -> None:
@@ -466,6 +473,11 @@ def finish(s: Training, state: TrainState) -> dict:
     finished = state.it >= s.max_iters
     status = "finished" if finished else "pruned" if s.pruned else "interrupted"
     if finished and s.dist.is_main:
+        crop = packing_record(s)["crop_rate"]
+        if crop is not None:
+            log.info("data.packing=%s: crops dropped %.1f%% of the document tokens read (%s of %s)",
+                     s.cfg.data.packing, 100 * crop, f"{s.prefetch.batches.tokens_dropped:,}",
+                     f"{s.prefetch.batches.tokens_read:,}")
         if state.losses:
             log.info("val loss %.4f nats/token vs the corpus's unigram entropy %.4f: what a model "
                      "that ignores context scores", state.losses["val"], s.dataset.unigram_entropy())

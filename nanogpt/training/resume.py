@@ -34,7 +34,7 @@ from nanogpt.training.optim import OPTIM_SCHEMAS, OPTIMIZERS
 
 log = logging.getLogger("nanogpt")
 
-WARNED = ("optim.", "seed", "model.dropout", "hardware.micro_batch_size", "task.tokens_per_step",
+WARNED = ("optim.", "seed", "model.dropout", "model.doc_mask", "data.packing", "hardware.micro_batch_size", "task.tokens_per_step",
           "hardware.dtype", "world_size")
 RECORDED = ("task.max_iters", "task.max_tokens", "task.max_flops", "hardware.num_threads",
             "hardware.device", "hardware.compile")

@@ -18,6 +18,7 @@ from nanogpt.checkpoint import single as checkpoint
 from nanogpt.config import model_args
 from nanogpt.data.batches import Batches, Prefetcher, TokenDataset
 from nanogpt.data.catalog import open_dataset
+from nanogpt.data.packing import check_documents
 from nanogpt.errors import UserError
 from nanogpt.evals.bpb import token_bytes_table
 from nanogpt.evals import core as core_eval
@@ -191,6 +192,8 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
         branch_point = {"run": str(Path(tcfg.branch_from).resolve()), "iter": ckpt["iter"]}
     model, gpt_config, resume_changes = build_model(cfg, dataset, ckpt, resume_path, config_dict, run_dir, dist)
     dataset.check_block_size(gpt_config.block_size)
+    # a packing or document mask the data cannot give is refused before any work
+    check_documents(dataset, cfg.data.packing, gpt_config.doc_mask, gpt_config.block_size)
     # which weights a finetune started from (hub commit or directory): recorded in summary.json
     # and in every checkpoint, so a resumed run still says it
     weights = getattr(model, "weights_source", None) or (ckpt or {}).get("weights")
@@ -231,7 +234,9 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
                 skip_nonfinite=tcfg.on_nan == "skip" and not rt.needs_grad_scaler, dist=dist)
     s = Training(cfg, run_dir, dist, rt, dataset, gpt_config, model, eval_model, step,
                  schedule=schedule, max_iters=max_iters, flops_per_token=flops_per_token,
-                 eval_batches=Batches(dataset, block, eval_batch_size, cfg.seed, rt.device),
+                 # evaluation reads windows whatever the packing: val losses compare across packings
+                 eval_batches=Batches(dataset, block, eval_batch_size, cfg.seed, rt.device,
+                                      doc_mask=gpt_config.doc_mask),
                  eval_plan=plan_evaluation(tcfg, max_iters, tokens_per_step, eval_batch_size * block),
                  metrics=MetricsLogger(run_dir, dist.is_main, cfg.logger, _logged_config(config_dict, rt), state.it),
                  start_iter=state.it, config_dict=config_dict, tokenizer=tokenizer,
@@ -240,8 +245,8 @@ def setup(cfg, run_dir: Path, dist: distributed.Dist) -> tuple[Training, TrainSt
                  search=reporter_from_env(run_dir, max_iters))
     _log_header(s, state, resume_path, resume_changes)
     # last, as nothing can fail after them: the batch thread, the signal handlers, the clock
-    s.prefetch = Prefetcher(Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size),
-                            state.it, accum)
+    s.prefetch = Prefetcher(Batches(dataset, block, micro, cfg.seed, rt.device, dist.rank, dist.world_size,
+                                    cfg.data.packing, gpt_config.doc_mask), state.it, accum)
     step.batch = s.prefetch.get
     if dist.is_main and accum > 1:  # a step of many micro-batches says how far it is (every ~10 s)
         step.on_micro = Heartbeat(max_iters)
@@ -351,6 +356,7 @@ def build_model(cfg, dataset, ckpt, resume_path, config_dict, run_dir, dist) -> 
                             f"pretrained model's ({model.config.vocab_size}): use GPT-2 BPE data")
         if mcfg.block_size < model.config.block_size:
             model.crop_block_size(mcfg.block_size)
+        model.config.doc_mask = mcfg.doc_mask  # how it attends, not what its weights are
         return model, model.config, {}
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     gpt_config = model_args(mcfg, dataset.vocab_size)
@@ -374,7 +380,7 @@ def with_weights_shape(cfg, ckpt: dict | None):
         if shape is None:  # cannot be told before loading: load_pretrained says why
             return cfg
         shape.block_size = min(shape.block_size, mcfg.block_size)
-    arch = {k: v for k, v in dataclasses.asdict(shape).items() if k != "dropout"}
+    arch = {k: v for k, v in dataclasses.asdict(shape).items() if k not in GPTConfig.NOT_ARCHITECTURE}
     model = dataclasses.replace(mcfg, **arch, pad_vocab=False,
                                 pretrained=None if mcfg.path else mcfg.pretrained)  # path wins
     return dataclasses.replace(cfg, model=model)

@@ -39,11 +39,11 @@ def train_step(p: Step, it: int) -> torch.Tensor | None:
     for m in range(p.accum):
         if p.on_micro is not None:
             p.on_micro(it, m, p.accum)
-        x, y = p.batch(it, m)
+        x, y, *docs = p.batch(it, m)  # document ids too when the model masks them (model.doc_mask)
         with parallel.accumulating(p.train_model, sync=m == p.accum - 1):
             with p.rt.autocast():
                 # the logits (B x T x vocab) go at once: not held through the backward
-                loss = p.train_model(x, y)[1] / p.accum
+                loss = p.train_model(x, y, docs=docs[0] if docs else None)[1] / p.accum
             p.guard.add(loss)
             p.scaler.scale(loss).backward()
         step_loss += loss.detach()
