@@ -71,6 +71,8 @@ def main() -> None:
     p.add_argument("--eval-interval", type=int, default=50, help="task.eval_interval: the pruner's reports")
     p.add_argument("--small", action="store_true", help="a 2x2x2 grid instead of 3x3x2")
     p.add_argument("--trials", type=int, default=7, help="the search's trials")
+    p.add_argument("--seed", type=int, default=0, help="hydra.sweeper.seed: the sampler's (another seed, "
+                   "another search: how often the goal holds)")
     p.add_argument("--warmup", type=int, default=0, help="hydra.sweeper.pruner_warmup_steps: iterations "
                    "before a trial may be pruned (early losses favour high learning rates)")
     p.add_argument("--warmup-frac", type=float, default=None, help="hydra.sweeper.pruner_warmup_frac: the "
@@ -88,7 +90,7 @@ def main() -> None:
           f"{a.iters} iterations each", flush=True)
     grid_args = [*common, *(f"{k}={','.join(map(str, v))}" for k, v in grid.items())]
     search_args = ["hydra/sweeper=optuna", *common, *(f"{k}=choice({','.join(map(str, v))})" for k, v in grid.items()),
-                   f"hydra.sweeper.n_trials={a.trials}", "hydra.sweeper.seed=0", "hydra.sweeper.startup_trials=3",
+                   f"hydra.sweeper.n_trials={a.trials}", f"hydra.sweeper.seed={a.seed}", "hydra.sweeper.startup_trials=3",
                    "hydra.sweeper.pruner=median", "hydra.sweeper.pruner_startup_trials=2",
                    f"hydra.sweeper.pruner_warmup_steps={a.warmup}",
                    *([f"hydra.sweeper.pruner_warmup_frac={a.warmup_frac}"] if a.warmup_frac is not None else [])]
