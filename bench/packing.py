@@ -175,7 +175,7 @@ def main():
 def table(modes: list[Mode], vals: dict, at: list[int], iters: int, tokens_per_step: int) -> None:
     """The markdown table so far (printed at every checkpoint: a stopped run keeps its figures)."""
     base = modes[0]
-    print(f"\n| packing | doc_mask | tokens/s vs window | batch build ms | "
+    print("\n| packing | doc_mask | tokens/s vs window | batch build ms | "
           + " | ".join(f"val loss @ {n * tokens_per_step / 1e3:,.0f}k tokens" for n in at) + " | crop rate |")
     print("|---|---|---|---|" + "---|" * len(at) + "---|")
     for m, (packing, mask) in zip(modes, MODES):

@@ -23,6 +23,7 @@ next one's).
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import math
 import mmap
@@ -103,7 +104,7 @@ def _file_starts(path: Path, offset: int, count: int, dtype, sep: int) -> np.nda
     except (OSError, ValueError, KeyError):
         pass
     tokens = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(count,))
-    starts = _scan(tokens, sep, lambda: _dontneed(tokens))
+    starts = _scan(tokens, sep, functools.partial(_dontneed, tokens))
     del tokens
     if st.st_size >= CACHE_MIN_BYTES and time.time() - st.st_mtime > SETTLE_SECONDS:
         _keep(record, key, starts)
