@@ -25,8 +25,8 @@ def poison_training_loss(monkeypatch, from_step: int, steps: int = 10**9, into_w
     real_forward = GPT.forward
     calls = {"n": 0}
 
-    def forward(self, idx, targets=None, cache=None):
-        logits, loss = real_forward(self, idx, targets, cache)
+    def forward(self, idx, targets=None, cache=None, docs=None):
+        logits, loss = real_forward(self, idx, targets, cache, docs)
         if self.training and targets is not None:
             calls["n"] += 1
             if from_step <= calls["n"] < from_step + steps:
