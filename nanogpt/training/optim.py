@@ -169,6 +169,13 @@ def orthogonalise(g: torch.Tensor, ns_steps: int, dtype: torch.dtype, eps: float
     return x if wide else x.T
 
 
+def momentum_update(grad: torch.Tensor, buf: torch.Tensor, group: dict) -> torch.Tensor:
+    """torch.optim.Muon's update before orthogonalisation: the momentum buffer moves toward the
+    gradient (in place), and the update is its Nesterov blend with the gradient (or the buffer)."""
+    buf.lerp_(grad, 1 - group["momentum"])
+    return grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+
+
 class Float32Muon(torch.optim.Muon):
     """torch.optim.Muon with its orthogonalisation in float32 (torch's is always bf16, which CPUs
     without bf16 units emulate slowly). The same update: Nesterov momentum, Newton-Schulz, the
@@ -185,11 +192,10 @@ class Float32Muon(torch.optim.Muon):
         for group in self.param_groups:
             params, grads, bufs = [], [], []
             self._init_group(group, params, grads, bufs)
-            lr, momentum = group["lr"], group["momentum"]
+            lr = group["lr"]
             for param, grad, buf in zip(params, grads, bufs):
-                buf.lerp_(grad, 1 - momentum)
-                update = grad.lerp(buf, momentum) if group["nesterov"] else buf
-                update = orthogonalise(update, group["ns_steps"], torch.float32, group["eps"])
+                update = orthogonalise(momentum_update(grad, buf, group), group["ns_steps"], torch.float32,
+                                       group["eps"])
                 param.mul_(1 - lr * group["weight_decay"])
                 param.add_(update.to(param.dtype), alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
         return loss
@@ -229,12 +235,10 @@ class ShardedMuon(torch.optim.Muon):
         for group in self.param_groups:
             params, grads, bufs = [], [], []
             self._init_group(group, params, grads, bufs)
-            lr, momentum = group["lr"], group["momentum"]
+            lr = group["lr"]
             updates = []
             for grad, buf in zip(grads, bufs):
-                grad, buf = fsdp.local(grad), fsdp.local(buf)
-                buf.lerp_(grad, 1 - momentum)
-                updates.append((grad.lerp(buf, momentum) if group["nesterov"] else buf).to(self.ns_dtype))
+                updates.append(momentum_update(fsdp.local(grad), fsdp.local(buf), group).to(self.ns_dtype))
             owners = fsdp.owners_by_cost([p.shape for p in params], _world(params))
             wholes = fsdp.gather_whole(updates, params, owners)
             orthogonal = [None if w is None else newton_schulz(w, group, self.ns_dtype) for w in wholes]
