@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from nanogpt.data import shards
+from nanogpt.tokenizer import sha256_file
 from prepare import hf
 from prepare.bpe import encode_batches
 from prepare.common import PrepareError, gpt2_tokenizer, storage_error
@@ -127,14 +128,6 @@ def part_paths(work: Path, index: int) -> dict[str, Path]:
             "manifest": stem.with_suffix(".json")}
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def part_problem(work: Path, plan: dict, index: int, hashes: bool = True) -> str | None:
     """Why part `index` cannot be used as it is (missing, unfinished, changed), or None."""
     paths = part_paths(work, index)
@@ -154,7 +147,7 @@ def part_problem(work: Path, plan: dict, index: int, hashes: bool = True) -> str
             return f"{path.name} is missing"
         if path.stat().st_size != want["bytes"]:
             return f"{path.name} is {path.stat().st_size:,} bytes, its manifest says {want['bytes']:,}"
-        if hashes and sha256_of(path) != want["sha256"]:
+        if hashes and sha256_file(path) != want["sha256"]:
             return f"{path.name} changed since it was written (sha256 differs from its manifest)"
     return None
 
